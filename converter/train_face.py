@@ -1,0 +1,149 @@
+"""Train the facial-emotion CNN on FER2013 with per-epoch checkpoints that resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from converter.datasets import cache_dir, load_fer2013, stratified_split
+from converter.face_net import build_augmenter, build_face_net
+from device.labels import NUM_LABELS
+
+logger = logging.getLogger(__name__)
+
+VAL_FRACTION = 0.1
+
+
+def class_weights(labels: np.ndarray, power: float) -> dict[int, float]:
+    """Return inverse-frequency weights raised to `power`, normalised to mean 1 over samples."""
+    counts = np.bincount(labels, minlength=NUM_LABELS).astype(np.float64)
+    raw = (counts.max() / counts) ** power
+    raw /= (raw * counts).sum() / counts.sum()
+    return {i: float(w) for i, w in enumerate(raw)}
+
+
+def face_splits(seed: int = 13):
+    """Return ((x_train, y_train), (x_val, y_val)) carved from FER2013 train, stratified."""
+    x, y = load_fer2013("train")
+    tr, va = stratified_split(y, VAL_FRACTION, seed)
+    return (x[tr], y[tr]), (x[va], y[va])
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+    return (x.astype(np.float32) / 255.0)[..., None]
+
+
+def train(
+    work_dir: Path,
+    epochs: int = 45,
+    batch_size: int = 128,
+    lr: float = 0.04,
+    weight_decay: float = 5e-4,
+    label_smoothing: float = 0.1,
+    imbalance_power: float = 0.3,
+    threads: int = 2,
+) -> Path:
+    """Train (resuming from work_dir if interrupted) and return the best weights file."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(1234)
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (xtr, ytr), (xva, yva) = face_splits()
+    logger.info("train %d, val %d", len(ytr), len(yva))
+    weights = class_weights(ytr, imbalance_power)
+    logger.info("class weights %s", weights)
+
+    (work_dir / "train_config.json").write_text(
+        json.dumps(
+            {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "label_smoothing": label_smoothing,
+                "imbalance_power": imbalance_power,
+                "class_weights": weights,
+                "val_fraction": VAL_FRACTION,
+            },
+            indent=2,
+        )
+    )
+    steps = math.ceil(len(ytr) / batch_size)
+    warmup = 2 * steps
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=lr / 10,
+        decay_steps=epochs * steps - warmup,
+        warmup_target=lr,
+        warmup_steps=warmup,
+        alpha=0.002,
+    )
+    optimizer = keras.optimizers.SGD(
+        learning_rate=schedule, momentum=0.9, nesterov=True, weight_decay=weight_decay
+    )
+    _, model = build_training_model()
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
+        metrics=["accuracy"],
+    )
+
+    def dataset(x, y, training):
+        onehot = np.eye(NUM_LABELS, dtype=np.float32)[y]
+        sw = np.asarray([weights[int(c)] for c in y], dtype=np.float32)
+        ds = tf.data.Dataset.from_tensor_slices((_to_float(x), onehot, sw) if training else (_to_float(x), onehot))
+        if training:
+            ds = ds.shuffle(len(y), seed=5, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).prefetch(2)
+
+    best = work_dir / "best.weights.h5"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(
+            str(work_dir / "best_wrapper.weights.h5"),
+            monitor="val_accuracy",
+            save_best_only=True,
+            save_weights_only=True,
+        ),
+        keras.callbacks.CSVLogger(str(work_dir / "history.csv"), append=True),
+    ]
+    model.fit(
+        dataset(xtr, ytr, True),
+        validation_data=dataset(xva, yva, False),
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=2,
+    )
+    load_best_net(work_dir).save_weights(str(best))
+    return best
+
+
+def build_training_model():
+    """Return (net, wrapper): the exported network and the same network behind augmentation."""
+    import keras
+
+    net = build_face_net(NUM_LABELS)
+    inputs = keras.Input((48, 48, 1))
+    return net, keras.Model(inputs, net(build_augmenter()(inputs)), name="train_wrapper")
+
+
+def load_best_net(work_dir: Path):
+    """Return the network with the best-validation weights saved so far in work_dir."""
+    net, wrapper = build_training_model()
+    wrapper.load_weights(str(work_dir / "best_wrapper.weights.h5"))
+    return net
+
+
+def default_work_dir() -> Path:
+    """Return where checkpoints live: outside the repository, never committed."""
+    return Path(os.environ.get("AULA_TRAIN_DIR", cache_dir() / "train_face"))

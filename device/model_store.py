@@ -1,0 +1,113 @@
+"""The committed model folder: manifest lookup, sha256 and shape checks, runtime choice."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from device.errors import ModelError
+from device.runtime import InferenceBackend, open_backend
+
+logger = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models_tflite"
+MANIFEST = "manifest.json"
+
+
+def models_dir() -> Path:
+    """Return the model folder: $AULA_MODELS_DIR or models_tflite/ in the checkout."""
+    return Path(os.environ.get("AULA_MODELS_DIR", MODELS_DIR))
+
+
+def sha256_of(path: Path) -> str:
+    """Return the hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path} is missing; restore it with `git checkout -- models_tflite`") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc}); restore it with `git checkout -- models_tflite`") from None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the manifest: its file and everything a loader must check."""
+
+    name: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        return self.meta["sha256"]
+
+    def verify(self) -> None:
+        """Raise ModelError unless the file exists and matches the manifest's sha256."""
+        if not self.path.is_file():
+            raise ModelError(
+                f"model file {self.path} for '{self.name}' is missing; "
+                "restore it with `git checkout -- models_tflite` or rebuild it with `python -m converter`"
+            )
+        actual = sha256_of(self.path)
+        if actual != self.sha256:
+            raise ModelError(
+                f"model file {self.path} for '{self.name}' is corrupt or replaced: sha256 {actual[:12]}... "
+                f"does not match the manifest's {self.sha256[:12]}...; restore it with "
+                "`git checkout -- models_tflite`, or update models_tflite/manifest.json if you replaced it on purpose"
+            )
+
+    def open(self, runtime: str = "auto", threads: int = 1) -> InferenceBackend:
+        """Verify the file, open it with a runtime and check its input shape against the manifest."""
+        self.verify()
+        backend = open_backend(self.path, runtime, threads)
+        expected = self.meta.get("input", {}).get("shape")
+        if expected is not None:
+            actual = list(backend.inputs[0].shape)
+            if len(actual) != len(expected) or any(
+                e != a for e, a in zip(expected[1:], actual[1:], strict=True) if e > 0 and a > 0
+            ):
+                raise ModelError(
+                    f"model file {self.path}: input shape {actual} does not match the manifest's {expected}"
+                )
+        return backend
+
+
+def model_entry(name: str, folder: Path | None = None) -> ModelEntry:
+    """Return the manifest entry called `name`."""
+    folder = Path(folder) if folder else models_dir()
+    manifest = _read_manifest(folder)
+    try:
+        meta = manifest["models"][name]
+    except KeyError:
+        known = ", ".join(sorted(manifest.get("models", {})))
+        raise ModelError(f"no model '{name}' in {folder / MANIFEST} (known: {known})") from None
+    return ModelEntry(name, folder / meta["file"], meta)
+
+
+def entry_for_file(path: Path) -> ModelEntry | None:
+    """Return the manifest entry whose file is `path`, if it lies in a folder with a manifest."""
+    path = Path(path).resolve()
+    try:
+        manifest = _read_manifest(path.parent)
+    except ModelError:
+        return None
+    for name, meta in manifest.get("models", {}).items():
+        if meta.get("file") == path.name:
+            return ModelEntry(name, path, meta)
+    return None
