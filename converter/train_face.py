@@ -22,7 +22,7 @@ VAL_FRACTION = 0.1
 def class_weights(labels: np.ndarray, power: float) -> dict[int, float]:
     """Return inverse-frequency weights raised to `power`, normalised to mean 1 over samples."""
     counts = np.bincount(labels, minlength=NUM_LABELS).astype(np.float64)
-    raw = (counts.max() / counts) ** power
+    raw = np.divide(counts.max(), counts, out=np.zeros_like(counts), where=counts > 0) ** power
     raw /= (raw * counts).sum() / counts.sum()
     return {i: float(w) for i, w in enumerate(raw)}
 
