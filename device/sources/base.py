@@ -61,6 +61,12 @@ class FrameSource(ABC):
         return True
 
     @property
+    def paced(self) -> bool:
+        """True when frames arrive at their own rate (a camera, a real-time replay); False when a
+        replay yields frames as fast as they are read, so a consumer may pull them synchronously."""
+        return True
+
+    @property
     def name(self) -> str:
         """Short human label for logs and Frame.source."""
         return self.type_key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -78,6 +79,7 @@ class VideoFile(FrameSource):
         self._cap = cap
         self._wake.clear()
         self._pacer = Pacer(self.fps if self.config.realtime else None, self._wake)
+        self._t_open = time.monotonic()
         logger.info(
             "opened %s: %.0f frames at %.2f fps, realtime=%s loop=%s",
             self.name,
@@ -104,7 +106,14 @@ class VideoFile(FrameSource):
         self._pacer.wait()
         if not ok or image is None:
             return None
+        if not self.config.realtime:
+            # As fast as possible: stamp frames on the media clock so windows still span media time.
+            return self._make_frame(image, self._t_open + self._index / self.fps)
         return self._make_frame(image)
+
+    @property
+    def paced(self) -> bool:
+        return self.config.realtime
 
     def close(self) -> None:
         if self._cap is not None:

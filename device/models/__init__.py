@@ -1,0 +1,6 @@
+"""Public inference API of the device's models."""
+
+from device.models.face_detector import FaceDetector
+from device.models.face_emotion import FaceEmotionModel
+
+__all__ = ["FaceDetector", "FaceEmotionModel"]
