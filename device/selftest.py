@@ -134,5 +134,5 @@ def run_selftest(config_path: Path | None = None, frames: int = 30, camera: str 
     for c in results:
         out(f"{c.name.ljust(width)}  {'PASS' if c.ok else 'FAIL'}    {c.detail}")
     failed = [c for c in results if not c.ok]
-    out(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    out(f"{len(results) - len(failed)} of {len(results)} checks passed" + (": NOT READY" if failed else ": ready"))
     return 1 if failed else 0

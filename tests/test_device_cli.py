@@ -1,0 +1,89 @@
+"""The device's command line: demo output, validate-config errors, selftest, clear errors for bad input."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from device.__main__ import main
+from device.config import SAMPLE_VIDEO
+from device.model_store import models_dir
+
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "device", *args], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+def test_demo_prints_one_json_line_per_window_on_the_bundled_sample():
+    out = _run("demo", "--fast")
+    assert out.returncode == 0, out.stderr
+    windows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(windows) >= 5  # a 12 s sample in 2 s windows
+    with_faces = [w for w in windows if w["face_distribution"]]
+    assert with_faces, "no window had enough faces for a distribution"
+    for w in with_faces:
+        assert abs(sum(w["face_distribution"].values()) - 1) < 1e-3
+        assert w["faces_max"] >= 3 and w["dominant"] in w["face_distribution"]
+    summary = json.loads(out.stderr.strip().splitlines()[-1])["summary"]
+    assert summary["frames_dropped"] == 0 and summary["frames_analysed"] >= 50
+
+
+def test_validate_config_names_file_line_and_key(tmp_path, capsys):
+    bad = tmp_path / "device.yaml"
+    bad.write_text("vision:\n  threads: 2\n  colour: blue\nwindows:\n  seconds: -1\n")
+    assert main(["validate-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:3: vision.colour: unknown key" in err
+    assert f"{bad}:5: windows.seconds" in err
+    good = tmp_path / "ok.yaml"
+    good.write_text(f"camera:\n  type: video\n  path: {SAMPLE_VIDEO}\nvision:\n  analysis_fps: 2\n")
+    assert main(["validate-config", str(good)]) == 0
+
+
+def test_missing_camera_gives_a_clear_error_listing_devices(tmp_path):
+    cfg = tmp_path / "cam.yaml"
+    cfg.write_text("camera:\n  type: opencv\n  device: /dev/video97\n")
+    out = _run("demo", "--config", str(cfg))
+    assert out.returncode == 2
+    assert "error:" in out.stderr and "/dev/video97" in out.stderr
+    assert "video devices found" in out.stderr.lower() or "none found" in out.stderr.lower()
+    assert "Traceback" not in out.stderr
+
+
+def test_corrupt_model_gives_a_clear_error_and_no_traceback(tmp_path):
+    folder = tmp_path / "models"
+    shutil.copytree(models_dir(), folder)
+    (folder / "face_emotion_int8.tflite").write_bytes(b"\x00" * 1000)
+    out = _run("demo", "--fast", env={**__import__("os").environ, "AULA_MODELS_DIR": str(folder)})
+    assert out.returncode == 2
+    assert "face_emotion_int8.tflite" in out.stderr and "corrupt" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_selftest_passes_on_the_sample_recording(tmp_path):
+    cfg = tmp_path / "selftest.yaml"
+    cfg.write_text(f"camera:\n  type: video\n  path: {SAMPLE_VIDEO}\n  realtime: false\n")
+    out = _run("selftest", "--camera", "config", "--config", str(cfg), "--frames", "10")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = dict(re.findall(r"^(.+?)\s+(PASS|FAIL)\s", out.stdout, re.M))
+    assert rows["vision on known image"] == "PASS" and rows["camera"] == "PASS"
+    assert "FAIL" not in rows.values() and out.stdout.strip().endswith(": ready")
+
+
+def test_selftest_fails_loudly_without_a_camera(tmp_path):
+    cfg = tmp_path / "selftest.yaml"
+    cfg.write_text("camera:\n  type: opencv\n  device: 97\n")
+    out = _run("selftest", "--camera", "config", "--config", str(cfg), "--frames", "3")
+    assert out.returncode == 1
+    rows = dict(re.findall(r"^(.+?)\s+(PASS|FAIL)\s", out.stdout, re.M))
+    assert rows["camera"] == "FAIL" and "NOT READY" in out.stdout
+
+
+@pytest.mark.parametrize("args", [["demo", "--config", "/nonexistent.yaml"], ["validate-config", "/nonexistent.yaml"]])
+def test_missing_config_file_is_named(args):
+    out = _run(*args)
+    assert out.returncode == 2 and "/nonexistent.yaml" in out.stderr
