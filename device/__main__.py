@@ -22,6 +22,7 @@ def _wall_clock(t_monotonic: float) -> float:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the vision path on the bundled sample (or --video) and print one JSON line per window."""
+    from device.analysis_rate import AnalysisRate
     from device.config import load_config
     from device.face_loop import run_face_windows
     from device.sources import build_source
@@ -45,7 +46,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         record["window_end"] = round(_wall_clock(window.end), 3)
         print(json.dumps(record), flush=True)
 
-    stats = run_face_windows(build_source(cfg.camera), stage, pooler, emit, cfg.vision.analysis_fps, stop)
+    rate = AnalysisRate(cfg.vision.analysis_fps, cfg.vision.min_analysis_fps, cfg.vision.max_duty)
+    stats = run_face_windows(build_source(cfg.camera), stage, pooler, emit, rate, stop)
     print(json.dumps({"summary": vars(stats)}), file=sys.stderr, flush=True)
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from device.sources import SourceConfig, VideoFileConfig
 
@@ -33,7 +33,20 @@ class VisionConfig(StrictModel):
     analysis_fps: float = Field(
         5.0, gt=0, le=30, description="Frames analysed per second at most; capture runs at the camera's rate."
     )
+    min_analysis_fps: float = Field(
+        1.0, gt=0, le=30, description="The adaptive rate never drops below this (class-level mood needs about 1/s)."
+    )
+    max_duty: float = Field(
+        0.5, gt=0, le=1, description="Share of one core the vision step may use; the analysis rate adapts to it."
+    )
     min_face_px: int = Field(20, ge=8, description="Ignore detections narrower than this many pixels.")
+
+
+    @model_validator(mode="after")
+    def _rates(self) -> VisionConfig:
+        if self.min_analysis_fps > self.analysis_fps:
+            raise ValueError("min_analysis_fps must not exceed analysis_fps")
+        return self
 
 
 class WindowConfig(StrictModel):

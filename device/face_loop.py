@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from device.analysis_rate import AnalysisRate
 from device.errors import AulaError, SourceError
 from device.sources import CaptureThread, FrameSource
 from device.vision import VisionStage
@@ -33,17 +34,16 @@ def run_face_windows(
     stage: VisionStage,
     pooler: FaceWindowPooler,
     emit: Callable[[FaceWindow], None],
-    analysis_fps: float,
+    rate: AnalysisRate,
     stop: threading.Event | None = None,
 ) -> LoopStats:
-    """Analyse frames at most `analysis_fps` times a second until the source ends or `stop` is set."""
+    """Analyse frames at the (adaptive) rate until the source ends or `stop` is set."""
     stop = stop or threading.Event()
     stats = LoopStats()
-    period = 1.0 / analysis_fps
     next_due, last_t = float("-inf"), None
     t0 = time.monotonic()
     if not source.paced:
-        return _run_unpaced(source, stage, pooler, emit, period, stop, stats, t0)
+        return _run_unpaced(source, stage, pooler, emit, rate, stop, stats, t0)
     capture = CaptureThread(source).start()  # opens and closes the source on its own thread
     try:
         while not stop.is_set():
@@ -56,7 +56,7 @@ def run_face_windows(
                 if capture.ended or not capture.alive:
                     break
                 continue
-            last_t, next_due = _step(frame, stage, pooler, emit, period, next_due, stats, last_t)
+            last_t, next_due = _step(frame, stage, pooler, emit, rate, next_due, stats, last_t)
         _flush(pooler, emit, stats, last_t, capture.ended)
     finally:
         capture.stop()
@@ -66,13 +66,16 @@ def run_face_windows(
     return stats
 
 
-def _step(frame, stage, pooler, emit, period, next_due, stats, last_t):
+def _step(frame, stage, pooler, emit, rate, next_due, stats, last_t, adapt=True):
     # Rate-limit on capture time: a fast camera does not make the analysis rate (or CPU) grow.
     if frame.t_capture < next_due:
         stats.frames_skipped_rate += 1
         return last_t, next_due
-    next_due = max(next_due + period, frame.t_capture)
+    next_due = max(next_due + rate.period, frame.t_capture)
+    t = time.perf_counter()
     analysis = stage.analyse(frame.image, frame.t_capture)
+    if adapt:
+        rate.observe(time.perf_counter() - t)
     stats.frames_analysed += 1
     for window in pooler.add(analysis):
         stats.windows += 1
@@ -89,8 +92,11 @@ def _flush(pooler, emit, stats, last_t, ended: bool) -> None:
         emit(tail)
 
 
-def _run_unpaced(source, stage, pooler, emit, period, stop, stats, t0) -> LoopStats:
-    """Pull every frame of an as-fast-as-possible replay in this thread: no frame is dropped."""
+def _run_unpaced(source, stage, pooler, emit, rate, stop, stats, t0) -> LoopStats:
+    """Pull every frame of an as-fast-as-possible replay in this thread: no frame is dropped.
+
+    Media time is not wall time here, so the rate stays at its target instead of adapting to CPU cost.
+    """
     next_due, last_t = float("-inf"), None
     source.open()
     try:
@@ -99,7 +105,7 @@ def _run_unpaced(source, stage, pooler, emit, period, stop, stats, t0) -> LoopSt
             if frame is None:
                 break
             stats.frames_captured += 1
-            last_t, next_due = _step(frame, stage, pooler, emit, period, next_due, stats, last_t)
+            last_t, next_due = _step(frame, stage, pooler, emit, rate, next_due, stats, last_t, adapt=False)
         _flush(pooler, emit, stats, last_t, ended=not stop.is_set())
     finally:
         source.close()
