@@ -35,7 +35,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise ConfigError("--fast applies to replay sources (video or images) only")
         cfg.camera = cfg.camera.model_copy(update={"realtime": False} if cfg.camera.type == "video" else {"fps": None})
     stage = VisionStage.load(cfg.vision.detector, cfg.vision.emotion_model, cfg.vision.runtime, cfg.vision.threads)
-    pooler = FaceWindowPooler(cfg.windows.seconds, cfg.windows.min_faces)
+    pooler = FaceWindowPooler(cfg.fusion.window_s, cfg.fusion.min_faces)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -50,6 +50,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stats = run_face_windows(build_source(cfg.camera), stage, pooler, emit, rate, stop)
     print(json.dumps({"summary": vars(stats)}), file=sys.stderr, flush=True)
     return 0
+
+
+def _run_overrides(args: argparse.Namespace) -> dict:
+    """Map `run`'s command-line options onto config keys (applied on top of the file)."""
+    o: dict = {}
+    if args.video:
+        o["camera"] = {"type": "video", "path": str(args.video)}
+    if args.audio:
+        o["microphone"] = {"type": "wav", "path": str(args.audio)}
+    for flag, key in (("broker", "mqtt.broker"), ("site", "mqtt.site"), ("room", "mqtt.room"),
+                      ("device_id", "mqtt.device_id"), ("state_dir", "state_dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            o[key] = str(value)
+    return o
+
+
+def _replay_options(cfg, loop: bool, fast: bool):
+    """Apply --loop and --fast to whichever sources are replays."""
+    for name in ("camera", "microphone"):
+        src = getattr(cfg, name)
+        if src is None or src.type not in ("video", "wav", "images"):
+            if fast and src is not None:
+                raise ConfigError(f"--fast applies to replay sources only; {name} is {src.type}")
+            continue
+        update = {"loop": loop} if loop else {}
+        if fast:
+            update["realtime" if src.type in ("video", "wav") else "fps"] = False if src.type != "images" else None
+        setattr(cfg, name, src.model_copy(update=update))
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the device: capture, analyse, fuse, and publish events until SIGTERM."""
+    from device.config import load_config
+    from device.service import DeviceService
+
+    overrides = _run_overrides(args)
+    cfg = _replay_options(load_config(args.config, overrides), args.loop, args.fast)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service = DeviceService(cfg, args.config, overrides)
+    return service.run(stop)
 
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
@@ -70,6 +115,8 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m device`."""
+    from device.mqtt.config import broker_url_arg
+
     parser = argparse.ArgumentParser(prog="python -m device", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--video", type=Path, help="replay this video instead of the bundled sample")
     demo.add_argument("--fast", action="store_true", help="replay as fast as possible instead of real time")
     demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help=cmd_run.__doc__)
+    run.add_argument("--config", type=Path, help="device config YAML (default: documented defaults)")
+    run.add_argument("--video", type=Path, help="replay this video file as the camera (paced at real time)")
+    run.add_argument("--audio", type=Path, help="replay this WAV file as the microphone (paced at real time)")
+    run.add_argument("--loop", action="store_true", help="replays start again at the end, until stopped")
+    run.add_argument("--fast", action="store_true", help="replays run as fast as possible (benchmarks, tests)")
+    run.add_argument("--broker", type=broker_url_arg, help="mqtt://host:port or mqtts://host:port")
+    run.add_argument("--site", help="site id (topic level)")
+    run.add_argument("--room", help="room id (topic level)")
+    run.add_argument("--device-id", help="device id (topic level and MQTT client id)")
+    run.add_argument("--state-dir", type=Path, help="writable folder for the offline queue")
+    run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate-config", help=cmd_validate_config.__doc__)
     val.add_argument("file", type=Path)
@@ -92,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     st.set_defaults(func=cmd_selftest)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+    default_level = logging.INFO if args.command == "run" else logging.WARNING
+    logging.basicConfig(level=logging.DEBUG if args.verbose else default_level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         return args.func(args)

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from device.audio import AudioSourceConfig, WavFileConfig
+from device.audio.voice_gate import VoiceGateConfig
+from device.fusion import FusionConfig
+from device.mqtt.config import MqttConfig
 from device.sources import SourceConfig, VideoFileConfig
 
-SAMPLE_VIDEO = Path(__file__).resolve().parent / "samples" / "classroom_sample.mp4"
+SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLE_VIDEO = SAMPLES / "classroom_sample.mp4"
+SAMPLE_AUDIO = SAMPLES / "classroom_sample.wav"
+
+
+def default_state_dir() -> Path:
+    """Return $STATE_DIRECTORY (set by systemd's StateDirectory=) or ~/.local/state/aula."""
+    env = os.environ.get("STATE_DIRECTORY")
+    return Path(env.split(":")[0]) if env else Path.home() / ".local" / "state" / "aula"
+
+
+def default_device_id() -> str:
+    """Return a topic-safe id derived from the host name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "aula-device"
 
 
 class StrictModel(BaseModel):
@@ -49,24 +69,76 @@ class VisionConfig(StrictModel):
         return self
 
 
-class WindowConfig(StrictModel):
-    """Class-level windows."""
+class SpeechConfig(StrictModel):
+    """The microphone path: voice gate now; speech and text emotion models plug in here."""
 
-    seconds: float = Field(2.0, gt=0, le=60, description="Length of one window in seconds.")
-    min_faces: int = Field(
-        3, ge=1, description="Withhold the face distribution when fewer faces than this were seen (privacy)."
+    enabled: bool = Field(True, description="Capture audio and run the voice gate (and speech models, when set).")
+
+
+class PrivacyConfig(StrictModel):
+    """What the device may sense and send."""
+
+    paused: bool = Field(False, description="Start in privacy pause: no camera or microphone until resumed.")
+    send_transcripts: bool = Field(
+        False, description="Include transcript text in events. Off by default: no text leaves the device."
     )
 
 
 class DeviceConfig(StrictModel):
     """Top level of the device config file."""
 
-    camera: SourceConfig = Field(
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Writable folder for the offline queue and counters ($STATE_DIRECTORY under systemd).",
+    )
+    camera: SourceConfig | None = Field(
         default_factory=lambda: VideoFileConfig(path=SAMPLE_VIDEO),
-        description="Frame source: opencv, picamera2, video (replay) or images (folder). Default: the bundled sample.",
+        description="Frame source: opencv, picamera2, video (replay) or images (folder); null for none. "
+        "Default: the bundled sample recording.",
+    )
+    microphone: AudioSourceConfig | None = Field(
+        default_factory=lambda: WavFileConfig(path=SAMPLE_AUDIO),
+        description="Audio source: pyaudio (microphone by name) or wav (replay); null for none. "
+        "Default: the bundled sample.",
     )
     vision: VisionConfig = Field(default_factory=VisionConfig)
-    windows: WindowConfig = Field(default_factory=WindowConfig)
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
+    voice_gate: VoiceGateConfig = Field(default_factory=VoiceGateConfig, description="Loudness gate with pre-roll.")
+    fusion: FusionConfig = Field(default_factory=FusionConfig, description="Windows, calibration, weights, smoothing.")
+    mqtt: MqttConfig = Field(description="Broker, identity (site, room, device id), TLS, credentials, queue.")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_defaults(cls, data: Any) -> Any:
+        # Identity and the queue file have defaults that depend on the host and on state_dir.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        mqtt = dict(data.get("mqtt") or {})
+        mqtt.setdefault("site", "demo-school")
+        mqtt.setdefault("room", "demo-room")
+        mqtt.setdefault("device_id", default_device_id())
+        queue = dict(mqtt.get("queue") or {})
+        queue.setdefault("path", Path(data.get("state_dir") or default_state_dir()) / "mqtt-queue.sqlite3")
+        mqtt["queue"] = queue
+        data["mqtt"] = mqtt
+        return data
+
+    @property
+    def site(self) -> str:
+        return self.mqtt.site
+
+    @property
+    def room(self) -> str:
+        return self.mqtt.room
+
+    @property
+    def device_id(self) -> str:
+        return self.mqtt.device_id
+
+    def mqtt_config(self) -> MqttConfig:
+        return self.mqtt
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> DeviceConfig:

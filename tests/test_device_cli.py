@@ -34,11 +34,11 @@ def test_demo_prints_one_json_line_per_window_on_the_bundled_sample():
 
 def test_validate_config_names_file_line_and_key(tmp_path, capsys):
     bad = tmp_path / "device.yaml"
-    bad.write_text("vision:\n  threads: 2\n  colour: blue\nwindows:\n  seconds: -1\n")
+    bad.write_text("vision:\n  threads: 2\n  colour: blue\nfusion:\n  window_s: -1\n")
     assert main(["validate-config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:3: vision.colour: unknown key" in err
-    assert f"{bad}:5: windows.seconds" in err
+    assert f"{bad}:5: fusion.window_s" in err
     good = tmp_path / "ok.yaml"
     good.write_text(f"camera:\n  type: video\n  path: {SAMPLE_VIDEO}\nvision:\n  analysis_fps: 2\n")
     assert main(["validate-config", str(good)]) == 0

@@ -1,0 +1,289 @@
+"""The unattended device: workers, the window clock, fusion, MQTT publishing, health and systemd.
+
+One explicit state machine: starting -> running <-> degraded -> stopping. A worker that fails is
+restarted with backoff and reported (`degraded` with the reason) until it recovers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from enum import Enum
+from pathlib import Path
+
+from device.analysis_rate import AnalysisRate
+from device.config import DeviceConfig, load_config
+from device.events import DeviceState, EmotionEvent, Modality
+from device.fusion import LateFusion, WindowInputs, temperatures_from_manifest
+from device.sd_notify import SystemdNotifier
+from device.system_metrics import host_metrics
+from device.window_buckets import WindowBuckets
+from device.workers import AudioWorker, StageWorker, VisionWorker
+
+logger = logging.getLogger(__name__)
+
+# Analyses still running when a window ends are given this long to land in it (live sources).
+CLOSE_GRACE_S = 0.3
+TICK_S = 0.1
+
+
+class ServiceState(str, Enum):
+    """Lifecycle of the device service."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+
+
+class DeviceService:
+    """Runs the whole device until stopped; construct, then call run(stop_event)."""
+
+    def __init__(self, config: DeviceConfig, config_path: Path | None = None, overrides: dict | None = None,
+                 publisher_factory=None):
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.state = ServiceState.STARTING
+        self.state_reason: str | None = None
+        self.paused = threading.Event()
+        if config.privacy.paused:
+            self.paused.set()
+        self.notifier = SystemdNotifier()
+        self.t_start = time.monotonic()
+        self.wall_offset = time.time() - time.monotonic()
+        self.windows_emitted = 0
+        self._publisher_factory = publisher_factory
+        self._lock = threading.RLock()
+        self._reload_requested: DeviceConfig | None = None
+        self._stage = None
+        self.workers: list[StageWorker] = []
+        self.publisher = None
+        self.buckets: WindowBuckets | None = None
+        self.fusion: LateFusion | None = None
+        self.model_versions: dict[str, str] = {}
+
+    # ---- set-up ------------------------------------------------------------------------------------------------
+
+    def _load_models(self) -> None:
+        from device.model_store import model_entry
+        from device.vision import VisionStage
+
+        v = self.config.vision
+        if v.enabled:
+            self._stage = VisionStage.load(v.detector, v.emotion_model, v.runtime, v.threads)
+            self.model_versions["face_emotion"] = str(model_entry(v.emotion_model).meta.get("version", v.emotion_model))
+            self.model_versions["face_detector"] = "blazeface-" + (
+                "full" if v.detector == "full" else "short")
+        temps = temperatures_from_manifest({Modality.FACE: v.emotion_model}) if v.enabled else {}
+        self.fusion = LateFusion(self.config.fusion, temps)
+
+    def _make_workers(self) -> list[StageWorker]:
+        cfg = self.config
+        workers: list[StageWorker] = []
+        if cfg.vision.enabled and cfg.camera is not None:
+            v = cfg.vision
+            workers.append(VisionWorker(self.buckets, self.paused, cfg.camera, self._stage,
+                                        AnalysisRate(v.analysis_fps, v.min_analysis_fps, v.max_duty)))
+        if cfg.speech.enabled and cfg.microphone is not None:
+            workers.append(AudioWorker(self.buckets, self.paused, cfg.microphone, cfg.voice_gate))
+        return workers
+
+    def _paced(self) -> bool:
+        """False when every source is a replay at full speed: windows then follow the media clock."""
+        return any(
+            getattr(src, "realtime", True) or getattr(src, "type", "") not in ("video", "wav")
+            for src in (self.config.camera if self.config.vision.enabled else None,
+                        self.config.microphone if self.config.speech.enabled else None)
+            if src is not None
+        )
+
+    def _mqtt_config(self):
+        return self.config.mqtt_config()
+
+    # ---- state -------------------------------------------------------------------------------------------------
+
+    def _set_state(self, state: ServiceState, reason: str | None = None) -> None:
+        if (state, reason) == (self.state, self.state_reason):
+            return
+        logger.info("state %s -> %s%s", self.state.value, state.value, f" ({reason})" if reason else "")
+        self.state, self.state_reason = state, reason
+        self.notifier.status(f"{state.value}{': ' + reason if reason else ''}")
+        if self.publisher is not None and state in (ServiceState.RUNNING, ServiceState.DEGRADED):
+            self.publisher.publish_status(DeviceState.DEGRADED if state is ServiceState.DEGRADED
+                                          else DeviceState.ONLINE, reason)
+
+    def _supervise(self) -> bool:
+        """Restart dead workers, update running/degraded; return whether every stage is alive and beating."""
+        healthy = True
+        faults = []
+        now = time.monotonic()
+        for w in self.workers:
+            if not w.alive and not w.ended and not w.stop_event.is_set():
+                logger.error("%s stage died; restarting it", w.name)
+                w.restarts += 1
+                w.start()
+                faults.append(f"{w.name}: restarted")
+                healthy = False
+            if w.fault:
+                faults.append(f"{w.name}: {w.fault}")
+            if w.alive and now - w.heartbeat > 10:
+                faults.append(f"{w.name}: stalled {now - w.heartbeat:.0f} s")
+                healthy = False
+        if faults:
+            self._set_state(ServiceState.DEGRADED, "; ".join(faults)[:400])
+        else:
+            self._set_state(ServiceState.RUNNING)
+        return healthy
+
+    def health(self) -> dict:
+        """The health message body (the publisher adds its own queue figures)."""
+        uptime = time.monotonic() - self.t_start
+        data = {
+            "state": self.state.value,
+            "reason": self.state_reason,
+            "paused": self.paused.is_set(),
+            "uptime_s": round(uptime, 1),
+            "windows_emitted": self.windows_emitted,
+            "late_results": self.buckets.late if self.buckets else 0,
+            "models": dict(self.model_versions),
+            "host": host_metrics(),
+        }
+        for w in self.workers:
+            stage = w.health()
+            stage.update(alive=w.alive, fault=w.fault, restarts=w.restarts)
+            if isinstance(w, VisionWorker):
+                stage["frames_analysed_per_s"] = round(w.frames_analysed / max(uptime, 1e-6), 2)
+            data[w.name] = stage
+        return data
+
+    # ---- commands ----------------------------------------------------------------------------------------------
+
+    def on_command(self, command) -> None:
+        """Apply pause, resume and reload (ping is answered by the publisher)."""
+        name = command.command.value
+        if name == "pause":
+            self.paused.set()
+            for w in self.workers:
+                w.interrupt()  # close camera and mic now, not at the next frame
+        elif name == "resume":
+            self.paused.clear()
+        elif name == "reload":
+            if self.config_path is None:
+                raise ValueError("this device runs on built-in defaults; there is no config file to reload")
+            new = load_config(self.config_path, self.overrides)  # a ConfigError is the ack's reason
+            with self._lock:
+                self._reload_requested = new
+
+    def _apply_reload(self) -> None:
+        with self._lock:
+            new, self._reload_requested = self._reload_requested, None
+        if new is None:
+            return
+        if new.mqtt != self.config.mqtt or (new.site, new.room, new.device_id) != (
+                self.config.site, self.config.room, self.config.device_id):
+            logger.warning("reload: MQTT and identity changes take effect after a restart")
+            new = new.model_copy(update={"mqtt": self.config.mqtt, "site": self.config.site,
+                                         "room": self.config.room, "device_id": self.config.device_id})
+        logger.info("reload: restarting stages with the new config")
+        self._stop_workers()
+        self.config = new
+        if new.privacy.paused:
+            self.paused.set()
+        self._load_models()
+        self.workers = self._make_workers()
+        for w in self.workers:
+            w.start()
+
+    # ---- the window clock --------------------------------------------------------------------------------------
+
+    def _clock(self, paced: bool) -> float:
+        if paced:
+            return time.monotonic() - CLOSE_GRACE_S
+        active = [w for w in self.workers if not w.ended]
+        if not active:
+            return math.inf
+        return min(w.progress if w.progress is not None else self.buckets.t0 for w in active)
+
+    def _emit(self, k: int) -> None:
+        contents = self.buckets.close(k)
+        paused = self.paused.is_set()
+        if paused:
+            self.fusion.reset()  # after a pause, smoothing starts afresh instead of blending old mood in
+            inputs = WindowInputs(contents.start, contents.end, faces=0, speech_segments=0)
+        else:
+            inputs = WindowInputs(contents.start, contents.end, face=contents.face_probs, faces=contents.faces_max,
+                                  speech=contents.speech_probs, speech_segments=contents.speech_segments)
+        fused = self.fusion.update(inputs)
+        body = fused.to_dict()
+        cfg = self.config
+        event = EmotionEvent(
+            device_id=cfg.device_id, site=cfg.site, room=cfg.room, seq=0,
+            window_start_ms=int((contents.start + self.wall_offset) * 1000),
+            window_end_ms=int((contents.end + self.wall_offset) * 1000),
+            models=dict(self.model_versions), paused=paused, **body,
+        )
+        self.publisher.publish_event(event)
+        self.windows_emitted += 1
+
+    # ---- run ---------------------------------------------------------------------------------------------------
+
+    def _stop_workers(self, budget_s: float = 3.0) -> None:
+        for w in self.workers:
+            w.stop_event.set()
+            w.interrupt()
+        deadline = time.monotonic() + budget_s
+        for w in self.workers:
+            w.stop(timeout=max(0.05, deadline - time.monotonic()))
+
+    def run(self, stop: threading.Event) -> int:
+        """Run until `stop` is set (or every finite replay has ended); return an exit code."""
+        from device.mqtt.publisher import EventPublisher
+
+        self.notifier.status("starting")
+        self._load_models()
+        factory = self._publisher_factory or EventPublisher
+        self.publisher = factory(self._mqtt_config(), health_provider=self.health)
+        self.publisher.on_command(self.on_command)
+        self.publisher.start()
+        self.buckets = WindowBuckets(time.monotonic(), self.config.fusion.window_s)
+        self.workers = self._make_workers()
+        for w in self.workers:
+            w.start()
+        paced = self._paced()
+        self._set_state(ServiceState.RUNNING)
+        self.notifier.ready(f"running, {len(self.workers)} stages")
+        watchdog_every = self.notifier.watchdog_interval()
+        last_ping = 0.0
+        k = 0
+        try:
+            while not stop.is_set():
+                self._apply_reload()
+                healthy = self._supervise()
+                now = time.monotonic()
+                if watchdog_every and healthy and now - last_ping >= watchdog_every:
+                    self.notifier.watchdog()  # only while every stage is alive and beating
+                    last_ping = now
+                clock = self._clock(paced)
+                if clock == math.inf:  # every finite replay ended: close what they filled, then stop
+                    last = max((w.progress for w in self.workers if w.progress is not None), default=None)
+                    if last is not None:
+                        while k <= self.buckets.index(last):
+                            self._emit(k)
+                            k += 1
+                    break
+                closed = False
+                while clock >= self.buckets.bounds(k)[1]:
+                    self._emit(k)
+                    k += 1
+                    closed = True
+                if not closed:
+                    stop.wait(TICK_S if paced else 0.005)
+        finally:
+            self.state = ServiceState.STOPPING
+            self.notifier.stopping()
+            self._stop_workers()
+            self.publisher.stop(clean=True)
+        return 0
