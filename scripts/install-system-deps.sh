@@ -12,7 +12,10 @@ fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "Missing system packages: ${missing[*]}" >&2
     echo "Install them with: sudo apt-get install -y ${missing[*]}" >&2
-    exit 1
+    echo "(tests that need them are skipped, saying so, until then)" >&2
+    # CI sets AULA_REQUIRE_SYSTEM_DEPS=1: there a missing package is an error, not a skip.
+    [ "${AULA_REQUIRE_SYSTEM_DEPS:-0}" = "1" ] && exit 1
+    exit 0
 fi
 echo "Installing system packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive

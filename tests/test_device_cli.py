@@ -87,3 +87,10 @@ def test_selftest_fails_loudly_without_a_camera(tmp_path):
 def test_missing_config_file_is_named(args):
     out = _run(*args)
     assert out.returncode == 2 and "/nonexistent.yaml" in out.stderr
+
+
+def test_documented_example_config_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "docs" / "device.example.yaml"
+    assert main(["validate-config", str(example)]) == 0

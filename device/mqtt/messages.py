@@ -1,0 +1,182 @@
+"""Typed status, command and command-ack messages; stdlib and device.events only, so the server can import them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
+
+from device.events import DeviceState, Message, SchemaError, decode_json
+
+MAX_REASON_CHARS = 256
+
+
+class CommandName(str, Enum):
+    """Commands the server may send on `.../cmd`."""
+
+    PAUSE = "pause"  # privacy: stop sensing until resume
+    RESUME = "resume"
+    RELOAD = "reload"  # re-read the config file
+    PING = "ping"
+
+
+def _fields(cls: type, data: dict) -> None:
+    unknown = set(data) - set(cls.__dataclass_fields__) - {"type", "schema"}
+    if unknown:
+        raise SchemaError(f"unknown fields: {', '.join(sorted(unknown))}")
+
+
+def _id(data: dict, name: str, max_len: int = 64) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not 1 <= len(value) <= max_len or not value.isprintable():
+        raise SchemaError(f"{name} must be a string of 1-{max_len} printable characters")
+    return value
+
+
+def _timestamp(data: dict) -> int:
+    value = data.get("ts_ms")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**53:
+        raise SchemaError("ts_ms must be an integer of milliseconds since the epoch")
+    return value
+
+
+def _bool(data: dict, name: str, default: bool) -> bool:
+    value = data.get(name, default)
+    if not isinstance(value, bool):
+        raise SchemaError(f"{name} must be true or false")
+    return value
+
+
+def _reason(data: dict) -> str | None:
+    value = data.get("reason")
+    if value is not None and (not isinstance(value, str) or len(value) > MAX_REASON_CHARS):
+        raise SchemaError(f"reason must be a string of at most {MAX_REASON_CHARS} characters or null")
+    return value
+
+
+def short_reason(text: str) -> str:
+    """Clip free text to the reason limit so a long exception message cannot break the schema."""
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+
+
+@dataclass
+class StatusMessage(Message):
+    """The retained availability of a device on `.../status`."""
+
+    type_tag: ClassVar[str] = "status"
+
+    device_id: str
+    state: DeviceState
+    ts_ms: int
+    reason: str | None = None
+    paused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StatusMessage:
+        cls._header(data)
+        _fields(cls, data)
+        try:
+            state = DeviceState(data.get("state"))
+        except ValueError:
+            raise SchemaError(f"state must be one of {', '.join(s.value for s in DeviceState)}") from None
+        reason = _reason(data)
+        if state is DeviceState.DEGRADED and not reason:
+            raise SchemaError("a degraded status needs a reason")
+        return cls(
+            device_id=_id(data, "device_id"),
+            state=state,
+            ts_ms=_timestamp(data),
+            reason=reason,
+            paused=_bool(data, "paused", False),
+        )
+
+    @classmethod
+    def from_payload(cls, payload: bytes | str) -> StatusMessage:
+        return cls.from_dict(decode_json(payload))
+
+
+@dataclass
+class Command(Message):
+    """A command from the server on `.../cmd`; `id` correlates it with its ack."""
+
+    type_tag: ClassVar[str] = "command"
+
+    id: str
+    command: CommandName
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["command"] = self.command.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Command:
+        cls._header(data)
+        _fields(cls, data)
+        command_id = _id(data, "id")
+        try:
+            name = CommandName(data.get("command"))
+        except ValueError:
+            raise SchemaError(
+                f"command must be one of {', '.join(c.value for c in CommandName)}, got {data.get('command')!r}"
+            ) from None
+        return cls(id=command_id, command=name)
+
+    @classmethod
+    def from_payload(cls, payload: bytes | str) -> Command:
+        return cls.from_dict(decode_json(payload))
+
+
+def extract_command_id(payload: bytes | str) -> str | None:
+    """Return the `id` of a command payload that failed validation, when it has a usable one, so it can be acked."""
+    try:
+        return _id(decode_json(payload), "id")
+    except SchemaError:
+        return None
+
+
+@dataclass
+class CommandAck(Message):
+    """The device's answer to a command on `.../cmd/ack`; `ok: false` carries the reason."""
+
+    type_tag: ClassVar[str] = "command_ack"
+
+    id: str
+    device_id: str
+    ok: bool
+    ts_ms: int
+    command: str | None = None  # None when the command could not be read
+    reason: str | None = None
+    paused: bool = False  # the privacy state after the command
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CommandAck:
+        cls._header(data)
+        _fields(cls, data)
+        if "ok" not in data:
+            raise SchemaError("missing field ok")
+        ok = _bool(data, "ok", False)
+        command = data.get("command")
+        if command is not None and command not in {c.value for c in CommandName}:
+            raise SchemaError(f"command must be a known command or null, got {command!r}")
+        reason = _reason(data)
+        if not ok and not reason:
+            raise SchemaError("a failed ack needs a reason")
+        return cls(
+            id=_id(data, "id"),
+            device_id=_id(data, "device_id"),
+            ok=ok,
+            ts_ms=_timestamp(data),
+            command=command,
+            reason=reason,
+            paused=_bool(data, "paused", False),
+        )
+
+    @classmethod
+    def from_payload(cls, payload: bytes | str) -> CommandAck:
+        return cls.from_dict(decode_json(payload))
