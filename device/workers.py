@@ -74,8 +74,15 @@ class StageWorker(ABC):
     def beat(self) -> None:
         self.heartbeat = time.monotonic()
 
+    def delivered(self) -> None:
+        """The input produces data again: whatever fault was reported is over."""
+        self._failures = 0
+        if self.fault is not None:
+            logger.info("%s recovered", self.name)
+            self.fault = None
+
     def _supervise(self) -> None:
-        failures = 0
+        self._failures = 0
         while not self.stop_event.is_set() and not self.ended:
             self.beat()
             if self.paused.is_set():
@@ -83,10 +90,7 @@ class StageWorker(ABC):
                 continue
             try:
                 self.run_once()
-                failures = 0
-                if self.fault is not None:
-                    logger.info("%s recovered", self.name)
-                self.fault = None
+                self.delivered()
             except AulaError as exc:
                 self.fault = str(exc)
                 logger.error("%s failed: %s", self.name, exc)
@@ -94,8 +98,8 @@ class StageWorker(ABC):
                 self.fault = f"{type(exc).__name__}: {exc}"
                 logger.exception("%s crashed", self.name)
             if self.fault is not None and not self.stop_event.is_set():
-                delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
-                failures += 1
+                delay = BACKOFF_S[min(self._failures, len(BACKOFF_S) - 1)]
+                self._failures += 1
                 self.restarts += 1
                 logger.info("%s retries in %.0f s", self.name, delay)
                 self._wait(delay)
@@ -148,6 +152,7 @@ class VisionWorker(StageWorker):
         if self._source is not None and self._source.paced:
             self.rate.observe(time.perf_counter() - t)
         self.frames_analysed += 1
+        self.delivered()
         self.detect_ms.append(analysis.detect_ms)
         if analysis.n_faces:
             self.classify_ms_per_face.append(analysis.classify_ms / analysis.n_faces)
@@ -285,6 +290,7 @@ class AudioWorker(StageWorker):
                             self.ended = True
                             return
                         continue
+                    self.delivered()
                     for seg in gate.process(chunk):
                         self._segment(seg)
                     self.progress = chunk.t_end
