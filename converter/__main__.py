@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ex = sub.add_parser("export-face", help="quantise, evaluate and export trained face weights")
     ex.add_argument("--work-dir", type=Path)
+    ex.add_argument("--swa-last", type=int, default=8,
+                    help="also try the average of the last N epoch snapshots; kept only if better on validation")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     from converter.export_face import export_face
 
-    export_face(work_dir)
+    export_face(work_dir, swa_last=getattr(args, "swa_last", 8))
     return 0
 
 

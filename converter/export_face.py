@@ -27,16 +27,40 @@ ONNX_FILE = "face_emotion.onnx"
 CALIBRATION_SAMPLES = 1000
 
 
-def _saved_model(work_dir: Path, out: Path) -> None:
+def _val_accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
+    logits = net.predict((x.astype(np.float32) / 255.0)[..., None], batch_size=512, verbose=0)
+    return float((logits.argmax(1) == y).mean())
+
+
+def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.ndarray, swa_last: int):
+    """Return (net, how it was chosen): the best-validation checkpoint, or the average of the last
+    `swa_last` epoch snapshots when that scores higher on validation (never on test)."""
     import keras
+
+    from converter.swa import averaged_net, snapshot_epochs
 
     keras.mixed_precision.set_global_policy("float32")
     weights = work_dir / "best.weights.h5"
     if weights.exists():
-        net = build_face_net(NUM_LABELS)
-        net.load_weights(str(weights))
+        best = build_face_net(NUM_LABELS)
+        best.load_weights(str(weights))
     else:  # training still running or interrupted: take the best checkpoint so far
-        net = load_best_net(work_dir)
+        best = load_best_net(work_dir)
+    best_acc = _val_accuracy(best, xva, yva)
+    choice = (best, f"best-validation checkpoint (val accuracy {best_acc:.4f})")
+    snaps = list(snapshot_epochs(work_dir / "snapshots").values())[-swa_last:] if swa_last > 1 else []
+    if len(snaps) >= 2:
+        swa = averaged_net(snaps, x_train)
+        swa_acc = _val_accuracy(swa, xva, yva)
+        logger.info("validation accuracy: best checkpoint %.4f, average of last %d epochs %.4f",
+                    best_acc, len(snaps), swa_acc)
+        if swa_acc > best_acc:
+            choice = (swa, f"average of the last {len(snaps)} epochs' weights with batch-norm statistics "
+                           f"recomputed (val accuracy {swa_acc:.4f}; best single checkpoint {best_acc:.4f})")
+    return choice
+
+
+def _saved_model(net, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     net.export(str(out), format="tf_saved_model", verbose=False)
@@ -115,16 +139,17 @@ def _latency_ms(model, faces: np.ndarray, repeats: int = 300) -> float:
     return (time.perf_counter() - t) * 1000 / len(crops)
 
 
-def export_face(work_dir: Path) -> dict:
+def export_face(work_dir: Path, swa_last: int = 8) -> dict:
     """Export the best weights in work_dir to models_tflite/, evaluate them and write the card."""
     from device.model_store import sha256_of
     from device.models.face_emotion import FaceEmotionModel
     from device.models.manifest_tools import update_manifest_entry
     from device.runtime import open_backend
 
-    saved = work_dir / "saved_model"
-    _saved_model(work_dir, saved)
     (xtr, ytr), (xva, yva) = face_splits()
+    net, selection = _select_net(work_dir, xtr, xva, yva, swa_last)
+    saved = work_dir / "saved_model"
+    _saved_model(net, saved)
     xte, yte = load_fer2013("test")
 
     MODELS.mkdir(exist_ok=True)
@@ -207,7 +232,7 @@ def export_face(work_dir: Path) -> dict:
         update_manifest_entry(f"face_emotion_{key}", entry)
 
     report = {"results": results, "int8_float_top1_agreement": agree, "onnx_max_abs_logit_diff": onnx_diff,
-              "train_config": train_cfg, "int8_input_scale": int8_spec.scale,
+              "train_config": train_cfg, "selection": selection, "int8_input_scale": int8_spec.scale,
               "int8_input_zero_point": int8_spec.zero_point}
     (MODELS / "cards").mkdir(exist_ok=True)
     (MODELS / "cards" / "face_emotion_metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))

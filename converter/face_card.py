@@ -49,7 +49,8 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
         "and brightness jitter.",
         f"- Class imbalance: per-sample loss weights (max count / class count)^{cfg['imbalance_power']}, "
         "normalised to mean 1: " + ", ".join(f"{LABELS[int(k)]} {v:.2f}" for k, v in cfg["class_weights"].items()),
-        f"- The checkpoint with the best validation accuracy was kept ({_history_summary(work_dir)}).",
+        f"- Weights exported: {report.get('selection', 'best-validation checkpoint')}; "
+        f"{_history_summary(work_dir)}. Chosen on validation data only.",
         "",
         "## Quantisation",
         "Full-integer int8 (int8 weights, activations, input and output), calibrated on 1,000 real FER2013 "

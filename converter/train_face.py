@@ -116,6 +116,7 @@ def train(
             save_weights_only=True,
         ),
         keras.callbacks.CSVLogger(str(work_dir / "history.csv"), append=True),
+        EpochSnapshots(work_dir / "snapshots", keep=12),
     ]
     model.fit(
         dataset(xtr, ytr, True),
@@ -126,6 +127,22 @@ def train(
     )
     load_best_net(work_dir).save_weights(str(best))
     return best
+
+
+def EpochSnapshots(folder: Path, keep: int):  # noqa: N802 - a callback factory, named like the class it makes
+    """Return a callback that saves the weights after every epoch (the last `keep`), for weight averaging."""
+    import keras
+
+    class _Snapshots(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            folder.mkdir(parents=True, exist_ok=True)
+            self.model.save_weights(str(folder / f"epoch_{epoch + 1}.weights.h5"))
+            for old in sorted(folder.glob("epoch_*.weights.h5"), key=lambda p: int(p.name.split("_")[1].split(".")[0]))[
+                :-keep
+            ]:
+                old.unlink()
+
+    return _Snapshots()
 
 
 def build_training_model():

@@ -1,0 +1,55 @@
+"""Stochastic weight averaging over the last epochs' snapshots, with batch-norm statistics recomputed."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def snapshot_epochs(snap_dir: Path) -> dict[int, Path]:
+    """Return {epoch: weights file} of the snapshots saved during training."""
+    out = {}
+    for path in snap_dir.glob("epoch_*.weights.h5"):
+        m = re.fullmatch(r"epoch_(\d+)\.weights\.h5", path.name)
+        if m:
+            out[int(m.group(1))] = path
+    return dict(sorted(out.items()))
+
+
+def _recompute_batch_norm(net, x_train: np.ndarray, batch_size: int = 256) -> None:
+    """Set every BN layer's moving mean and variance to the exact average of batch statistics over x_train."""
+    from keras import layers
+
+    bns = [layer for layer in net.layers if isinstance(layer, layers.BatchNormalization)]
+    for bn in bns:
+        bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, np.float32))
+        bn.moving_variance.assign(np.ones(bn.moving_variance.shape, np.float32))
+    saved = [bn.momentum for bn in bns]
+    x = (x_train.astype(np.float32) / 255.0)[..., None]
+    for i, start in enumerate(range(0, len(x), batch_size), start=1):
+        for bn in bns:
+            bn.momentum = (i - 1) / i  # cumulative mean of the batch statistics
+        net(x[start:start + batch_size], training=True)
+    for bn, m in zip(bns, saved, strict=True):
+        bn.momentum = m
+
+
+def averaged_net(snapshots: list[Path], x_train: np.ndarray):
+    """Return the face network with the mean of the snapshots' weights and recomputed BN statistics."""
+    from converter.train_face import build_training_model
+
+    net, wrapper = build_training_model()
+    total = None
+    for path in snapshots:
+        wrapper.load_weights(str(path))
+        weights = net.get_weights()
+        total = weights if total is None else [t + w for t, w in zip(total, weights, strict=True)]
+    net.set_weights([t / len(snapshots) for t in total])
+    _recompute_batch_norm(net, x_train)
+    logger.info("averaged %d snapshots: %s", len(snapshots), ", ".join(p.name for p in snapshots))
+    return net
