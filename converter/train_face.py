@@ -129,7 +129,7 @@ def train(
     return best
 
 
-def EpochSnapshots(folder: Path, keep: int):  # noqa: N802 - a callback factory, named like the class it makes
+def EpochSnapshots(folder: Path, keep: int):
     """Return a callback that saves the weights after every epoch (the last `keep`), for weight averaging."""
     import keras
 
