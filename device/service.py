@@ -6,6 +6,7 @@ restarted with backoff and reported (`degraded` with the reason) until it recove
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -64,6 +65,7 @@ class DeviceService:
         self.buckets: WindowBuckets | None = None
         self.fusion: LateFusion | None = None
         self.model_versions: dict[str, str] = {}
+        self.final_health: dict | None = None
 
     # ---- set-up ------------------------------------------------------------------------------------------------
 
@@ -286,4 +288,7 @@ class DeviceService:
             self.notifier.stopping()
             self._stop_workers()
             self.publisher.stop(clean=True)
+            self.final_health = self.health()
+            self.final_health["publisher"] = self.publisher.stats().to_dict()
+            logger.info("final figures: %s", json.dumps(self.final_health))
         return 0
