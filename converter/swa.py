@@ -21,10 +21,15 @@ def snapshot_epochs(snap_dir: Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
-def _recompute_batch_norm(net, x_train: np.ndarray, batch_size: int = 256) -> None:
-    """Set every BN layer's moving mean and variance to the exact average of batch statistics over x_train."""
+def _recompute_batch_norm(net, x_train: np.ndarray, batch_size: int = 256, max_images: int = 8192) -> None:
+    """Set every BN layer's moving mean and variance to the average of batch statistics over training faces.
+
+    A random 8,192 faces estimate the statistics well and take a third of the time of the whole set.
+    """
     from keras import layers
 
+    if len(x_train) > max_images:
+        x_train = x_train[np.random.default_rng(0).choice(len(x_train), max_images, replace=False)]
     bns = [layer for layer in net.layers if isinstance(layer, layers.BatchNormalization)]
     for bn in bns:
         bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, np.float32))
