@@ -29,6 +29,15 @@ def percentile(values, q: float) -> float | None:
     return float(np.percentile(np.fromiter(values, float), q)) if values else None
 
 
+def raise_capture_error(capture, what: str) -> None:
+    """Re-raise a capture thread's error on the worker's thread (as a SourceError when it is not ours)."""
+    if capture.error is None:
+        return
+    if isinstance(capture.error, AulaError):
+        raise capture.error
+    raise SourceError(f"{what} failed: {capture.error!r}") from capture.error
+
+
 class StageWorker(ABC):
     """A stage running in a thread: supervised, restartable, with a heartbeat and a fault reason."""
 
@@ -191,10 +200,7 @@ class VisionWorker(StageWorker):
                     self.frames_captured = base_captured + capture.slot.captured
                     self.frames_dropped = base_dropped + capture.slot.dropped
                     if frame is None:
-                        if capture.error is not None:
-                            if isinstance(capture.error, AulaError):
-                                raise capture.error
-                            raise SourceError(f"camera failed: {capture.error!r}")
+                        raise_capture_error(capture, "camera")
                         if capture.ended:
                             self.ended = True
                             return
@@ -282,10 +288,7 @@ class AudioWorker(StageWorker):
                     self.audio_dropped_s = buffer.dropped_s
                     self.buffer_unread = buffer.unread
                     if chunk is None:
-                        if capture.error is not None:
-                            if isinstance(capture.error, AulaError):
-                                raise capture.error
-                            raise SourceError(f"microphone failed: {capture.error!r}")
+                        raise_capture_error(capture, "microphone")
                         if capture.ended:
                             self.ended = True
                             return

@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-from device.errors import AulaError
+from device.capture import SourceThread
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +227,10 @@ class AudioRingBuffer:
             start = self._written - n
             return AudioChunk(self._copy(start, self._written), self._time_of(start), self.sample_rate)
 
+    def put(self, chunk: AudioChunk) -> None:
+        """Sink interface for the capture thread: same as write()."""
+        self.write(chunk)
+
     def close(self) -> None:
         """Wake waiting readers; read() drains what is left, then returns None."""
         with self._cond:
@@ -238,72 +242,17 @@ class AudioRingBuffer:
         return self._closed
 
 
-class AudioCaptureThread:
-    """Reads a source in a daemon thread into an AudioRingBuffer, so a slow consumer never stalls capture."""
+class AudioCaptureThread(SourceThread):
+    """Reads an audio source into an AudioRingBuffer, so a slow consumer never stalls capture."""
+
+    kind = "audio"
 
     def __init__(self, source: AudioSource, buffer: AudioRingBuffer | None = None):
-        self.source = source
-        self.buffer = buffer if buffer is not None else AudioRingBuffer()
-        self.error: BaseException | None = None
-        self._ended = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"audio-{source.name}", daemon=True)
-
-    def start(self) -> AudioCaptureThread:
-        self._thread.start()
-        return self
+        super().__init__(source, buffer if buffer is not None else AudioRingBuffer())
 
     @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    @property
-    def ended(self) -> bool:
-        """True once a finite source ran out of audio."""
-        return self._ended
-
-    def stop(self, timeout: float = 1.0) -> bool:
-        """Ask the thread to finish and join it; return whether it stopped within timeout."""
-        self._stop.set()
-        self.source.interrupt()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        if self._thread.is_alive():
-            # A driver stuck in a blocking read; the daemon thread dies with the process.
-            logger.warning("audio capture for %s did not stop within %.1f s", self.source.name, timeout)
-            return False
-        return True
-
-    def __enter__(self) -> AudioCaptureThread:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        try:
-            self.source.open()
-            while not self._stop.is_set():
-                chunk = self.source.read()
-                if self._stop.is_set():
-                    break  # a read cut short by stop() is not the end of the stream
-                if chunk is None:
-                    self._ended = True
-                    logger.info("audio source %s ended after %d chunks", self.source.name, self.buffer.chunks)
-                    break
-                self.buffer.write(chunk)
-        except Exception as exc:  # kept for the service to report once; never re-raised here
-            self.error = exc
-            if isinstance(exc, AulaError):
-                logger.error("audio source %s failed: %s", self.source.name, exc)
-            else:
-                logger.exception("audio source %s crashed", self.source.name)
-        finally:
-            try:
-                self.source.close()
-            except Exception:  # closing must not mask the original error
-                logger.exception("closing audio source %s failed", self.source.name)
-            self.buffer.close()
+    def buffer(self) -> AudioRingBuffer:
+        return self.sink
 
 
 class AudioPacer:

@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-from device.errors import AulaError
+from device.capture import SourceThread
 
 logger = logging.getLogger(__name__)
 
@@ -172,70 +172,14 @@ class LatestFrameSlot:
         return self._closed
 
 
-class CaptureThread:
-    """Reads a source in a daemon thread into a LatestFrameSlot, so a slow consumer never builds a backlog."""
+class CaptureThread(SourceThread):
+    """Reads a frame source into a LatestFrameSlot, so a slow consumer never builds a backlog."""
+
+    kind = "camera"
 
     def __init__(self, source: FrameSource, slot: LatestFrameSlot | None = None):
-        self.source = source
-        self.slot = slot if slot is not None else LatestFrameSlot()
-        self.error: BaseException | None = None
-        self._ended = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"capture-{source.name}", daemon=True)
-
-    def start(self) -> CaptureThread:
-        self._thread.start()
-        return self
+        super().__init__(source, slot if slot is not None else LatestFrameSlot())
 
     @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    @property
-    def ended(self) -> bool:
-        """True once a finite source ran out of frames."""
-        return self._ended
-
-    def stop(self, timeout: float = 1.0) -> bool:
-        """Ask the thread to finish and join it; return whether it stopped within timeout."""
-        self._stop.set()
-        self.source.interrupt()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        if self._thread.is_alive():
-            # A driver stuck in a blocking read; the daemon thread dies with the process.
-            logger.warning("capture thread for %s did not stop within %.1f s", self.source.name, timeout)
-            return False
-        return True
-
-    def __enter__(self) -> CaptureThread:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        try:
-            self.source.open()
-            while not self._stop.is_set():
-                frame = self.source.read()
-                if self._stop.is_set():
-                    break  # a read cut short by stop() is not the end of the stream
-                if frame is None:
-                    self._ended = True
-                    logger.info("source %s ended after %d frames", self.source.name, self.slot.captured)
-                    break
-                self.slot.put(frame)
-        except Exception as exc:  # kept for the service to report once; never re-raised here
-            self.error = exc
-            if isinstance(exc, AulaError):
-                logger.error("source %s failed: %s", self.source.name, exc)
-            else:
-                logger.exception("source %s crashed", self.source.name)
-        finally:
-            try:
-                # Closed on this thread: OpenCV and libcamera handles are not safe to release mid-read.
-                self.source.close()
-            except Exception:  # closing must not mask the original error
-                logger.exception("closing source %s failed", self.source.name)
-            self.slot.close()
+    def slot(self) -> LatestFrameSlot:
+        return self.sink
