@@ -56,14 +56,17 @@ ANCHORS = {
         "num_anchors": 2304,
     },
 }
-DECODER = {
-    "short": {
+
+
+def _decoder(input_size: int) -> dict[str, Any]:
+    """MediaPipe's TensorsToDetectionsCalculator options for a BlazeFace model of this input size."""
+    return {
         "num_coords": 16,
         "box_coord_offset": 0,
         "keypoint_coord_offset": 4,
         "num_keypoints": 6,
         "reverse_output_order": True,
-        "scale": 128.0,
+        "scale": float(input_size),
         "sigmoid_score": True,
         "score_clipping_thresh": 100.0,
         "min_score_thresh": 0.5,
@@ -72,24 +75,10 @@ DECODER = {
             "overlap_type": "INTERSECTION_OVER_UNION",
             "min_suppression_threshold": 0.3,
         },
-    },
-    "full": {
-        "num_coords": 16,
-        "box_coord_offset": 0,
-        "keypoint_coord_offset": 4,
-        "num_keypoints": 6,
-        "reverse_output_order": True,
-        "scale": 192.0,
-        "sigmoid_score": True,
-        "score_clipping_thresh": 100.0,
-        "min_score_thresh": 0.5,
-        "nms": {
-            "algorithm": "WEIGHTED",
-            "overlap_type": "INTERSECTION_OVER_UNION",
-            "min_suppression_threshold": 0.3,
-        },
-    },
-}
+    }
+
+
+DECODER = {"short": _decoder(128), "full": _decoder(192)}
 SOURCE_FILES = {
     "short": "face_detection_short_range.tflite",
     "full": "face_detection_full_range_sparse.tflite",
