@@ -285,6 +285,13 @@ class EventPublisher:
             self._final_stats = self.stats()
             self.queue.close()
             return
+        deadline = time.monotonic() + self.config.stop_timeout_s
+        if clean:
+            # A clean stop (SIGTERM, systemctl stop) first sends what is queued, so the last windows do not wait
+            # on disk for the next start; the sender keeps its pacing and in-flight limit meanwhile.
+            while len(self.queue) and self.connected and time.monotonic() < deadline:
+                self._wake.set()
+                time.sleep(0.02)
         self._stopping.set()
         self._wake.set()
         if self._sender is not None:
@@ -293,7 +300,6 @@ class EventPublisher:
             self._commands.put_nowait(None)
         except queue.Full:
             pass  # the worker is a daemon thread; it ends with the process
-        deadline = time.monotonic() + self.config.stop_timeout_s
         if self.connected and clean:
             # Let in-flight events finish first, so `stopped` is the last thing the server hears.
             while self._inflight and self.connected and time.monotonic() < deadline:
