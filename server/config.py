@@ -1,0 +1,273 @@
+"""Server settings: broker, database, HTTP, retention, summaries; strict, every field documented."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from device.mqtt.config import TlsConfig, parse_broker_url
+
+
+class StrictModel(BaseModel):
+    """A config section that rejects unknown keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _default_client_id() -> str:
+    # Fixed per machine, so the broker keeps this instance's persistent session across restarts.
+    return f"aula-server-{socket.gethostname()}"[:64]
+
+
+def parse_database_url(url: str) -> tuple[str, str]:
+    """Return (kind, target): ('sqlite', path) or ('postgresql', conninfo URL); ValueError says what is wrong."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("database URL is empty; expected sqlite:///path or postgresql://host/db")
+    url = url.strip()
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]  # sqlite:///rel.db is relative, sqlite:////abs.db absolute (SQLAlchemy's rule)
+        if not path:
+            raise ValueError("sqlite URL has no path; write sqlite:///relative.db or sqlite:////absolute.db")
+        return "sqlite", path
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("postgresql", "postgres"):
+        parts = urlsplit(url)
+        if parts.password:
+            # A password in a URL ends up in process lists and logs.
+            raise ValueError("database URL must not carry a password; set database.password_env")
+        return "postgresql", url
+    raise ValueError(f"database URL {url!r} is not supported; use sqlite:///path or postgresql://user@host:port/db")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Parse `HOST:PORT` (IPv6 as `[::1]:8080`)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen address {value!r} must be HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
+
+
+class ServerMqttConfig(StrictModel):
+    """How the server reaches the broker and subscribes to the devices' topics."""
+
+    broker: str = Field("mqtt://localhost:1883", description="Broker URL: mqtt://host:port or mqtts://host:port.")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT protocol version; 3.1.1 for brokers that speak only that (e.g. amqtt)."
+    )
+    client_id: str = Field(
+        default_factory=_default_client_id,
+        description="MQTT client id; fixed per instance so the broker keeps its session (and queued events) "
+        "while the server restarts. Two instances must not share one.",
+    )
+    persistent_session: bool = Field(
+        True, description="Keep the broker-side session (clean_start/clean_session false), so nothing is lost."
+    )
+    session_expiry_s: int = Field(
+        7 * 24 * 3600, ge=0, le=2**32 - 1, description="MQTT 5: how long the broker keeps the session while away."
+    )
+    shared_group: str | None = Field(
+        None,
+        description="Subscribe to events and health as $share/<group>/... so instances with the same group split "
+        "the load; each instance then also follows all events with a QoS 0 live feed for its dashboards.",
+    )
+    ack_after_commit: bool = Field(
+        True,
+        description="Acknowledge each QoS 1 event only after its batch is committed, so a crash loses nothing; "
+        "the broker redelivers what was not acknowledged.",
+    )
+    receive_maximum: int = Field(
+        2000,
+        ge=20,
+        le=65535,
+        description="MQTT 5: most unacknowledged events the broker may send at once (with 3.1.1 the broker's "
+        "max_inflight_messages decides).",
+    )
+    keepalive: int = Field(30, ge=5, le=3600, description="Seconds between keep-alives.")
+    reconnect_min_s: float = Field(1.0, gt=0, le=60, description="First reconnect delay; it doubles on each failure.")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay.")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS files; used only with mqtts://.")
+    username: str | None = Field(None, description="Broker user name; none connects anonymously.")
+    password_env: str | None = Field(None, description="Environment variable that holds the broker password.")
+    password_credential: str | None = Field(
+        None, description="systemd credential name with the broker password ($CREDENTIALS_DIRECTORY/<name>)."
+    )
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_number(cls, value: Any) -> Any:
+        return str(value) if value == 5 and not isinstance(value, bool) else value
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        return parse_broker_url(value).url
+
+    @field_validator("client_id", "shared_group")
+    @classmethod
+    def _level(cls, value: str | None, info) -> str | None:
+        if value is not None and (
+            not value or len(value) > 64 or any(c in value for c in "/+#$") or not value.isprintable()
+        ):
+            raise ValueError(f"{info.field_name} must be 1-64 printable characters without '/', '+', '#' or '$'")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ServerMqttConfig:
+        if self.password_env and self.password_credential:
+            raise ValueError("set password_env or password_credential, not both")
+        if (self.password_env or self.password_credential) and not self.username:
+            raise ValueError("a password needs a username")
+        if (self.tls.ca_file or self.tls.cert_file or self.tls.insecure) and not self.address.tls:
+            raise ValueError("tls settings need an mqtts:// broker URL")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+    @property
+    def address(self):
+        return parse_broker_url(self.broker)
+
+
+class DatabaseConfig(StrictModel):
+    """Where events, aggregates, users and sessions are stored."""
+
+    url: str = Field(
+        "sqlite:///aula-server.sqlite3",
+        description="sqlite:///relative/path, sqlite:////absolute/path (e.g. sqlite:////var/lib/aula/server.sqlite3), "
+        "or postgresql://user@host:port/db.",
+    )
+    password_env: str | None = Field(None, description="PostgreSQL: environment variable that holds the password.")
+    batch_max: int = Field(1000, ge=1, le=20_000, description="Most messages written in one transaction.")
+    queue_max: int = Field(
+        50_000,
+        ge=100,
+        description="Most messages waiting for the writer; when full, intake waits (and the broker buffers).",
+    )
+    sqlite_synchronous: Literal["full", "normal"] = Field(
+        "normal",
+        description="SQLite synchronous mode: normal survives a process crash, full also a power cut (an fsync "
+        "per batch).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parse_database_url(value)
+        return value.strip()
+
+    @property
+    def kind(self) -> str:
+        return parse_database_url(self.url)[0]
+
+
+class HttpConfig(StrictModel):
+    """The dashboard and JSON API."""
+
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT to serve HTTP on; put TLS in a reverse proxy.")
+    secure_cookies: bool = Field(
+        False, description="Mark the session cookie Secure even on plain HTTP (behind a TLS-terminating proxy)."
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="Proxies whose X-Forwarded-For/-Proto headers are trusted (uvicorn's option)."
+    )
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="Login sessions expire after this many hours.")
+    login_max_failures: int = Field(
+        5, ge=1, le=1000, description="Failed logins per user name or client address before a lockout."
+    )
+    login_window_s: float = Field(300.0, gt=0, description="Window and lockout length for failed logins, seconds.")
+    content_security_policy: str = Field(
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
+        description="Content-Security-Policy header of every response; all assets are local.",
+    )
+    sse_ping_s: float = Field(15.0, gt=0, le=300, description="Seconds between keep-alive comments on a stream.")
+    sse_queue: int = Field(
+        2000, ge=10, description="Most events buffered per stream client; a slow client loses the oldest."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+class RetentionConfig(StrictModel):
+    """How long raw events are kept; aggregates are what the dashboard reads."""
+
+    raw_days: float = Field(30.0, gt=0, description="Raw events older than this (by window start) are deleted.")
+    aggregate_days: float | None = Field(None, gt=0, description="Aggregates older than this are deleted; none: kept.")
+    sweep_interval_s: float = Field(3600.0, gt=0, description="Seconds between retention sweeps (one at start).")
+
+
+class DevicesConfig(StrictModel):
+    """Device registration and liveness."""
+
+    auto_assign: bool = Field(
+        False,
+        description="Assign a new device at once to the room whose site and room ids match its topic, when that "
+        "room exists; otherwise it waits as `new` for an admin.",
+    )
+    stale_after_s: float = Field(
+        120.0, gt=0, description="An online device silent for this long is shown offline ('no messages')."
+    )
+    refresh_s: float = Field(
+        10.0, gt=0, description="Seconds between reloads of device assignments (made by other instances)."
+    )
+
+
+class SummaryConfig(StrictModel):
+    """Retained per-room summaries on aula/v1/<site>/<room>/summary."""
+
+    enabled: bool = Field(True, description="Publish room summaries.")
+    interval_s: float = Field(2.0, ge=0.5, le=3600, description="At most one summary per room this often.")
+    window_s: float = Field(30.0, gt=0, le=3600, description="The summary covers windows that started this recently.")
+
+
+class ServerConfig(StrictModel):
+    """The whole server configuration."""
+
+    mqtt: ServerMqttConfig = Field(default_factory=ServerMqttConfig, description="Broker and subscriptions.")
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig, description="Storage.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="Dashboard and API.")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig, description="Raw event retention.")
+    devices: DevicesConfig = Field(default_factory=DevicesConfig, description="Device registration.")
+    summaries: SummaryConfig = Field(default_factory=SummaryConfig, description="Room summaries over MQTT.")
+    current_window_s: float = Field(
+        30.0, gt=0, le=3600, description="The `current` value of a room merges windows that started this recently."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+
+def load_server_config(path: str | Path | None, overrides: dict | None = None) -> ServerConfig:
+    """Load the server config from YAML (defaults when None); errors name the file, line and key."""
+    from device.config_loader import load_yaml_model
+
+    return load_yaml_model(ServerConfig, path, overrides)
+
+
+def database_url_arg(value: str) -> str:
+    """argparse `type=` for `--database`."""
+    try:
+        parse_database_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def listen_arg(value: str) -> str:
+    """argparse `type=` for `--http`."""
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value

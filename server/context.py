@@ -1,0 +1,68 @@
+"""The running server's parts, handed to the HTTP layer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.auth import LoginLimiter
+from server.config import ServerConfig
+from server.db import Database
+from server.devices import DeviceRegistry, effective_state
+from server.hub import LiveHub
+from server.metrics import IngestStats
+from server.storage import Storage
+
+
+@dataclass
+class AppContext:
+    """What request handlers read and change; broker and writer are absent when only the HTTP side runs."""
+
+    config: ServerConfig
+    db: Database
+    storage: Storage
+    stats: IngestStats
+    hub: LiveHub
+    registry: DeviceRegistry
+    limiter: LoginLimiter
+    broker: Any = None
+    writer: Any = None
+    started: float = field(default_factory=time.monotonic)
+
+    def device_view(self, device: dict[str, Any], now_ms: int | None = None) -> dict[str, Any]:
+        """A device as the room's live view and the admin list show it."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        state, reason = effective_state(
+            device["status"],
+            device["state"],
+            device["reason"],
+            device["last_seen_ms"],
+            now,
+            int(self.config.devices.stale_after_s * 1000),
+        )
+        return {
+            "device_id": device["device_id"],
+            "state": state,
+            "reason": reason,
+            "last_seen_ms": device["last_seen_ms"],
+            "health": device["health"],
+        }
+
+    def health(self) -> dict[str, Any]:
+        """The /healthz document."""
+        data = self.stats.snapshot()
+        db_ok = self.db.ping()
+        data.update(
+            {
+                "broker_connected": bool(self.broker is not None and self.broker.connected),
+                "database": "ok" if db_ok else "unavailable",
+                "database_kind": self.db.kind,
+                "writer_queue": self.writer.backlog if self.writer is not None else 0,
+                "writer_error": self.writer.last_error if self.writer is not None else None,
+                "sse_clients": self.hub.clients,
+                "uptime_s": round(time.monotonic() - self.started, 1),
+            }
+        )
+        data["status"] = "ok" if db_ok and data["broker_connected"] else "degraded"
+        return data

@@ -1,0 +1,63 @@
+"""Ordered schema migrations; each runs once, in one transaction, recorded in schema_migrations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from device.labels import LABELS
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step; `{id}`, `{bigint}` and `{real}` are replaced per database."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+_PROB_COLUMNS = ", ".join(f"p_{label} {{real}} NOT NULL DEFAULT 0" for label in LABELS)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial schema",
+        (
+            "CREATE TABLE rooms (id {id}, site TEXT NOT NULL, room TEXT NOT NULL, name TEXT NOT NULL, "
+            "created_ms {bigint} NOT NULL, UNIQUE (site, room))",
+            # room_id is the assigned room; reported_room is what the device's topic says.
+            "CREATE TABLE devices (id {id}, site TEXT NOT NULL, device_id TEXT NOT NULL, "
+            "reported_room TEXT NOT NULL, room_id {bigint} REFERENCES rooms(id), status TEXT NOT NULL, "
+            "first_seen_ms {bigint} NOT NULL, last_seen_ms {bigint} NOT NULL, state TEXT, state_reason TEXT, "
+            "paused INTEGER NOT NULL DEFAULT 0, last_status TEXT, last_health TEXT, UNIQUE (site, device_id))",
+            "CREATE TABLE events (id {id}, event_id TEXT NOT NULL UNIQUE, site TEXT NOT NULL, "
+            "device_id TEXT NOT NULL, room_id {bigint}, seq {bigint} NOT NULL, window_start_ms {bigint} NOT NULL, "
+            "window_end_ms {bigint} NOT NULL, received_ms {bigint} NOT NULL, payload TEXT NOT NULL)",
+            "CREATE INDEX events_window ON events (window_start_ms)",
+            "CREATE INDEX events_device ON events (site, device_id, room_id)",
+            # Sums and counts, so buckets merge by addition (across devices, instances and time).
+            f"CREATE TABLE aggregates (room_id {{bigint}} NOT NULL, bucket_ms {{bigint}} NOT NULL, "
+            f"windows INTEGER NOT NULL DEFAULT 0, dist_n INTEGER NOT NULL DEFAULT 0, {_PROB_COLUMNS}, "
+            "valence_n INTEGER NOT NULL DEFAULT 0, valence_sum {real} NOT NULL DEFAULT 0, "
+            "arousal_n INTEGER NOT NULL DEFAULT 0, arousal_sum {real} NOT NULL DEFAULT 0, "
+            "faces_n INTEGER NOT NULL DEFAULT 0, faces_sum {bigint} NOT NULL DEFAULT 0, "
+            "PRIMARY KEY (room_id, bucket_ms))",
+            "CREATE TABLE users (id {id}, username TEXT NOT NULL UNIQUE, password_hash TEXT NOT NULL, "
+            "role TEXT NOT NULL CHECK (role IN ('teacher', 'admin')), created_ms {bigint} NOT NULL)",
+            "CREATE TABLE user_rooms (user_id {bigint} NOT NULL REFERENCES users(id) ON DELETE CASCADE, "
+            "room_id {bigint} NOT NULL REFERENCES rooms(id) ON DELETE CASCADE, PRIMARY KEY (user_id, room_id))",
+            # Only a hash of the session cookie is stored: a copy of the database cannot log anyone in.
+            "CREATE TABLE sessions (token_hash TEXT PRIMARY KEY, user_id {bigint} NOT NULL "
+            "REFERENCES users(id) ON DELETE CASCADE, csrf TEXT NOT NULL, created_ms {bigint} NOT NULL, "
+            "expires_ms {bigint} NOT NULL)",
+            "CREATE INDEX sessions_expiry ON sessions (expires_ms)",
+            "CREATE TABLE api_tokens (id {id}, name TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, "
+            "created_by TEXT, created_ms {bigint} NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)",
+            "CREATE TABLE api_token_rooms (token_id {bigint} NOT NULL REFERENCES api_tokens(id) ON DELETE CASCADE, "
+            "room_id {bigint} NOT NULL REFERENCES rooms(id) ON DELETE CASCADE, PRIMARY KEY (token_id, room_id))",
+            "CREATE TABLE segments (id {id}, room_id {bigint} NOT NULL REFERENCES rooms(id) ON DELETE CASCADE, "
+            "name TEXT NOT NULL, start_ms {bigint} NOT NULL, end_ms {bigint}, created_by TEXT)",
+            "CREATE INDEX segments_room ON segments (room_id, start_ms)",
+        ),
+    ),
+)

@@ -1,0 +1,125 @@
+"""Check one MQTT message against the shared schema and its topic; every rejection has a short reason code."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from device.events import MAX_PAYLOAD_BYTES, SCHEMA_VERSION, TOPIC_ROOT, EmotionEvent, SchemaError, decode_json
+from device.mqtt.messages import StatusMessage
+
+LEAVES = ("events", "status", "health")
+
+# Reason codes are a fixed set, so they are safe as metric labels whatever a payload contains.
+REASONS = (
+    "empty",
+    "oversized",
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "schema",
+    "topic",
+    "topic_mismatch",
+)
+
+
+class Rejected(ValueError):
+    """A message that is not stored; `reason` is one of REASONS and `detail` says why."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A valid message: an event, a status or a health report from one device."""
+
+    leaf: str
+    site: str
+    room: str
+    device_id: str
+    event: EmotionEvent | None = None
+    status: StatusMessage | None = None
+    health: dict[str, Any] | None = None
+    payload: bytes = b""
+
+
+_WILDCARDS = frozenset("+#")
+
+
+def _level(value: str) -> bool:
+    return 0 < len(value) <= 64 and value.isprintable() and _WILDCARDS.isdisjoint(value)
+
+
+def parse_topic(topic: str) -> tuple[str, str, str, str]:
+    """Split `aula/v1/<site>/<room>/<device>/<leaf>`; raise Rejected('topic') otherwise."""
+    parts = topic.split("/")
+    if len(parts) != 6 or "/".join(parts[:2]) != TOPIC_ROOT or parts[5] not in LEAVES:
+        raise Rejected("topic", f"not a device topic: {topic[:200]!r}")
+    site, room, device, leaf = parts[2:]
+    if not (_level(site) and _level(room) and _level(device)):
+        raise Rejected("topic", f"bad topic level in {topic[:200]!r}")
+    return site, room, device, leaf
+
+
+def _decode(payload: bytes) -> dict:
+    if not payload:
+        raise Rejected("empty", "empty payload")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise Rejected("oversized", f"{len(payload)} bytes exceed {MAX_PAYLOAD_BYTES}")
+    try:
+        return decode_json(payload)
+    except SchemaError as exc:
+        text = str(exc)
+        if text.startswith("payload is not UTF-8"):
+            raise Rejected("not_utf8", text) from None
+        if text.startswith("payload is not JSON"):
+            raise Rejected("not_json", text) from None
+        if text.startswith("payload must be a JSON object"):
+            raise Rejected("not_object", text) from None
+        raise Rejected("schema", text) from None
+    except RecursionError:
+        # json.loads recurses per nesting level; 16 KiB of '[' is enough to exhaust the stack.
+        raise Rejected("not_json", "payload nests too deeply") from None
+
+
+def _check_health(data: dict, device: str) -> dict:
+    if data.get("type") != "health" or data.get("schema") != SCHEMA_VERSION:
+        raise Rejected("schema", f"type must be 'health' with schema {SCHEMA_VERSION}")
+    ts = data.get("ts_ms")
+    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= 2**53:
+        raise Rejected("schema", "ts_ms must be an integer of milliseconds since the epoch")
+    if data.get("device_id") != device:
+        raise Rejected("topic_mismatch", "device_id differs from the topic")
+    try:
+        # 1e999 parses as infinity, which JSON cannot carry back out to a browser.
+        json.dumps(data, allow_nan=False)
+    except (ValueError, RecursionError):
+        raise Rejected("schema", "health holds a number that is not finite") from None
+    return data
+
+
+def validate_message(topic: str, payload: bytes) -> Incoming:
+    """Return the typed message, or raise Rejected with a reason code."""
+    site, room, device, leaf = parse_topic(topic)
+    data = _decode(payload)
+    try:
+        if leaf == "events":
+            event = EmotionEvent.from_dict(data)
+            if (event.site, event.room, event.device_id) != (site, room, device):
+                raise Rejected("topic_mismatch", "site, room or device_id differs from the topic")
+            return Incoming(leaf, site, room, device, event=event, payload=payload)
+        if leaf == "status":
+            status = StatusMessage.from_dict(data)
+            if status.device_id != device:
+                raise Rejected("topic_mismatch", "device_id differs from the topic")
+            return Incoming(leaf, site, room, device, status=status, payload=payload)
+        return Incoming(leaf, site, room, device, health=_check_health(data, device), payload=payload)
+    except SchemaError as exc:
+        raise Rejected("schema", str(exc)) from None
+    except (TypeError, AttributeError, RecursionError) as exc:
+        # A value of an unexpected type deep inside (e.g. a list as a dict key check); still just invalid.
+        raise Rejected("schema", f"{type(exc).__name__}: {exc}") from None
