@@ -44,6 +44,9 @@ class Modality(str, Enum):
     TEXT = "text"
 
 
+_MODALITY_NAMES = frozenset(m.value for m in Modality)
+
+
 class DeviceState(str, Enum):
     """Values of the retained status topic."""
 
@@ -105,6 +108,8 @@ def decode_json(payload: bytes | str) -> dict:
         raise SchemaError("payload is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise SchemaError(f"payload is not JSON ({exc.msg})") from None
+    except RecursionError:  # 16 KiB of "[" nests deeper than the decoder's recursion limit
+        raise SchemaError("payload nests too deeply") from None
     if not isinstance(data, dict):
         raise SchemaError("payload must be a JSON object")
     return data
@@ -181,7 +186,7 @@ class EmotionEvent(Message):
             if arousal is not None:
                 _check_number(arousal, "arousal", -1.0, 1.0)
             modalities = data.get("modalities", {})
-            if not isinstance(modalities, dict) or not set(modalities) <= {m.value for m in Modality}:
+            if not isinstance(modalities, dict) or not set(modalities) <= _MODALITY_NAMES:
                 raise SchemaError("modalities must map face, speech or text to a distribution or null")
             modalities = {k: check_distribution(v, f"modalities.{k}") for k, v in modalities.items()}
             counts = data.get("counts", {})
