@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from converter.datasets import REPO_ROOT, load_fer2013
-from converter.face_net import INPUT_SIZE, build_face_net
+from converter.face_net import INPUT_SIZE, build_face_net, with_flip_averaging
 from converter.metrics import fit_temperature, summarize
 from converter.train_face import face_splits, load_best_net
 from device.labels import LABELS, NUM_LABELS
@@ -139,7 +139,7 @@ def _latency_ms(model, faces: np.ndarray, repeats: int = 300) -> float:
     return (time.perf_counter() - t) * 1000 / len(crops)
 
 
-def export_face(work_dir: Path, swa_last: int = 8) -> dict:
+def export_face(work_dir: Path, swa_last: int = 8, flip_tta: str = "auto") -> dict:
     """Export the best weights in work_dir to models_tflite/, evaluate them and write the card."""
     from device.model_store import sha256_of
     from device.models.face_emotion import FaceEmotionModel
@@ -148,6 +148,15 @@ def export_face(work_dir: Path, swa_last: int = 8) -> dict:
 
     (xtr, ytr), (xva, yva) = face_splits()
     net, selection = _select_net(work_dir, xtr, xva, yva, swa_last)
+    if flip_tta != "off":
+        tta = with_flip_averaging(net)
+        acc, tta_acc = _val_accuracy(net, xva, yva), _val_accuracy(tta, xva, yva)
+        logger.info("validation accuracy without / with mirror averaging: %.4f / %.4f", acc, tta_acc)
+        # Mirror averaging doubles the cost per face; keep it only when validation says it pays (>= 0.5 point).
+        if flip_tta == "on" or tta_acc >= acc + 0.005:
+            net = tta
+            selection += (f"; mirror averaging inside the model (val accuracy {tta_acc:.4f} with, {acc:.4f} "
+                          "without; twice the compute per face)")
     saved = work_dir / "saved_model"
     _saved_model(net, saved)
     xte, yte = load_fer2013("test")
