@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -32,8 +33,17 @@ def _logged_in(request: Request, c) -> Principal | None:
     return identify(request, c.storage)
 
 
-def _forbidden(text: str) -> HTMLResponse:
-    body = f"<!doctype html><meta charset=utf-8><title>Forbidden</title><h1>403</h1><p>{html.escape(text)}</p>"
+def _to_login(request: Request) -> RedirectResponse:
+    """Send an anonymous visitor to the login page, which brings them back here afterwards."""
+    return RedirectResponse(f"/login?next={quote(request.url.path, safe='/')}", status_code=303)
+
+
+def _forbidden(title: str, text: str) -> HTMLResponse:
+    body = (
+        "<!doctype html><meta charset=utf-8><title>No access - Aula</title><link rel=stylesheet href=/static/app.css>"
+        f"<main class=page><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>"
+        "<p><a href=/>Back to my rooms</a></p></main>"
+    )
     return HTMLResponse(body, status_code=403)
 
 
@@ -45,16 +55,16 @@ def login_page() -> Response:
 @router.get("/")
 def index_page(request: Request, c: Ctx) -> Response:
     if _logged_in(request, c) is None:
-        return RedirectResponse("/login", status_code=303)
+        return _to_login(request)
     return _page("index.html")
 
 
 def _room_page(request: Request, c, room_id: int, name: str) -> Response:
     who = _logged_in(request, c)
     if who is None:
-        return RedirectResponse("/login", status_code=303)
+        return _to_login(request)
     if not who.can_see(room_id):
-        return _forbidden("This room belongs to another teacher.")
+        return _forbidden("You do not have access to this room", "This room belongs to another teacher.")
     if c.storage.get_room(room_id) is None:
         raise HTTPException(404, f"room {room_id} does not exist")
     return _page(name)
@@ -74,9 +84,9 @@ def report_page(room_id: int, request: Request, c: Ctx) -> Response:
 def admin_page(request: Request, c: Ctx) -> Response:
     who = _logged_in(request, c)
     if who is None:
-        return RedirectResponse("/login", status_code=303)
+        return _to_login(request)
     if not who.is_admin:
-        return _forbidden("Administrators only.")
+        return _forbidden("Administrators only", "Ask an administrator if you need to manage rooms or devices.")
     return _page("admin.html")
 
 

@@ -113,7 +113,9 @@ def test_pages_redirect_to_login_when_logged_out(harness):
     client = harness.client()
     for path in ("/", f"/rooms/{harness.rooms['room101']}", f"/rooms/{harness.rooms['room101']}/report", "/admin"):
         response = client.get(path)
-        assert response.status_code == 303 and response.headers["location"] == "/login", path
+        # The login page brings the teacher back to the page they asked for.
+        expected = "/login" if path == "/" else f"/login?next={path}"
+        assert response.status_code == 303 and response.headers["location"] in ("/login?next=/", expected), path
     assert client.get("/login").status_code == (200 if (STATIC_DIR / "login.html").exists() else 404)
     assert client.get("/api/rooms").status_code == 401
 
