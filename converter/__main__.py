@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--work-dir", type=Path)
     ex.add_argument("--swa-last", type=int, default=8,
                     help="also try the average of the last N epoch snapshots; kept only if better on validation")
-    ex.add_argument("--flip-tta", choices=["auto", "on", "off"], default="auto",
-                    help="average each face with its mirror image inside the model (auto: if >= 0.5 point on val)")
+    ex.add_argument("--flip-tta", choices=["auto", "on", "off"], default="off",
+                    help="average each face with its mirror inside the model; doubles the cost per face, so off "
+                         "by default (auto: keep it if it gains >= 0.5 point on validation)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     from converter.export_face import export_face
 
-    export_face(work_dir, swa_last=getattr(args, "swa_last", 8), flip_tta=getattr(args, "flip_tta", "auto"))
+    export_face(work_dir, swa_last=getattr(args, "swa_last", 8), flip_tta=getattr(args, "flip_tta", "off"))
     return 0
 
 

@@ -139,7 +139,7 @@ def _latency_ms(model, faces: np.ndarray, repeats: int = 300) -> float:
     return (time.perf_counter() - t) * 1000 / len(crops)
 
 
-def export_face(work_dir: Path, swa_last: int = 8, flip_tta: str = "auto") -> dict:
+def export_face(work_dir: Path, swa_last: int = 8, flip_tta: str = "off") -> dict:
     """Export the best weights in work_dir to models_tflite/, evaluate them and write the card."""
     from device.model_store import sha256_of
     from device.models.face_emotion import FaceEmotionModel
@@ -242,6 +242,7 @@ def export_face(work_dir: Path, swa_last: int = 8, flip_tta: str = "auto") -> di
 
     report = {"results": results, "int8_float_top1_agreement": agree, "onnx_max_abs_logit_diff": onnx_diff,
               "train_config": train_cfg, "selection": selection, "int8_input_scale": int8_spec.scale,
+              "int8_size_bytes": (MODELS / INT8_FILE).stat().st_size,
               "int8_input_zero_point": int8_spec.zero_point}
     (MODELS / "cards").mkdir(exist_ok=True)
     (MODELS / "cards" / "face_emotion_metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))

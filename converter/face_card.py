@@ -51,6 +51,10 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
         "normalised to mean 1: " + ", ".join(f"{LABELS[int(k)]} {v:.2f}" for k, v in cfg["class_weights"].items()),
         f"- Weights exported: {report.get('selection', 'best-validation checkpoint')}; "
         f"{_history_summary(work_dir)}. Chosen on validation data only.",
+    ]
+    if report.get("run_notes"):
+        lines.append(f"- This run: {report['run_notes']}")
+    lines += [
         "",
         "## Quantisation",
         "Full-integer int8 (int8 weights, activations, input and output), calibrated on 1,000 real FER2013 "
@@ -69,6 +73,14 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
                      f"{m['val_accuracy']:.4f} | {m['calibration_temperature']:.3f} | "
                      f"{m['latency_ms_per_face_1thread']:.3f} |")
     diff = 100 * (r["int8"]["test"]["accuracy"] - r["float"]["test"]["accuracy"])
+    acc8 = r["int8"]["test"]["accuracy"]
+    lines += [
+        "",
+        "Targets: int8 accuracy >= 70% (aim 72%): "
+        + ("met" if acc8 >= 0.70 else f"**not met** ({100 * acc8:.2f}%, {100 * (0.70 - acc8):.2f} points short)")
+        + f"; int8 within 1.0 point of float: {'met' if abs(diff) <= 1.0 else 'not met'} ({diff:+.2f}); "
+        f"file <= 3 MB: {'met' if report.get('int8_size_bytes', 0) <= 3 * 1024 * 1024 else 'not met'}.",
+    ]
     lines += [
         "",
         f"- int8 minus float: {diff:+.2f} accuracy points; top-1 agreement {report['int8_float_top1_agreement']:.4f}.",
