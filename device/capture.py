@@ -1,14 +1,86 @@
-"""One capture thread for every source kind: reads a source and hands each item to a sink, never waiting."""
+"""What every capture source shares: the plugin base (config, registry, pacing wake-up) and the capture thread."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel
 
 from device.errors import AulaError
 
 logger = logging.getLogger(__name__)
+
+
+class Source(ABC):
+    """A backend chosen from config by `type_key`: open, read until None (finite sources), close.
+
+    Each kind (frames, audio) subclasses this once and gives itself its own `registry`; each backend
+    then registers itself by defining `type_key` and a `Config` whose `type` field names the same key.
+    """
+
+    type_key: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+    registry: ClassVar[dict[str, type[Source]]]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        key = cls.__dict__.get("type_key")
+        if not key:
+            return
+        # The config's discriminator must name the same backend, or building from config would pick the wrong class.
+        field = cls.Config.model_fields.get("type")
+        if field is None or field.default != key:
+            raise TypeError(f"{cls.__name__}.Config needs a field type: Literal[{key!r}] = {key!r}")
+        cls.registry[key] = cls
+
+    def __init__(self, config: BaseModel):
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+        # Set by interrupt() so pacing sleeps end at once when a capture thread is stopped.
+        self._wake = threading.Event()
+
+    @classmethod
+    def available(cls) -> bool:
+        """Return whether this backend's library imports here."""
+        return True
+
+    @property
+    def paced(self) -> bool:
+        """True when data arrives at its own rate (a camera, a microphone, a real-time replay); False when a
+        replay yields data as fast as it is read, so a consumer may pull it synchronously."""
+        return True
+
+    @property
+    def name(self) -> str:
+        """Short human label for logs."""
+        return self.type_key
+
+    @abstractmethod
+    def open(self) -> None:
+        """Acquire the device or file; raise SourceError or BackendUnavailable with the fix."""
+
+    @abstractmethod
+    def read(self) -> Any:
+        """Return the next item, or None at the end of a finite source."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the device or file; safe to call twice."""
+
+    def interrupt(self) -> None:
+        """Cut short any pacing sleep in read() (called from another thread)."""
+        self._wake.set()
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 class Sink(Protocol):

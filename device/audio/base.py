@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections import deque
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from pydantic import BaseModel
 
-from device.capture import SourceThread
+from device.capture import Source, SourceThread
 
 logger = logging.getLogger(__name__)
 
@@ -42,68 +41,14 @@ class AudioChunk:
         return self.t_capture + self.duration
 
 
-class AudioSource(ABC):
+class AudioSource(Source):
     """A microphone or file that yields AudioChunks at 16 kHz; open, read until None (finite sources), close."""
 
-    type_key: ClassVar[str]
-    Config: ClassVar[type[BaseModel]]
     registry: ClassVar[dict[str, type[AudioSource]]] = {}
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        key = getattr(cls, "type_key", None)
-        if not key:
-            return
-        # The config's discriminator must name the same backend, or build_audio_source would pick the wrong class.
-        field = cls.Config.model_fields.get("type")
-        if field is None or field.default != key:
-            raise TypeError(f"{cls.__name__}.Config needs a field type: Literal[{key!r}] = {key!r}")
-        AudioSource.registry[key] = cls
-
-    def __init__(self, config: BaseModel):
-        if not isinstance(config, self.Config):
-            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}")
-        self.config = config
-        # Set by interrupt() so pacing sleeps end at once when a capture thread is stopped.
-        self._wake = threading.Event()
-
-    @classmethod
-    def available(cls) -> bool:
-        """Return whether this backend's library imports here."""
-        return True
-
-    @property
-    def paced(self) -> bool:
-        """True when chunks arrive at their own rate (a microphone, a real-time replay)."""
-        return True
-
-    @property
-    def name(self) -> str:
-        """Short human label for logs."""
-        return self.type_key
-
-    @abstractmethod
-    def open(self) -> None:
-        """Acquire the device or file; raise SourceError or BackendUnavailable with the fix."""
 
     @abstractmethod
     def read(self) -> AudioChunk | None:
         """Return the next chunk, or None at the end of a finite source."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release the device or file; safe to call twice."""
-
-    def interrupt(self) -> None:
-        """Cut short any pacing sleep in read() (called from another thread)."""
-        self._wake.set()
-
-    def __enter__(self) -> AudioSource:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
 
 class AudioRingBuffer:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel
 
-from device.capture import SourceThread
+from device.capture import Source, SourceThread
 
 logger = logging.getLogger(__name__)
 
@@ -27,72 +27,18 @@ class Frame:
     source: str
 
 
-class FrameSource(ABC):
+class FrameSource(Source):
     """A camera, video or folder that yields Frames; open, read until None (finite sources), close."""
 
-    type_key: ClassVar[str]
-    Config: ClassVar[type[BaseModel]]
     registry: ClassVar[dict[str, type[FrameSource]]] = {}
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        key = getattr(cls, "type_key", None)
-        if not key:
-            return
-        # The config's discriminator must name the same backend, or build_source would pick the wrong class.
-        field = cls.Config.model_fields.get("type")
-        if field is None or field.default != key:
-            raise TypeError(f"{cls.__name__}.Config needs a field type: Literal[{key!r}] = {key!r}")
-        FrameSource.registry[key] = cls
-
     def __init__(self, config: BaseModel):
-        if not isinstance(config, self.Config):
-            raise TypeError(
-                f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}"
-            )
-        self.config = config
+        super().__init__(config)
         self._index = 0
-        # Set by interrupt() so pacing sleeps end at once when a capture thread is stopped.
-        self._wake = threading.Event()
-
-    @classmethod
-    def available(cls) -> bool:
-        """Return whether this backend's library imports here."""
-        return True
-
-    @property
-    def paced(self) -> bool:
-        """True when frames arrive at their own rate (a camera, a real-time replay); False when a
-        replay yields frames as fast as they are read, so a consumer may pull them synchronously."""
-        return True
-
-    @property
-    def name(self) -> str:
-        """Short human label for logs and Frame.source."""
-        return self.type_key
-
-    @abstractmethod
-    def open(self) -> None:
-        """Acquire the device or file; raise SourceError or BackendUnavailable with the fix."""
 
     @abstractmethod
     def read(self) -> Frame | None:
         """Return the next frame, or None at the end of a finite source."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release the device or file; safe to call twice."""
-
-    def interrupt(self) -> None:
-        """Cut short any pacing sleep in read() (called from another thread)."""
-        self._wake.set()
-
-    def __enter__(self) -> FrameSource:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def _make_frame(self, image: np.ndarray, t_capture: float | None = None) -> Frame:
         """Wrap an image in a Frame with the next index."""
