@@ -7,9 +7,9 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from device.errors import AulaError
+from device.errors import AulaError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,26 @@ class Source(ABC):
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def parse_config(adapter: TypeAdapter, data: dict[str, Any], what: str) -> BaseModel:
+    """Validate a plain mapping (e.g. from YAML) into the backend config its `type` names."""
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {what} config: {exc}") from exc
+
+
+def build_from_config(base: type[Source], adapter: TypeAdapter, config: BaseModel | dict[str, Any], what: str,
+                      **kwargs: Any) -> Source:
+    """Make the backend of `base` that a config (or a plain mapping) names; kwargs go to its constructor."""
+    if isinstance(config, dict):
+        config = parse_config(adapter, config, what)
+    key = getattr(config, "type", None)
+    cls = base.registry.get(key)
+    if cls is None:
+        raise ConfigError(f"unknown {what} type {key!r}; choose one of {sorted(base.registry)}")
+    return cls(config, **kwargs)
 
 
 class Sink(Protocol):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter
 
 from device.audio.base import SAMPLE_RATE, AudioCaptureThread, AudioChunk, AudioPacer, AudioRingBuffer, AudioSource
 from device.audio.pyaudio_mic import PyAudioMic, PyAudioMicConfig, list_input_devices
 from device.audio.resample import StreamResampler, to_mono
 from device.audio.voice_gate import SpeechSegment, VoiceGate, VoiceGateConfig
 from device.audio.wav_file import WavFile, WavFileConfig
-from device.errors import ConfigError
+from device.capture import build_from_config, parse_config
 
 # type_key -> AudioSource subclass; filled by AudioSource.__init_subclass__ as the modules import.
 AUDIO_SOURCE_TYPES: dict[str, type[AudioSource]] = AudioSource.registry
@@ -23,21 +23,12 @@ _adapter: TypeAdapter = TypeAdapter(AudioSourceConfig)
 
 def parse_audio_source_config(data: dict[str, Any]) -> BaseModel:
     """Validate a plain mapping (e.g. from YAML) into the matching audio source config."""
-    try:
-        return _adapter.validate_python(data)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid audio source config: {exc}") from exc
+    return parse_config(_adapter, data, "audio source")
 
 
 def build_audio_source(config: BaseModel | dict[str, Any], **kwargs: Any) -> AudioSource:
     """Make the AudioSource a config names; extra kwargs go to its constructor (e.g. pyaudio_module)."""
-    if isinstance(config, dict):
-        config = parse_audio_source_config(config)
-    key = getattr(config, "type", None)
-    cls = AUDIO_SOURCE_TYPES.get(key)
-    if cls is None:
-        raise ConfigError(f"unknown audio source type {key!r}; choose one of {sorted(AUDIO_SOURCE_TYPES)}")
-    return cls(config, **kwargs)
+    return build_from_config(AudioSource, _adapter, config, "audio source", **kwargs)
 
 
 __all__ = [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter
 
-from device.errors import ConfigError
+from device.capture import build_from_config, parse_config
 from device.sources.base import CaptureThread, Frame, FrameSource, LatestFrameSlot, Pacer
 from device.sources.image_folder import ImageFolder, ImageFolderConfig
 from device.sources.opencv_camera import OpenCVCamera, OpenCVCameraConfig, list_video_devices
@@ -26,21 +26,12 @@ _adapter: TypeAdapter = TypeAdapter(SourceConfig)
 
 def parse_source_config(data: dict[str, Any]) -> BaseModel:
     """Validate a plain mapping (e.g. from YAML) into the matching source config."""
-    try:
-        return _adapter.validate_python(data)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid source config: {exc}") from exc
+    return parse_config(_adapter, data, "source")
 
 
 def build_source(config: BaseModel | dict[str, Any], **kwargs: Any) -> FrameSource:
     """Make the FrameSource a config names; extra kwargs go to its constructor (e.g. picamera2_cls)."""
-    if isinstance(config, dict):
-        config = parse_source_config(config)
-    key = getattr(config, "type", None)
-    cls = SOURCE_TYPES.get(key)
-    if cls is None:
-        raise ConfigError(f"unknown source type {key!r}; choose one of {sorted(SOURCE_TYPES)}")
-    return cls(config, **kwargs)
+    return build_from_config(FrameSource, _adapter, config, "source", **kwargs)
 
 
 __all__ = [
