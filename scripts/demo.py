@@ -50,7 +50,7 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30)
 def start_broker(state: Path, port: int) -> tuple[subprocess.Popen, str]:
     """Return (process, MQTT protocol) of a broker listening on 127.0.0.1:port."""
     mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if mosquitto:
+    if mosquitto and os.environ.get("AULA_DEMO_BROKER") != "amqtt":  # the override tests the fallback
         conf = state / "mosquitto.conf"
         # No persistence: run as root, mosquitto drops to its own user, which cannot write to the demo folder.
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_type error\nlog_type warning\n")
