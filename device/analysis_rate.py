@@ -21,6 +21,21 @@ class AnalysisRate:
         self.max_duty = max_duty
         self.smoothing = smoothing
         self.step_s: float | None = None
+        self._next_due = float("-inf")
+
+    def restart(self) -> None:
+        """Forget the schedule (a source was reopened and its clock starts again)."""
+        self._next_due = float("-inf")
+
+    def admit(self, t_capture: float) -> bool:
+        """Return whether the frame captured at `t_capture` is due for analysis, and book the next slot.
+
+        Rate-limiting on capture time means a fast camera does not make the analysis rate (or CPU) grow.
+        """
+        if t_capture < self._next_due:
+            return False
+        self._next_due = max(self._next_due + self.period, t_capture)
+        return True
 
     def observe(self, step_s: float) -> None:
         """Record how long one analysis took (seconds)."""

@@ -40,7 +40,8 @@ def run_face_windows(
     """Analyse frames at the (adaptive) rate until the source ends or `stop` is set."""
     stop = stop or threading.Event()
     stats = LoopStats()
-    next_due, last_t = float("-inf"), None
+    last_t = None
+    rate.restart()
     t0 = time.monotonic()
     if not source.paced:
         return _run_unpaced(source, stage, pooler, emit, rate, stop, stats, t0)
@@ -56,7 +57,7 @@ def run_face_windows(
                 if capture.ended or not capture.alive:
                     break
                 continue
-            last_t, next_due = _step(frame, stage, pooler, emit, rate, next_due, stats, last_t)
+            last_t = _step(frame, stage, pooler, emit, rate, stats, last_t)
         _flush(pooler, emit, stats, last_t, capture.ended)
     finally:
         capture.stop()
@@ -66,12 +67,10 @@ def run_face_windows(
     return stats
 
 
-def _step(frame, stage, pooler, emit, rate, next_due, stats, last_t, adapt=True):
-    # Rate-limit on capture time: a fast camera does not make the analysis rate (or CPU) grow.
-    if frame.t_capture < next_due:
+def _step(frame, stage, pooler, emit, rate, stats, last_t, adapt=True):
+    if not rate.admit(frame.t_capture):
         stats.frames_skipped_rate += 1
-        return last_t, next_due
-    next_due = max(next_due + rate.period, frame.t_capture)
+        return last_t
     t = time.perf_counter()
     analysis = stage.analyse(frame.image, frame.t_capture)
     if adapt:
@@ -80,7 +79,7 @@ def _step(frame, stage, pooler, emit, rate, next_due, stats, last_t, adapt=True)
     for window in pooler.add(analysis):
         stats.windows += 1
         emit(window)
-    return frame.t_capture, next_due
+    return frame.t_capture
 
 
 def _flush(pooler, emit, stats, last_t, ended: bool) -> None:
@@ -97,7 +96,7 @@ def _run_unpaced(source, stage, pooler, emit, rate, stop, stats, t0) -> LoopStat
 
     Media time is not wall time here, so the rate stays at its target instead of adapting to CPU cost.
     """
-    next_due, last_t = float("-inf"), None
+    last_t = None
     source.open()
     try:
         while not stop.is_set():
@@ -105,7 +104,7 @@ def _run_unpaced(source, stage, pooler, emit, rate, stop, stats, t0) -> LoopStat
             if frame is None:
                 break
             stats.frames_captured += 1
-            last_t, next_due = _step(frame, stage, pooler, emit, rate, next_due, stats, last_t, adapt=False)
+            last_t = _step(frame, stage, pooler, emit, rate, stats, last_t, adapt=False)
         _flush(pooler, emit, stats, last_t, ended=not stop.is_set())
     finally:
         source.close()

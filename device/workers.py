@@ -152,10 +152,9 @@ class VisionWorker(StageWorker):
         self.detect_ms: deque[float] = deque(maxlen=600)
         self.classify_ms_per_face: deque[float] = deque(maxlen=600)
 
-    def _analyse(self, frame, next_due: float) -> float:
-        if frame.t_capture < next_due:
-            return next_due
-        next_due = max(next_due + self.rate.period, frame.t_capture)
+    def _analyse(self, frame) -> None:
+        if not self.rate.admit(frame.t_capture):
+            return
         t = time.perf_counter()
         analysis = self.stage.analyse(frame.image, frame.t_capture)
         if self._source is not None and self._source.paced:
@@ -167,14 +166,13 @@ class VisionWorker(StageWorker):
             self.classify_ms_per_face.append(analysis.classify_ms / analysis.n_faces)
         self.buckets.add_faces(frame.t_capture, analysis.probs)
         self.progress = frame.t_capture
-        return next_due
 
     def run_once(self) -> None:
         from device.sources import CaptureThread, build_source
 
         source = build_source(self.camera_config)
         self._source = source
-        next_due = float("-inf")
+        self.rate.restart()
         try:
             if not source.paced:  # a replay at full speed: pull every frame here, none dropped
                 source.open()
@@ -186,7 +184,7 @@ class VisionWorker(StageWorker):
                             self.ended = True
                             return
                         self.frames_captured += 1
-                        next_due = self._analyse(frame, next_due)
+                        self._analyse(frame)
                 finally:
                     source.close()
                 return
@@ -207,7 +205,7 @@ class VisionWorker(StageWorker):
                         if not capture.alive and not self.stop_event.is_set():
                             raise SourceError("camera capture stopped unexpectedly")
                         continue
-                    next_due = self._analyse(frame, next_due)
+                    self._analyse(frame)
             finally:
                 capture.stop()
                 self._capture = None
