@@ -32,9 +32,12 @@ class AnalysisRate:
 
         Rate-limiting on capture time means a fast camera does not make the analysis rate (or CPU) grow.
         """
-        if t_capture < self._next_due:
+        if t_capture < self._next_due - 1e-3:  # a millisecond of slack for float drift in the slot times
             return False
-        self._next_due = max(self._next_due + self.period, t_capture)
+        # On time: the next slot follows this one, so the rate does not drift. Later than a whole period (or the
+        # first frame): re-anchor on this frame instead of admitting a burst of late frames.
+        base = t_capture if t_capture - self._next_due > self.period else self._next_due
+        self._next_due = base + self.period
         return True
 
     def observe(self, step_s: float) -> None:

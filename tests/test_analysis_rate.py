@@ -45,3 +45,11 @@ def test_config_error_for_cross_field_rule(tmp_path):
     f.write_text("vision:\n  analysis_fps: 1\n  min_analysis_fps: 2\n")
     with pytest.raises(ConfigError, match="min_analysis_fps must not exceed"):
         load_config(f)
+
+
+def test_admit_spaces_frames_by_capture_time_and_restart_forgets_the_schedule():
+    rate = AnalysisRate(target_fps=5, min_fps=1)
+    admitted = [t / 30 for t in range(60) if rate.admit(t / 30)]  # a 30 fps camera for 2 s
+    assert len(admitted) == 10 and admitted[0] == 0.0
+    rate.restart()
+    assert rate.admit(0.0)  # a reopened replay starts its clock again
