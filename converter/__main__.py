@@ -18,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     tf_.add_argument("--epochs", type=int, default=45)
     tf_.add_argument("--batch-size", type=int, default=128)
     tf_.add_argument("--threads", type=int, default=2)
+    tf_.add_argument("--arch", default="v1", help="network architecture (converter/face_net.py: v1, v2)")
+    tf_.add_argument("--lr", type=float, default=0.04, help="peak learning rate of the cosine schedule")
+    tf_.add_argument("--init-from", type=Path,
+                     help="start from these weights (an epoch snapshot of an earlier run): a warm restart")
     tf_.add_argument("--no-export", action="store_true", help="train only")
 
     ex = sub.add_parser("export-face", help="quantise, evaluate and export trained face weights")
@@ -37,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train-face":
         from converter.train_face import train
 
-        train(work_dir, epochs=args.epochs, batch_size=args.batch_size, threads=args.threads)
+        train(work_dir, epochs=args.epochs, batch_size=args.batch_size, threads=args.threads, arch=args.arch,
+              lr=args.lr, init_from=args.init_from)
         if args.no_export:
             return 0
     from converter.export_face import export_face

@@ -15,7 +15,7 @@ import numpy as np
 from converter.datasets import REPO_ROOT, load_fer2013
 from converter.face_net import INPUT_SIZE, build_face_net, with_flip_averaging
 from converter.metrics import fit_temperature, summarize
-from converter.train_face import face_splits, load_best_net
+from converter.train_face import architecture_of, face_splits, load_best_net
 from device.labels import LABELS, NUM_LABELS
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.nd
     keras.mixed_precision.set_global_policy("float32")
     weights = work_dir / "best.weights.h5"
     if weights.exists():
-        best = build_face_net(NUM_LABELS)
+        best = build_face_net(NUM_LABELS, arch=architecture_of(work_dir))
         best.load_weights(str(weights))
     else:  # training still running or interrupted: take the best checkpoint so far
         best = load_best_net(work_dir)
@@ -50,7 +50,7 @@ def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.nd
     choice = (best, f"best-validation checkpoint (val accuracy {best_acc:.4f})")
     snaps = list(snapshot_epochs(work_dir / "snapshots").values())[-swa_last:] if swa_last > 1 else []
     if len(snaps) >= 2:
-        swa = averaged_net(snaps, x_train)
+        swa = averaged_net(snaps, x_train, architecture_of(work_dir))
         swa_acc = _val_accuracy(swa, xva, yva)
         logger.info("validation accuracy: best checkpoint %.4f, average of last %d epochs %.4f",
                     best_acc, len(snaps), swa_acc)

@@ -1,24 +1,32 @@
-"""The compact facial-emotion CNN (VGG-style, about 1.2M parameters, 48x48 grayscale)."""
+"""The compact facial-emotion CNN (VGG-style, 48x48 grayscale), in named architectures."""
 
 from __future__ import annotations
 
 INPUT_SIZE = 48
-WIDTHS = (32, 64, 128, 256)
+# (width, convolutions) per stage; a 2x2 max-pool sits between stages.
+ARCHITECTURES = {
+    "v1": ((32, 2), (64, 2), (128, 2), (256, 2)),  # 1.2M parameters, about 117M multiply-adds
+    "v2": ((32, 2), (64, 2), (128, 3), (320, 2)),  # 1.7M parameters, about 153M multiply-adds (untrained)
+}
+DEFAULT_ARCHITECTURE = "v1"
 
 
-def build_face_net(num_classes: int = 7, dropout: float = 0.4):
+def build_face_net(num_classes: int = 7, dropout: float = 0.4, arch: str = DEFAULT_ARCHITECTURE):
     """Return the inference network: float input in [0, 1], shape (48, 48, 1), logits out."""
     import keras
     from keras import layers
 
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown face architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    stages = ARCHITECTURES[arch]
     inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 1), name="face")
     x = inputs
-    for stage, width in enumerate(WIDTHS):
-        for conv in range(2):
+    for stage, (width, convs) in enumerate(stages):
+        for conv in range(convs):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"s{stage}c{conv}")(x)
             x = layers.BatchNormalization(name=f"s{stage}bn{conv}")(x)
             x = layers.ReLU(name=f"s{stage}relu{conv}")(x)
-        if stage < len(WIDTHS) - 1:
+        if stage < len(stages) - 1:
             x = layers.MaxPooling2D(2, name=f"s{stage}pool")(x)
             x = layers.Dropout(0.1 * (stage + 1) / 2, name=f"s{stage}drop")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)

@@ -44,11 +44,11 @@ def _recompute_batch_norm(net, x_train: np.ndarray, batch_size: int = 256, max_i
         bn.momentum = m
 
 
-def averaged_net(snapshots: list[Path], x_train: np.ndarray):
+def averaged_net(snapshots: list[Path], x_train: np.ndarray, arch: str):
     """Return the face network with the mean of the snapshots' weights and recomputed BN statistics."""
     from converter.train_face import build_training_model
 
-    net, wrapper = build_training_model()
+    net, wrapper = build_training_model(arch)
     total = None
     for path in snapshots:
         wrapper.load_weights(str(path))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from converter.datasets import cache_dir, load_fer2013, stratified_split
-from converter.face_net import build_augmenter, build_face_net
+from converter.face_net import DEFAULT_ARCHITECTURE, build_augmenter, build_face_net
 from device.labels import NUM_LABELS
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ def train(
     label_smoothing: float = 0.1,
     imbalance_power: float = 0.3,
     threads: int = 2,
+    arch: str = DEFAULT_ARCHITECTURE,
+    init_from: Path | None = None,
 ) -> Path:
     """Train (resuming from work_dir if interrupted) and return the best weights file."""
     import tensorflow as tf
@@ -67,6 +69,7 @@ def train(
     (work_dir / "train_config.json").write_text(
         json.dumps(
             {
+                "arch": arch,
                 "epochs": epochs,
                 "batch_size": batch_size,
                 "lr": lr,
@@ -75,6 +78,7 @@ def train(
                 "imbalance_power": imbalance_power,
                 "class_weights": weights,
                 "val_fraction": VAL_FRACTION,
+                "init_from": str(init_from) if init_from else None,
             },
             indent=2,
         )
@@ -91,7 +95,10 @@ def train(
     optimizer = keras.optimizers.SGD(
         learning_rate=schedule, momentum=0.9, nesterov=True, weight_decay=weight_decay
     )
-    _, model = build_training_model()
+    _, model = build_training_model(arch)
+    if init_from is not None:  # a warm restart: a new cosine cycle from an earlier run's weights
+        model.load_weights(str(init_from))
+        logger.info("starting from %s", init_from)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
@@ -145,20 +152,28 @@ def EpochSnapshots(folder: Path, keep: int):
     return _Snapshots()
 
 
-def build_training_model():
+def build_training_model(arch: str = DEFAULT_ARCHITECTURE):
     """Return (net, wrapper): the exported network and the same network behind augmentation."""
     import keras
 
-    net = build_face_net(NUM_LABELS)
+    net = build_face_net(NUM_LABELS, arch=arch)
     inputs = keras.Input((48, 48, 1))
     return net, keras.Model(inputs, net(build_augmenter()(inputs)), name="train_wrapper")
 
 
 def load_best_net(work_dir: Path):
     """Return the network with the best-validation weights saved so far in work_dir."""
-    net, wrapper = build_training_model()
+    net, wrapper = build_training_model(architecture_of(work_dir))
     wrapper.load_weights(str(work_dir / "best_wrapper.weights.h5"))
     return net
+
+
+def architecture_of(work_dir: Path) -> str:
+    """Return the architecture a work dir was trained with (runs before "arch" was recorded are v1)."""
+    config = work_dir / "train_config.json"
+    if not config.exists():
+        raise FileNotFoundError(f"{config} missing: train first with `python -m converter train-face`")
+    return json.loads(config.read_text()).get("arch", "v1")
 
 
 def default_work_dir() -> Path:
