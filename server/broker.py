@@ -15,6 +15,7 @@ from paho.mqtt.properties import Properties
 from device.errors import ConfigError
 from device.mqtt.credentials import install_redaction, resolve_password
 from server.config import ServerMqttConfig
+from server.mqtt_transport import IntakeClient
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +85,11 @@ class BrokerClient:
         """True once the broker confirmed the subscriptions of the current connection."""
         return self._subscribed.wait(timeout)
 
-    def _build(self) -> mqtt.Client:
+    def _build(self) -> IntakeClient:
         cfg = self.config
         v5 = cfg.protocol == "5"
         kwargs = {} if v5 else {"clean_session": not self.persistent}
-        client = mqtt.Client(
+        client = IntakeClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -155,9 +156,7 @@ class BrokerClient:
     def ack(self, tokens: list[tuple]) -> None:
         """Acknowledge messages after they are stored; tokens from an earlier connection are skipped."""
         generation = self._generation
-        for gen, mid, qos in tokens:
-            if gen == generation:
-                self._client.ack(mid, qos)
+        self._client.ack_many([mid for gen, mid, qos in tokens if gen == generation and qos == 1])
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:

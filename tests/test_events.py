@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from device import events
 from device.events import MAX_PAYLOAD_BYTES, EmotionEvent, SchemaError, decode_json, valence_arousal
 
 DIST = {"angry": 0.1, "disgust": 0.0, "fear": 0.1, "happy": 0.5, "neutral": 0.2, "sad": 0.05, "surprise": 0.05}
@@ -29,13 +30,40 @@ def test_round_trip_keeps_every_field():
         (b"[" * 16000, "nests too deeply"),
         (b"\xff\xfe", "not UTF-8"),
         (b"x" * (MAX_PAYLOAD_BYTES + 1), "exceeds"),
-        (b'{"valence": NaN}', "NaN is not allowed"),
+        (b'{"valence": NaN}', "NaN is not allowed|not JSON"),
+        (b'{"valence": Infinity}', "Infinity is not allowed|not JSON"),
+        (b"{'a': 1}", "not JSON"),
         (b"[1, 2]", "JSON object"),
     ],
 )
-def test_malformed_payloads_get_a_reason(payload, reason):
+@pytest.mark.parametrize("decoder", ["orjson", "stdlib"])
+def test_malformed_payloads_get_a_reason(payload, reason, decoder, monkeypatch):
+    if decoder == "stdlib":
+        monkeypatch.setattr(events, "_orjson", None)
+    else:
+        assert events._orjson is not None, "orjson is a server dependency"
     with pytest.raises(SchemaError, match=reason):
         EmotionEvent.from_dict(decode_json(payload))
+
+
+@pytest.mark.parametrize("decoder", ["orjson", "stdlib"])
+def test_a_number_that_overflows_is_refused(decoder, monkeypatch):
+    if decoder == "stdlib":
+        monkeypatch.setattr(events, "_orjson", None)
+    data = json.loads(_event().to_payload())
+    data["valence"] = "@"
+    payload = json.dumps(data).replace('"@"', "1e999").encode()
+    with pytest.raises(SchemaError, match=r"valence|not JSON"):
+        EmotionEvent.from_dict(decode_json(payload))
+
+
+@pytest.mark.parametrize("decoder", ["orjson", "stdlib"])
+def test_both_decoders_read_an_event_alike(decoder, monkeypatch):
+    if decoder == "stdlib":
+        monkeypatch.setattr(events, "_orjson", None)
+    e = _event()
+    assert EmotionEvent.from_dict(decode_json(e.to_payload())) == e
+    assert decode_json(e.to_payload().decode()) == json.loads(e.to_payload())
 
 
 @pytest.mark.parametrize(
