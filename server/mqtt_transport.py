@@ -104,10 +104,26 @@ class IntakeClient(mqtt.Client):
         message.retain = bool(header & 0x01)
         message.payload = bytes(packet[pos:])
         message.timestamp = time.monotonic()
-        self._handle_on_message(message)
+        self._deliver(message)
         if qos == 1 and not self._manual_ack:
             return self._send_puback(mid)
         return mqtt.MQTT_ERR_SUCCESS
+
+    def _deliver(self, message: mqtt.MQTTMessage) -> None:
+        """`on_message` directly: paho would first match the topic against per-topic callbacks (none here)."""
+        on_message = self.on_message
+        if on_message is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
+
+    def message_callback_add(self, sub, callback) -> None:
+        raise TypeError("IntakeClient delivers every message to on_message; per-topic callbacks are not supported")
 
     def ack_many(self, mids: list[int]) -> None:
         """Acknowledge QoS 1 messages (manual-ack mode) with one queued write instead of one per message."""
