@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="average each face with its mirror inside the model; doubles the cost per face, so off "
                          "by default (auto: keep it if it gains >= 0.5 point on validation)")
 
+    ex.add_argument("--notes", help="a sentence about this run for the model card (how it was trained)")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     from converter.export_face import export_face
 
-    export_face(work_dir, swa_last=getattr(args, "swa_last", 8), flip_tta=getattr(args, "flip_tta", "off"))
+    export_face(work_dir, swa_last=getattr(args, "swa_last", 8), flip_tta=getattr(args, "flip_tta", "off"),
+                notes=getattr(args, "notes", None))
     return 0
 
 

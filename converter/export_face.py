@@ -139,7 +139,7 @@ def _latency_ms(model, faces: np.ndarray, repeats: int = 300) -> float:
     return (time.perf_counter() - t) * 1000 / len(crops)
 
 
-def export_face(work_dir: Path, swa_last: int = 8, flip_tta: str = "off") -> dict:
+def export_face(work_dir: Path, swa_last: int = 8, flip_tta: str = "off", notes: str | None = None) -> dict:
     """Export the best weights in work_dir to models_tflite/, evaluate them and write the card."""
     from device.model_store import sha256_of
     from device.models.face_emotion import FaceEmotionModel
@@ -241,7 +241,8 @@ def export_face(work_dir: Path, swa_last: int = 8, flip_tta: str = "off") -> dic
         update_manifest_entry(f"face_emotion_{key}", entry)
 
     report = {"results": results, "int8_float_top1_agreement": agree, "onnx_max_abs_logit_diff": onnx_diff,
-              "train_config": train_cfg, "selection": selection, "int8_input_scale": int8_spec.scale,
+              "train_config": train_cfg, "selection": selection, "run_notes": notes,
+              "int8_input_scale": int8_spec.scale,
               "int8_size_bytes": (MODELS / INT8_FILE).stat().st_size,
               "int8_input_zero_point": int8_spec.zero_point}
     (MODELS / "cards").mkdir(exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from converter.face_net import ARCHITECTURES
 from device.labels import LABELS
 
 
@@ -24,6 +25,9 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
     """Write the markdown model card for the face-emotion models."""
     r = report["results"]
     cfg = report["train_config"]
+    arch = cfg.get("arch", "v1")
+    stages = ARCHITECTURES[arch]
+    stage_text = ", ".join(f"{convs}x{width}" for width, convs in stages)
     lines = [
         "# Model card: Aula face emotion (int8 TFLite, float TFLite, ONNX)",
         "",
@@ -35,9 +39,10 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
         "temperature T below. Faces are found by BlazeFace first; this model never identifies anyone.",
         "",
         "## Architecture",
-        "VGG-style CNN: four stages of two 3x3 convolutions (32, 64, 128, 256 channels) with batch norm and "
-        "ReLU, max-pooling and dropout between stages, global average pooling, dropout 0.4, a dense layer "
-        "to 7 logits. About 1.2M parameters and 235 MFLOPs per face.",
+        f"VGG-style CNN `{arch}` (`converter/face_net.py`): {len(stages)} stages of 3x3 convolutions "
+        f"({stage_text} channels) with batch norm and ReLU, max-pooling and dropout between stages, global "
+        "average pooling, dropout 0.4, a dense layer to 7 logits"
+        + (" (about 1.2M parameters and 235 MFLOPs per face)." if arch == "v1" else "."),
         "",
         "## Training",
         "- Data: FER2013 `train/` (28,709 faces). Validation: a stratified 10% carved from train "
@@ -45,6 +50,13 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
         f"- {cfg['epochs']} epochs, batch {cfg['batch_size']}, SGD with Nesterov momentum 0.9, peak learning "
         f"rate {cfg['lr']} with 2 warm-up epochs and cosine decay, decoupled weight decay "
         f"{cfg['weight_decay']}, label smoothing {cfg['label_smoothing']}, bf16 mixed precision on CPU.",
+    ]
+    if cfg.get("init_from"):
+        lines.append(
+            f"- Warm restart: this cycle started from the weights in `{Path(cfg['init_from']).name}` (the last "
+            "epoch of an earlier cycle), with a new warm-up and cosine decay."
+        )
+    lines += [
         "- Augmentation: horizontal flip, rotation (about +-14 degrees), zoom, translation (10%), contrast "
         "and brightness jitter.",
         f"- Class imbalance: per-sample loss weights (max count / class count)^{cfg['imbalance_power']}, "
