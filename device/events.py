@@ -208,8 +208,7 @@ class EmotionEvent(Message):
     @classmethod
     def from_dict(cls, data: dict) -> EmotionEvent:
         cls._header(data)
-        known = {f for f in cls.__dataclass_fields__} | {"type", "schema"}
-        unknown = set(data) - known
+        unknown = data.keys() - _EVENT_FIELDS
         if unknown:
             raise SchemaError(f"unknown fields: {', '.join(sorted(unknown))}")
         try:
@@ -273,6 +272,9 @@ class EmotionEvent(Message):
     @classmethod
     def from_payload(cls, payload: bytes | str) -> EmotionEvent:
         return cls.from_dict(decode_json(payload))
+
+
+_EVENT_FIELDS = frozenset(EmotionEvent.__dataclass_fields__) | {"type", "schema"}
 
 
 def valence_arousal(distribution: dict[str, float]) -> tuple[float, float]:
