@@ -40,9 +40,10 @@ def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.nd
     from converter.swa import averaged_net, snapshot_epochs
 
     keras.mixed_precision.set_global_policy("float32")
+    arch = architecture_of(work_dir)
     weights = work_dir / "best.weights.h5"
     if weights.exists():
-        best = build_face_net(NUM_LABELS, arch=architecture_of(work_dir))
+        best = build_face_net(NUM_LABELS, arch=arch)
         best.load_weights(str(weights))
     else:  # training still running or interrupted: take the best checkpoint so far
         best = load_best_net(work_dir)
@@ -50,7 +51,7 @@ def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.nd
     choice = (best, f"best-validation checkpoint (val accuracy {best_acc:.4f})")
     snaps = list(snapshot_epochs(work_dir / "snapshots").values())[-swa_last:] if swa_last > 1 else []
     if len(snaps) >= 2:
-        swa = averaged_net(snaps, x_train, architecture_of(work_dir))
+        swa = averaged_net(snaps, x_train, arch)
         swa_acc = _val_accuracy(swa, xva, yva)
         logger.info("validation accuracy: best checkpoint %.4f, average of last %d epochs %.4f",
                     best_acc, len(snaps), swa_acc)

@@ -129,8 +129,5 @@ class IntakeClient(mqtt.Client):
         """Acknowledge QoS 1 messages (manual-ack mode) with one queued write instead of one per message."""
         if not mids:
             return
-        if len(mids) == 1:
-            self.ack(mids[0], 1)
-            return
         packet = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids)
         self._packet_queue(mqtt.PUBACK, packet, 0, 0)
