@@ -149,3 +149,13 @@ def mosquitto_fixture(broker_factory):
     broker = broker_factory()
     broker.start()
     return broker
+
+
+@pytest.fixture(name="device")
+def device_simulator_fixture(mosquitto):
+    """A simulated classroom device publishing to the started broker (`server.testing.DeviceSimulator`)."""
+    from server.testing import DeviceSimulator
+
+    sim = DeviceSimulator(mosquitto.port)
+    yield sim
+    sim.close()

@@ -10,8 +10,12 @@ import httpx
 import pytest
 
 from server.pages import STATIC_DIR
-from server.testing import DeviceSimulator, ServerHarness, SseReader, make_event, wait_for
-from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)
+from server.testing import ServerHarness, SseReader, make_event, wait_for
+from tests.mosquitto import (  # noqa: F401 (pytest fixtures)
+    broker_factory_fixture,
+    device_simulator_fixture,
+    mosquitto_fixture,
+)
 
 ADMIN_PW = "admin-password"
 TEACHER_PW = "teacher-password"
@@ -33,13 +37,6 @@ def harness(tmp_path, mosquitto):
     storage.add_user_room("ben", made.rooms["room102"])
     yield made
     made.stop()
-
-
-@pytest.fixture
-def device(mosquitto):
-    sim = DeviceSimulator(mosquitto.port)
-    yield sim
-    sim.close()
 
 
 def test_login_sets_a_strict_http_only_cookie_and_me_has_csrf(harness):

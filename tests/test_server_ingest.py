@@ -9,8 +9,12 @@ import time
 import pytest
 
 from device.events import topic
-from server.testing import DeviceSimulator, ServerHarness, make_event, wait_for
-from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)
+from server.testing import ServerHarness, make_event, wait_for
+from tests.mosquitto import (  # noqa: F401 (pytest fixtures)
+    broker_factory_fixture,
+    device_simulator_fixture,
+    mosquitto_fixture,
+)
 from tests.mqtt_helpers import Collector
 from tests.postgres import postgres_server_fixture, postgres_url_fixture  # noqa: F401 (pytest fixtures)
 
@@ -27,13 +31,6 @@ def harness(tmp_path, mosquitto, database_url):
     made = ServerHarness(tmp_path / "server", mosquitto.url, database_url, **{"summaries.interval_s": 0.5})
     yield made
     made.stop()
-
-
-@pytest.fixture
-def device(mosquitto):
-    sim = DeviceSimulator(mosquitto.port)
-    yield sim
-    sim.close()
 
 
 def test_events_status_and_health_are_stored_once(harness, device):
