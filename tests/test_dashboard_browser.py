@@ -311,7 +311,21 @@ def _login(driver, wait, base: str, user: tuple[str, str], then: str) -> None:
         driver.get(f"{base}{then}")
 
 
+def _again_if_stale(step, tries: int = 5):
+    """Run a few element reads and clicks; start over when the page re-rendered an element under them."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for attempt in range(tries):
+        try:
+            return step()
+        except StaleElementReferenceException:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2)
+
+
 def test_dashboard_live_in_chromium(server, browser):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -326,7 +340,9 @@ def test_dashboard_live_in_chromium(server, browser):
 
     device = Publisher(broker_port)
     device.start()
-    driver, wait = browser, WebDriverWait(browser, 20)
+    # The pages re-render their tables when data arrives: an element found in one poll may be replaced before
+    # its text is read, so a stale reference means "look again", as a missing one does.
+    driver, wait = browser, WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,))
     try:
         # The device shows up as NEW; the admin assigns it on the admin page.
         deadline = time.monotonic() + 30
@@ -334,10 +350,14 @@ def test_dashboard_live_in_chromium(server, browser):
             assert time.monotonic() < deadline, f"no device in /api/devices\n{server_log.read_text()[-3000:]}"
             time.sleep(0.5)
         _login(driver, wait, base, ADMIN, "/admin")
-        row = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-device="{DEVICE}"]'))
-        assert "New" in row.text, row.text
-        Select(row.find_element(By.TAG_NAME, "select")).select_by_value(str(room["id"]))
-        row.find_element(By.TAG_NAME, "button").click()
+
+        def assign():
+            row = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-device="{DEVICE}"]'))
+            assert "New" in row.text, row.text
+            Select(row.find_element(By.TAG_NAME, "select")).select_by_value(str(room["id"]))
+            row.find_element(By.TAG_NAME, "button").click()
+
+        _again_if_stale(assign)
         wait.until(lambda d: "assigned" in d.find_element(By.ID, "devices-msg").text)
         wait.until(lambda d: "Assigned" in d.find_element(By.CSS_SELECTOR, f'tr[data-device="{DEVICE}"]').text)
         driver.find_element(By.ID, "logout").click()
@@ -345,9 +365,13 @@ def test_dashboard_live_in_chromium(server, browser):
 
         # The teacher's rooms, then the live view.
         _login(driver, wait, base, TEACHER, "/")
-        card = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'.room-card[data-room="{room["id"]}"]'))
-        assert "Room 101 (Science)" in card.text
-        card.find_element(By.PARTIAL_LINK_TEXT, "Open live view").click()
+
+        def open_live_view():
+            card = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'.room-card[data-room="{room["id"]}"]'))
+            assert "Room 101 (Science)" in card.text
+            card.find_element(By.PARTIAL_LINK_TEXT, "Open live view").click()
+
+        _again_if_stale(open_live_view)
         wait.until(lambda d: d.current_url.endswith(f"/rooms/{room['id']}"))
         wait.until(lambda d: d.find_element(By.ID, "conn").text == "live")
         driver.execute_script(
@@ -362,9 +386,13 @@ def test_dashboard_live_in_chromium(server, browser):
         assert int(chart.get_attribute("data-points")) >= 1
         assert driver.find_element(By.ID, "mood-word").text in {"Neutral", "Happy", "Surprised"}
         assert driver.find_element(By.ID, "faces").text == "12"
-        card = driver.find_element(By.CSS_SELECTOR, f'.device[data-device="{DEVICE}"]')
-        assert card.get_attribute("data-state") == "online", card.text
-        assert "Last seen" in card.text
+
+        def device_card_is_online():
+            card = driver.find_element(By.CSS_SELECTOR, f'.device[data-device="{DEVICE}"]')
+            assert card.get_attribute("data-state") == "online", card.text
+            assert "Last seen" in card.text
+
+        _again_if_stale(device_card_is_online)
 
         # Within 1 s of an event: each chart update follows the latest publish before it by less than a second.
         updates = driver.execute_script("return window.__aulaUpdates")
@@ -376,7 +404,7 @@ def test_dashboard_live_in_chromium(server, browser):
         driver.find_element(By.ID, "seg-start").click()
         wait.until(lambda d: "Question 3" in d.find_element(By.ID, "seg-running").text)
         time.sleep(3)  # a few windows inside the segment
-        driver.find_element(By.CSS_SELECTOR, "#seg-running button[data-stop]").click()
+        _again_if_stale(lambda: driver.find_element(By.CSS_SELECTOR, "#seg-running button[data-stop]").click())
         wait.until(lambda d: "Question 3" in d.find_element(By.ID, "seg-list").text)
         assert "Question 3" not in driver.find_element(By.ID, "seg-running").text
         ARTIFACTS.mkdir(exist_ok=True)
