@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     tf_.add_argument("--lr", type=float, default=0.04, help="peak learning rate of the cosine schedule")
     tf_.add_argument("--init-from", type=Path,
                      help="start from these weights (an epoch snapshot of an earlier run): a warm restart")
+    tf_.add_argument("--init-arch", help="architecture of --init-from's weights when smaller than --arch: the "
+                                         "trained network is grown into the new one (converter/grow.py)")
     tf_.add_argument("--no-export", action="store_true", help="train only")
 
     ex = sub.add_parser("export-face", help="quantise, evaluate and export trained face weights")
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         from converter.train_face import train
 
         train(work_dir, epochs=args.epochs, batch_size=args.batch_size, threads=args.threads, arch=args.arch,
-              lr=args.lr, init_from=args.init_from)
+              lr=args.lr, init_from=args.init_from, init_arch=args.init_arch)
         if args.no_export:
             return 0
     from converter.export_face import export_face

@@ -49,6 +49,7 @@ def train(
     threads: int = 2,
     arch: str = DEFAULT_ARCHITECTURE,
     init_from: Path | None = None,
+    init_arch: str | None = None,
 ) -> Path:
     """Train (resuming from work_dir if interrupted) and return the best weights file."""
     import tensorflow as tf
@@ -79,6 +80,7 @@ def train(
                 "class_weights": weights,
                 "val_fraction": VAL_FRACTION,
                 "init_from": str(init_from) if init_from else None,
+                "init_arch": (init_arch or arch) if init_from else None,
             },
             indent=2,
         )
@@ -95,10 +97,10 @@ def train(
     optimizer = keras.optimizers.SGD(
         learning_rate=schedule, momentum=0.9, nesterov=True, weight_decay=weight_decay
     )
-    _, model = build_training_model(arch)
+    net, model = build_training_model(arch)
     if init_from is not None:  # a warm restart: a new cosine cycle from an earlier run's weights
-        model.load_weights(str(init_from))
-        logger.info("starting from %s", init_from)
+        _warm_start(net, model, arch, init_from, init_arch or arch, xtr)
+        logger.info("starting from %s (%s)", init_from, init_arch or arch)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
@@ -134,6 +136,20 @@ def train(
     )
     load_best_net(work_dir).save_weights(str(best))
     return best
+
+
+def _warm_start(net, model, arch: str, init_from: Path, init_arch: str, xtr: np.ndarray) -> None:
+    """Load init_from into the model, growing it first when it was trained with a smaller architecture."""
+    if init_arch == arch:
+        model.load_weights(str(init_from))
+        return
+    from converter.grow import check_growable, grow
+
+    check_growable(init_arch, arch)
+    src_net, src_wrapper = build_training_model(init_arch)
+    src_wrapper.load_weights(str(init_from))
+    sample = np.random.default_rng(3).choice(len(xtr), 2048, replace=False)
+    grow(src_net, net, _to_float(xtr[sample]))
 
 
 def EpochSnapshots(folder: Path, keep: int):
