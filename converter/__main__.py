@@ -36,12 +36,23 @@ def main(argv: list[str] | None = None) -> int:
 
     ex.add_argument("--notes", help="a sentence about this run for the model card (how it was trained)")
 
+    av = sub.add_parser("average-face", help="write the average of a run's last epoch snapshots (to start a "
+                                             "new cycle from)")
+    av.add_argument("--work-dir", type=Path)
+    av.add_argument("--last", type=int, default=8)
+    av.add_argument("--out", type=Path, required=True)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     from converter.train_face import default_work_dir
 
     work_dir = args.work_dir or default_work_dir()
+    if args.command == "average-face":
+        from converter.swa import save_average
+
+        save_average(work_dir, args.last, args.out)
+        return 0
     if args.command == "train-face":
         from converter.train_face import train
 

@@ -58,3 +58,26 @@ def averaged_net(snapshots: list[Path], x_train: np.ndarray, arch: str):
     _recompute_batch_norm(net, x_train)
     logger.info("averaged %d snapshots: %s", len(snapshots), ", ".join(p.name for p in snapshots))
     return net
+
+
+def save_average(work_dir: Path, last: int, out: Path) -> Path:
+    """Write the average of a run's last `last` snapshots, in the snapshots' own format, to `out`.
+
+    The file can start a new cycle: `train-face --init-from OUT` (with `--init-arch` to grow it).
+    """
+    import keras
+
+    from converter.train_face import architecture_of, build_training_model, face_splits
+
+    keras.mixed_precision.set_global_policy("float32")
+    snaps = list(snapshot_epochs(work_dir / "snapshots").values())[-last:]
+    if len(snaps) < 2:
+        raise FileNotFoundError(f"fewer than 2 epoch snapshots in {work_dir / 'snapshots'}: nothing to average")
+    arch = architecture_of(work_dir)
+    (x_train, _), _ = face_splits()
+    net, wrapper = build_training_model(arch)
+    net.set_weights(averaged_net(snaps, x_train, arch).get_weights())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.save_weights(str(out))
+    logger.info("wrote the average of %d %s snapshots to %s", len(snaps), arch, out)
+    return out
