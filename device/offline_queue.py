@@ -25,11 +25,16 @@ from device.events import EmotionEvent
 
 logger = logging.getLogger(__name__)
 
+# A wall clock before 2026-01-01 UTC has not been set yet: a Pi has no RTC, and one that boots offline
+# starts from 1970 or from a date baked into the OS image until NTP answers. Events queued then have no
+# meaningful age; once the clock is set, their age counts from that moment, so none is dropped as decades old.
+CLOCK_FLOOR_MS = 1_767_225_600_000
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,        -- per-device, monotonic across restarts; the send order
     event_id TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,    -- wall clock when queued, for the age bound
+    created_ms INTEGER NOT NULL,    -- wall clock when queued (or when it was set, see CLOCK_FLOOR_MS)
     payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -105,6 +110,9 @@ class OfflineQueue:
         self._next_seq = meta["next_seq"]
         self._dropped_full = meta["dropped_full"]
         self._dropped_expired = meta["dropped_expired"]
+        # events stamped while the wall clock was not set yet (see CLOCK_FLOOR_MS), to re-stamp once it is
+        unset = self._db.execute("SELECT EXISTS (SELECT 1 FROM events WHERE created_ms < ?)", (CLOCK_FLOOR_MS,))
+        self._unset_stamps = bool(unset.fetchone()[0])
         logger.info("offline queue %s: %s events waiting, next seq %s", self.path, self._rows, self._next_seq)
 
     def _open(self) -> sqlite3.Connection:
@@ -175,6 +183,15 @@ class OfflineQueue:
         return None if row is None else row[0]
 
     def _expire_locked(self, now_ms: int) -> int:
+        if now_ms < CLOCK_FLOOR_MS:  # the clock is not set: ages are unknown, so nothing expires
+            return 0
+        if self._unset_stamps:
+            n = self._db.execute(
+                "UPDATE events SET created_ms = ? WHERE created_ms < ?", (now_ms, CLOCK_FLOOR_MS)
+            ).rowcount
+            self._unset_stamps = False
+            logger.warning("offline queue: the wall clock is set now; the age of %s events queued before "
+                           "counts from here", n)
         cutoff = now_ms - self.max_age_ms
         oldest = self._oldest_created_ms()
         if oldest is None or oldest >= cutoff:  # the common case costs one indexed lookup
@@ -190,7 +207,7 @@ class OfflineQueue:
             if len(payload) > self.max_bytes:
                 raise ValueError(f"event of {len(payload)} bytes is larger than the queue's max_bytes")
             now_ms = int(self._clock() * 1000)
-            rows, size = self._rows, self._bytes
+            rows, size, unset = self._rows, self._bytes, self._unset_stamps
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
@@ -204,11 +221,12 @@ class OfflineQueue:
                 dropped_expired = self._expire_locked(now_ms)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._rows, self._bytes = rows, size
+                self._rows, self._bytes, self._unset_stamps = rows, size, unset
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise QueueError(f"cannot write to the queue {self.path} ({exc})") from exc
             self._next_seq = seq + 1
+            self._unset_stamps |= now_ms < CLOCK_FLOOR_MS
             self._dropped_full += dropped_full
             self._dropped_expired += dropped_expired
             return stored
@@ -243,13 +261,13 @@ class OfflineQueue:
     def expire(self) -> int:
         """Drop events older than max_age_s (oldest first, counted); return how many."""
         with self._lock:
-            rows, size = self._rows, self._bytes
+            rows, size, unset = self._rows, self._bytes, self._unset_stamps
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 dropped = self._expire_locked(int(self._clock() * 1000))
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._rows, self._bytes = rows, size
+                self._rows, self._bytes, self._unset_stamps = rows, size, unset
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise QueueError(f"cannot write to the queue {self.path} ({exc})") from exc
@@ -260,10 +278,11 @@ class OfflineQueue:
         return self._rows
 
     def stats(self) -> QueueStats:
-        """Backlog, size, age of the oldest event and the persisted drop counters."""
+        """Backlog, size, age of the oldest event (None when empty or unknown) and the persisted drop counters."""
         with self._lock:
-            oldest = self._oldest_created_ms()
-            age = None if oldest is None else max(0.0, self._clock() - oldest / 1000)
+            oldest, now = self._oldest_created_ms(), self._clock()
+            unknown = oldest is None or oldest < CLOCK_FLOOR_MS or now * 1000 < CLOCK_FLOOR_MS
+            age = None if unknown else max(0.0, now - oldest / 1000)
             return QueueStats(
                 backlog=self._rows,
                 bytes=self._bytes,
