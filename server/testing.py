@@ -60,6 +60,7 @@ def make_event(
 
 
 def wait_for(predicate, timeout: float = 10.0, step: float = 0.02) -> bool:
+    """Poll predicate until it is true or timeout seconds pass; return its last value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

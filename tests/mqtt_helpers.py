@@ -10,15 +10,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from device.events import EmotionEvent
 from device.mqtt import CommandAck, StatusMessage, Topics
-
-
-def wait_for(predicate, timeout: float = 10.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
+from server.testing import wait_for  # one polling helper for every test module
 
 
 class Collector:
