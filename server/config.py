@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from device.mqtt.config import TlsConfig, parse_broker_url
+from device.mqtt.config import BrokerUrl, MqttProtocol, TlsConfig, parse_broker_url
 
 
 class StrictModel(BaseModel):
@@ -55,8 +55,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 class ServerMqttConfig(StrictModel):
     """How the server reaches the broker and subscribes to the devices' topics."""
 
-    broker: str = Field("mqtt://localhost:1883", description="Broker URL: mqtt://host:port or mqtts://host:port.")
-    protocol: Literal["5", "3.1.1"] = Field(
+    broker: BrokerUrl = Field("mqtt://localhost:1883", description="Broker URL: mqtt://host:port or mqtts://host:port.")
+    protocol: MqttProtocol = Field(
         "5", description="MQTT protocol version; 3.1.1 for brokers that speak only that (e.g. amqtt)."
     )
     client_id: str = Field(
@@ -96,16 +96,6 @@ class ServerMqttConfig(StrictModel):
     password_credential: str | None = Field(
         None, description="systemd credential name with the broker password ($CREDENTIALS_DIRECTORY/<name>)."
     )
-
-    @field_validator("protocol", mode="before")
-    @classmethod
-    def _protocol_number(cls, value: Any) -> Any:
-        return str(value) if value == 5 and not isinstance(value, bool) else value
-
-    @field_validator("broker")
-    @classmethod
-    def _broker(cls, value: str) -> str:
-        return parse_broker_url(value).url
 
     @field_validator("client_id", "shared_group")
     @classmethod

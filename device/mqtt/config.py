@@ -6,10 +6,10 @@ import argparse
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -77,6 +77,16 @@ def broker_url_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _protocol_number(value: Any) -> Any:
+    # YAML reads `protocol: 5` as an integer.
+    return str(value) if value == 5 and not isinstance(value, bool) else value
+
+
+# Field types shared by the device's and the server's MQTT settings.
+BrokerUrl = Annotated[str, AfterValidator(lambda value: parse_broker_url(value).url)]
+MqttProtocol = Annotated[Literal["5", "3.1.1"], BeforeValidator(_protocol_number)]
+
+
 def _check_topic_level(value: str, name: str) -> str:
     if not value or len(value) > 64 or any(c in value for c in "/+#") or not value.isprintable():
         raise ValueError(f"{name} must be 1-64 printable characters without '/', '+' or '#' (it is a topic level)")
@@ -128,13 +138,13 @@ class QueueConfig(StrictModel):
 class MqttConfig(StrictModel):
     """How the device reaches the broker and what it publishes where."""
 
-    broker: str = Field(
+    broker: BrokerUrl = Field(
         "mqtt://localhost:1883", description="Broker URL: mqtt://host:port, or mqtts://host:port (TLS)."
     )
     site: str = Field(..., description="Site (school) id; the second topic level under aula/v1.")
     room: str = Field(..., description="Room id; a topic level.")
     device_id: str = Field(..., description="Device id; a topic level and the MQTT client id.")
-    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
+    protocol: MqttProtocol = Field("5", description="MQTT protocol version.")
     keepalive: int = Field(
         30, ge=5, le=3600, description="Seconds between keep-alives; the broker sends the last will after 1.5x this."
     )
@@ -159,17 +169,6 @@ class MqttConfig(StrictModel):
     stop_timeout_s: float = Field(
         2.0, ge=0, le=60, description="On a clean stop, seconds to wait for in-flight events before disconnecting."
     )
-
-    @field_validator("protocol", mode="before")
-    @classmethod
-    def _protocol_number(cls, value: Any) -> Any:
-        # YAML reads `protocol: 5` as an integer.
-        return str(value) if value == 5 and not isinstance(value, bool) else value
-
-    @field_validator("broker")
-    @classmethod
-    def _broker(cls, value: str) -> str:
-        return parse_broker_url(value).url
 
     @field_validator("site", "room", "device_id")
     @classmethod
