@@ -7,8 +7,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from server import page_layout
 from server.api import Ctx
 from server.auth import Principal, identify
 
@@ -18,15 +19,16 @@ router = APIRouter(include_in_schema=False)
 
 _MISSING = (
     "<!doctype html><meta charset=utf-8><title>Aula</title>"
-    "<p>The dashboard page <code>{name}</code> is not installed in server/web/static/.</p>"
+    "<p>The dashboard page <code>{name}</code> is not installed in server/web/pages/.</p>"
 )
 
 
 def _page(name: str) -> Response:
-    path = STATIC_DIR / name
-    if not path.is_file():
+    try:
+        body = page_layout.render(name)
+    except FileNotFoundError:
         return HTMLResponse(_MISSING.format(name=html.escape(name)), status_code=404)
-    return FileResponse(path, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+    return HTMLResponse(body, headers={"Cache-Control": "no-cache"})
 
 
 def _logged_in(request: Request, c) -> Principal | None:
