@@ -14,21 +14,14 @@ from paho.mqtt.properties import Properties
 
 from device.errors import ConfigError
 from device.mqtt.credentials import install_redaction, resolve_password
+from device.mqtt.paho_log import paho_logger
 from server.config import ServerMqttConfig
 from server.mqtt_transport import IntakeClient
 
 logger = logging.getLogger(__name__)
 
 
-class _QuietShutdown(logging.Filter):
-    """paho logs an ERROR when its loop notices the socket that `disconnect()` just closed; that is a clean stop."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Client is not connected")
-
-
-_paho_logger = logging.getLogger(f"{__name__}.paho")
-_paho_logger.addFilter(_QuietShutdown())
+_paho_logger = paho_logger(f"{__name__}.paho")
 
 # handler(topic, payload, retained, ack_token or None)
 MessageHandler = Callable[[str, bytes, bool, tuple | None], None]

@@ -442,8 +442,9 @@ def test_broker_down_at_start_does_not_block_and_events_queue(broker_factory, tm
     collector.close()
 
 
-def test_broker_outage_loses_nothing_and_keeps_order(mosquitto, tmp_path, publishers):
+def test_broker_outage_loses_nothing_and_keeps_order(mosquitto, tmp_path, publishers, caplog):
     """Publish through a broker outage (30 s, as the issue asks), then a second one in the middle of the drain."""
+    caplog.set_level(logging.INFO)
     collector = Collector(mosquitto)
     cfg = build_config(mosquitto.url, tmp_path / "q.sqlite3", drain_rate=100.0, max_inflight=20)
     pub = publishers(cfg)
@@ -481,6 +482,8 @@ def test_broker_outage_loses_nothing_and_keeps_order(mosquitto, tmp_path, publis
     stats = pub.stats()
     assert stats.reconnects >= 2 and stats.dropped == 0 and stats.acked >= n
     collector.close()
+    # A broker going away is routine for a device: warnings, never an ERROR in the journal.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_kill_9_with_backlog_then_restart_drains_it(broker_factory, tmp_path):
@@ -763,3 +766,18 @@ def test_tls_with_client_certificate(broker_factory, tmp_path, publishers):
     pub.publish_event(_event())
     assert wait_for(lambda: len(collector.events(pub.topics)) == 1, 10)
     collector.close()
+
+
+def test_paho_connection_loss_is_logged_as_a_warning_other_errors_stay_errors(caplog):
+    from device.mqtt.paho_log import paho_logger
+
+    log = paho_logger("aula.test.paho")
+    assert paho_logger("aula.test.paho") is log and len(log.filters) == 1  # idempotent
+    caplog.set_level(logging.INFO, logger="aula.test.paho")
+    log.error("failed to receive on socket: %s", "[Errno 104] Connection reset by peer")
+    log.error("Client is not connected. Socket: None)")  # DEBUG now, below the INFO level: not recorded
+    log.error("Caught exception in on_connect: %s", "boom")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "failed to receive on socket: [Errno 104] Connection reset by peer"),
+        ("ERROR", "Caught exception in on_connect: boom"),
+    ]

@@ -23,6 +23,7 @@ from device.events import SCHEMA_VERSION, DeviceState, EmotionEvent, SchemaError
 from device.mqtt.config import MqttConfig
 from device.mqtt.credentials import install_redaction, redact, resolve_password
 from device.mqtt.messages import Command, CommandAck, CommandName, StatusMessage, extract_command_id, short_reason
+from device.mqtt.paho_log import paho_logger
 from device.offline_queue import OfflineQueue
 
 logger = logging.getLogger(__name__)
@@ -346,7 +347,7 @@ class EventPublisher:
             # No broker-side session: a command queued for hours while the device was away must not run late.
             **({} if v5 else {"clean_session": True}),
         )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.enable_logger(paho_logger(f"{__name__}.paho"))
         # Room for status, acks and health besides events, so paho never parks an event behind them.
         client.max_inflight_messages_set(cfg.max_inflight + 16)
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
