@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from converter.face_net import ARCHITECTURES
+from converter.face_net import ARCHITECTURES, architecture_size
 from device.labels import LABELS
 
 
@@ -28,6 +28,7 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
     arch = cfg.get("arch", "v1")
     stages = ARCHITECTURES[arch]
     stage_text = ", ".join(f"{convs}x{width}" for width, convs in stages)
+    params, macs = architecture_size(arch)
     lines = [
         "# Model card: Aula face emotion (int8 TFLite, float TFLite, ONNX)",
         "",
@@ -41,8 +42,8 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
         "## Architecture",
         f"VGG-style CNN `{arch}` (`converter/face_net.py`): {len(stages)} stages of 3x3 convolutions "
         f"({stage_text} channels) with batch norm and ReLU, max-pooling and dropout between stages, global "
-        "average pooling, dropout 0.4, a dense layer to 7 logits"
-        + (" (about 1.2M parameters and 235 MFLOPs per face)." if arch == "v1" else "."),
+        f"average pooling, dropout 0.4, a dense layer to 7 logits ({params / 1e6:.2f}M parameters, "
+        f"{macs / 1e6:.0f}M multiply-adds per face).",
         "",
         "## Training",
         "- Data: FER2013 `train/` (28,709 faces). Validation: a stratified 10% carved from train "
@@ -51,7 +52,14 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
         f"rate {cfg['lr']} with 2 warm-up epochs and cosine decay, decoupled weight decay "
         f"{cfg['weight_decay']}, label smoothing {cfg['label_smoothing']}, bf16 mixed precision on CPU.",
     ]
-    if cfg.get("init_from"):
+    if cfg.get("init_from") and cfg.get("init_arch", arch) != arch:
+        lines.append(
+            f"- Grown: this cycle started from a trained `{cfg['init_arch']}` network "
+            f"(`{Path(cfg['init_from']).name}`), grown into `{arch}` without changing its outputs "
+            "(`converter/grow.py`: trained layers keep their weights, new channels start with zero outgoing "
+            "weights, a new convolution starts as the identity), then a new warm-up and cosine decay."
+        )
+    elif cfg.get("init_from"):
         lines.append(
             f"- Warm restart: this cycle started from the weights in `{Path(cfg['init_from']).name}` (the last "
             "epoch of an earlier cycle), with a new warm-up and cosine decay."

@@ -5,10 +5,25 @@ from __future__ import annotations
 INPUT_SIZE = 48
 # (width, convolutions) per stage; a 2x2 max-pool sits between stages.
 ARCHITECTURES = {
-    "v1": ((32, 2), (64, 2), (128, 2), (256, 2)),  # 1.2M parameters, about 117M multiply-adds
-    "v2": ((32, 2), (64, 2), (128, 3), (320, 2)),  # 1.7M parameters, about 153M multiply-adds (untrained)
+    "v1": ((32, 2), (64, 2), (128, 2), (256, 2)),  # 1.2M parameters, 117M multiply-adds per face
+    "v2": ((32, 2), (64, 2), (128, 3), (320, 2)),  # 1.7M parameters, 153M multiply-adds per face
 }
 DEFAULT_ARCHITECTURE = "v1"
+
+
+def architecture_size(arch: str) -> tuple[int, int]:
+    """Return (parameters, multiply-adds per face) of an architecture, counted from its stages."""
+    params = macs = 0
+    side, channels = INPUT_SIZE, 1
+    for stage, (width, convs) in enumerate(ARCHITECTURES[arch]):
+        for _ in range(convs):
+            params += 9 * channels * width + 4 * width  # kernel (no bias) + batch norm
+            macs += side * side * 9 * channels * width
+            channels = width
+        if stage < len(ARCHITECTURES[arch]) - 1:
+            side //= 2
+    params += channels * 7 + 7
+    return params, macs + channels * 7
 
 
 def build_face_net(num_classes: int = 7, dropout: float = 0.4, arch: str = DEFAULT_ARCHITECTURE):
