@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")  # the converter extra (TensorFlow); the device never needs it
 
-from converter.face_net import build_face_net, fused_batch_norm_layer  # noqa: E402
+from converter.face_net import ARCHITECTURES, architecture_size, build_face_net, fused_batch_norm_layer  # noqa: E402
 from converter.grow import check_growable, grow  # noqa: E402
 
 
@@ -72,3 +72,10 @@ def test_growing_refuses_to_shrink():
     with pytest.raises(ValueError, match="cannot grow v2"):
         check_growable("v2", "v1")
     check_growable("v1", "v2")
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_architecture_size_counts_what_keras_builds(arch):
+    params, macs = architecture_size(arch)
+    assert params == build_face_net(arch=arch).count_params()
+    assert 100e6 < macs < 160e6  # what the 1.5 ms per-face budget on one core allows
