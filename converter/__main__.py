@@ -8,6 +8,17 @@ import sys
 from pathlib import Path
 
 
+def _counts(value: str) -> tuple[int, ...]:
+    """argparse type for `--swa-last 8` or `--swa-last 4,8,12`."""
+    try:
+        counts = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of epochs, or several joined by commas") from None
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: epoch counts must be >= 0")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one converter command."""
     parser = argparse.ArgumentParser(prog="python -m converter")
@@ -28,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ex = sub.add_parser("export-face", help="quantise, evaluate and export trained face weights")
     ex.add_argument("--work-dir", type=Path)
-    ex.add_argument("--swa-last", type=int, default=8,
-                    help="also try the average of the last N epoch snapshots; kept only if better on validation")
+    ex.add_argument("--swa-last", type=_counts, default=(8,),
+                    help="also try the average of the last N epoch snapshots (several: 4,8,12); kept only if better on "
+                         "validation")
     ex.add_argument("--flip-tta", choices=["auto", "on", "off"], default="off",
                     help="average each face with its mirror inside the model; doubles the cost per face, so off "
                          "by default (auto: keep it if it gains >= 0.5 point on validation)")
@@ -62,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     from converter.export_face import export_face
 
-    export_face(work_dir, swa_last=getattr(args, "swa_last", 8), flip_tta=getattr(args, "flip_tta", "off"),
+    export_face(work_dir, swa_last=getattr(args, "swa_last", (8,)), flip_tta=getattr(args, "flip_tta", "off"),
                 notes=getattr(args, "notes", None))
     return 0
 

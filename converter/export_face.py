@@ -32,9 +32,10 @@ def _val_accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean())
 
 
-def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.ndarray, swa_last: int):
-    """Return (net, how it was chosen): the best-validation checkpoint, or the average of the last
-    `swa_last` epoch snapshots when that scores higher on validation (never on test)."""
+def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.ndarray,
+                swa_last: int | tuple[int, ...]):
+    """Return (net, how it was chosen): the best-validation checkpoint, or the average of the last N epoch
+    snapshots (N from `swa_last`, each tried) when that scores higher on validation (never on test)."""
     import keras
 
     from converter.swa import averaged_net, snapshot_epochs
@@ -49,14 +50,17 @@ def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.nd
         best = load_best_net(work_dir)
     best_acc = _val_accuracy(best, xva, yva)
     choice = (best, f"best-validation checkpoint (val accuracy {best_acc:.4f})")
-    snaps = list(snapshot_epochs(work_dir / "snapshots").values())[-swa_last:] if swa_last > 1 else []
-    if len(snaps) >= 2:
-        swa = averaged_net(snaps, x_train, arch)
+    top = best_acc
+    snapshots = list(snapshot_epochs(work_dir / "snapshots").values())
+    for n in sorted({min(n, len(snapshots)) for n in ((swa_last,) if isinstance(swa_last, int) else swa_last)}):
+        if n < 2:
+            continue
+        swa = averaged_net(snapshots[-n:], x_train, arch)
         swa_acc = _val_accuracy(swa, xva, yva)
-        logger.info("validation accuracy: best checkpoint %.4f, average of last %d epochs %.4f",
-                    best_acc, len(snaps), swa_acc)
-        if swa_acc > best_acc:
-            choice = (swa, f"average of the last {len(snaps)} epochs' weights with batch-norm statistics "
+        logger.info("validation accuracy: best checkpoint %.4f, average of last %d epochs %.4f", best_acc, n, swa_acc)
+        if swa_acc > top:
+            top = swa_acc
+            choice = (swa, f"average of the last {n} epochs' weights with batch-norm statistics "
                            f"recomputed (val accuracy {swa_acc:.4f}; best single checkpoint {best_acc:.4f})")
     return choice
 
@@ -140,7 +144,9 @@ def _latency_ms(model, faces: np.ndarray, repeats: int = 300) -> float:
     return (time.perf_counter() - t) * 1000 / len(crops)
 
 
-def export_face(work_dir: Path, swa_last: int = 8, flip_tta: str = "off", notes: str | None = None) -> dict:
+def export_face(
+    work_dir: Path, swa_last: int | tuple[int, ...] = 8, flip_tta: str = "off", notes: str | None = None
+) -> dict:
     """Export the best weights in work_dir to models_tflite/, evaluate them and write the card."""
     from device.model_store import sha256_of
     from device.models.face_emotion import FaceEmotionModel
