@@ -32,8 +32,7 @@ def _val_accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean())
 
 
-def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.ndarray,
-                swa_last: int | tuple[int, ...]):
+def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.ndarray, swa_last: tuple[int, ...]):
     """Return (net, how it was chosen): the best-validation checkpoint, or the average of the last N epoch
     snapshots (N from `swa_last`, each tried) when that scores higher on validation (never on test)."""
     import keras
@@ -52,7 +51,7 @@ def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.nd
     choice = (best, f"best-validation checkpoint (val accuracy {best_acc:.4f})")
     top = best_acc
     snapshots = list(snapshot_epochs(work_dir / "snapshots").values())
-    for n in sorted({min(n, len(snapshots)) for n in ((swa_last,) if isinstance(swa_last, int) else swa_last)}):
+    for n in sorted({min(n, len(snapshots)) for n in swa_last}):
         if n < 2:
             continue
         swa = averaged_net(snapshots[-n:], x_train, arch)
@@ -145,7 +144,7 @@ def _latency_ms(model, faces: np.ndarray, repeats: int = 300) -> float:
 
 
 def export_face(
-    work_dir: Path, swa_last: int | tuple[int, ...] = 8, flip_tta: str = "off", notes: str | None = None
+    work_dir: Path, swa_last: tuple[int, ...] = (8,), flip_tta: str = "off", notes: str | None = None
 ) -> dict:
     """Export the best weights in work_dir to models_tflite/, evaluate them and write the card."""
     from device.model_store import sha256_of
