@@ -54,6 +54,8 @@ def train(
     """Train (resuming from work_dir if interrupted) and return the best weights file."""
     import tensorflow as tf
 
+    init_arch = init_arch or arch
+
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     import keras
@@ -80,7 +82,7 @@ def train(
                 "class_weights": weights,
                 "val_fraction": VAL_FRACTION,
                 "init_from": str(init_from) if init_from else None,
-                "init_arch": (init_arch or arch) if init_from else None,
+                "init_arch": init_arch if init_from else None,
             },
             indent=2,
         )
@@ -99,8 +101,8 @@ def train(
     )
     net, model = build_training_model(arch)
     if init_from is not None:  # a warm restart: a new cosine cycle from an earlier run's weights
-        _warm_start(net, model, arch, init_from, init_arch or arch, xtr)
-        logger.info("starting from %s (%s)", init_from, init_arch or arch)
+        _warm_start(net, model, arch, init_from, init_arch, xtr)
+        logger.info("starting from %s (%s)", init_from, init_arch)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
