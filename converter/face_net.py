@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 INPUT_SIZE = 48
 # (width, convolutions) per stage; a 2x2 max-pool sits between stages.
 ARCHITECTURES = {
@@ -53,10 +55,16 @@ def build_face_net(num_classes: int = 7, dropout: float = 0.4, arch: str = DEFAU
 def fused_batch_norm_layer(**kwargs):
     """Return a BatchNormalization layer that runs TensorFlow's fused kernel.
 
-    Keras 3 composes batch norm from separate moments and arithmetic ops; their bf16 backward pass on
-    CPU took 70% of a training step. The fused kernel (oneDNN) makes a step 2.7x faster. Same weights,
-    same saved names, same maths (the moving variance uses the unbiased batch variance, as in Keras 2).
+    Keras 3 composes batch norm from separate moments and arithmetic ops, and their bf16 backward pass
+    took most of a training step on this CPU. The fused kernel (oneDNN) makes a step about 2x faster
+    (`bench/train_step.py`). Same weights, same saved names, same maths (the moving variance uses the
+    unbiased batch variance, as in Keras 2).
     """
+    return _fused_batch_norm_class()(**kwargs)
+
+
+@functools.cache
+def _fused_batch_norm_class():
     import tensorflow as tf
     from keras import layers
 
@@ -76,7 +84,7 @@ def fused_batch_norm_layer(**kwargs):
             )
             return y
 
-    return BatchNormalization(**kwargs)
+    return BatchNormalization
 
 
 def build_augmenter(seed: int = 7):
