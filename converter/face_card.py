@@ -61,8 +61,8 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
         )
     elif cfg.get("init_from"):
         lines.append(
-            f"- Warm restart: this cycle started from the weights in `{Path(cfg['init_from']).name}` (the last "
-            "epoch of an earlier cycle), with a new warm-up and cosine decay."
+            f"- Warm restart: this cycle started from the weights in `{Path(cfg['init_from']).name}` (an earlier "
+            "cycle's epoch snapshot or `average-face` average), with a new warm-up and cosine decay."
         )
     lines += [
         "- Augmentation: horizontal flip, rotation (about +-14 degrees), zoom, translation (10%), contrast "
