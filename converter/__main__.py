@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="start from these weights (an epoch snapshot of an earlier run): a warm restart")
     tf_.add_argument("--init-arch", help="architecture of --init-from's weights when smaller than --arch: the "
                                          "trained network is grown into the new one (converter/grow.py)")
+    tf_.add_argument("--teacher", type=Path, help="distil from these teacher logits (written by teacher-face)")
+    tf_.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term (0..1)")
+    tf_.add_argument("--kd-temperature", type=float, default=3.0, help="softmax temperature of the distillation term")
+    tf_.add_argument("--erase", type=float, default=0.0,
+                     help="probability of random erasing (one rectangle of 2-20%% of the face, filled with noise)")
     tf_.add_argument("--no-export", action="store_true", help="train only")
 
     ex = sub.add_parser("export-face", help="quantise, evaluate and export trained face weights")
@@ -54,12 +59,34 @@ def main(argv: list[str] | None = None) -> int:
     av.add_argument("--last", type=int, default=8)
     av.add_argument("--out", type=Path, required=True)
 
+    im = sub.add_parser("import-onnx", help="rebuild trainable weights from an exported face ONNX model (to start "
+                                            "a new cycle from the committed model)")
+    im.add_argument("--onnx", type=Path, default=Path("models_tflite/face_emotion.onnx"))
+    im.add_argument("--out", type=Path, required=True)
+
+    te = sub.add_parser("teacher-face", help="write a model's mirror-averaged logits on the training and validation "
+                                             "faces, for distillation (train-face --teacher)")
+    te.add_argument("--model", type=Path, default=Path("models_tflite/face_emotion.onnx"))
+    te.add_argument("--out", type=Path, required=True)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     from converter.train_face import default_work_dir
 
-    work_dir = args.work_dir or default_work_dir()
+    work_dir = getattr(args, "work_dir", None) or default_work_dir()
+    if args.command == "import-onnx":
+        from converter.onnx_import import write_init_weights
+
+        out, arch = write_init_weights(args.onnx, args.out)
+        logging.getLogger("converter").info("wrote %s weights to %s (train-face --arch %s --init-from %s)",
+                                            arch, out, arch, out)
+        return 0
+    if args.command == "teacher-face":
+        from converter.distill import write_teacher
+
+        write_teacher(args.model, args.out)
+        return 0
     if args.command == "average-face":
         from converter.swa import save_average
 
@@ -69,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         from converter.train_face import train
 
         train(work_dir, epochs=args.epochs, batch_size=args.batch_size, threads=args.threads, arch=args.arch,
-              lr=args.lr, init_from=args.init_from, init_arch=args.init_arch)
+              lr=args.lr, init_from=args.init_from, init_arch=args.init_arch, teacher=args.teacher,
+              kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature, erase=args.erase)
         if args.no_export:
             return 0
     from converter.export_face import export_face

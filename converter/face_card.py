@@ -6,7 +6,10 @@ import csv
 from pathlib import Path
 
 from converter.face_net import ARCHITECTURES, architecture_size
+from converter.onnx_import import imported_from
 from device.labels import LABELS
+
+_PRECISION = {"mixed_bfloat16": "bf16 mixed precision", "float32": "float32"}
 
 
 def _history_summary(work_dir: Path) -> str:
@@ -50,7 +53,8 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
         "(seed 13); the test split was never used for training, model selection or calibration.",
         f"- {cfg['epochs']} epochs, batch {cfg['batch_size']}, SGD with Nesterov momentum 0.9, peak learning "
         f"rate {cfg['lr']} with 2 warm-up epochs and cosine decay, decoupled weight decay "
-        f"{cfg['weight_decay']}, label smoothing {cfg['label_smoothing']}, bf16 mixed precision on CPU.",
+        f"{cfg['weight_decay']}, label smoothing {cfg['label_smoothing']}, "
+        f"{_PRECISION.get(cfg.get('precision', 'mixed_bfloat16'), cfg.get('precision'))} on CPU.",
     ]
     if cfg.get("init_from") and cfg.get("init_arch", arch) != arch:
         lines.append(
@@ -59,14 +63,32 @@ def write_face_card(report: dict, work_dir: Path, out: Path) -> None:
             "(`converter/grow.py`: trained layers keep their weights, new channels start with zero outgoing "
             "weights, a new convolution starts as the identity), then a new warm-up and cosine decay."
         )
+    elif cfg.get("init_from") and (source := imported_from(Path(cfg["init_from"]))):
+        lines.append(
+            f"- Warm restart from the committed model: `{Path(cfg['init_from']).name}` was rebuilt from the "
+            f"exported float ONNX model (`{Path(source).name}`) by `python -m converter import-onnx` (each folded "
+            "batch norm unfolded with statistics measured on training faces; same function), then a new warm-up "
+            "and cosine decay."
+        )
     elif cfg.get("init_from"):
         lines.append(
             f"- Warm restart: this cycle started from the weights in `{Path(cfg['init_from']).name}` (an earlier "
             "cycle's epoch snapshot or `average-face` average), with a new warm-up and cosine decay."
         )
+    if cfg.get("teacher"):
+        lines.append(
+            f"- Distillation: the loss is {1 - cfg['kd_alpha']:.2g} x cross-entropy with the labels + "
+            f"{cfg['kd_alpha']:.2g} x T^2 x KL divergence from a teacher at temperature T = "
+            f"{cfg['kd_temperature']:g}. The teacher's logits (`python -m converter teacher-face`) are the "
+            "mirror-averaged logits of the previous model on the clean training faces: averaging each face "
+            "with its mirror is about one validation point better, but doubles the cost per face, so the "
+            "student learns it instead."
+        )
+    erase = cfg.get("random_erasing") or 0
     lines += [
         "- Augmentation: horizontal flip, rotation (about +-14 degrees), zoom, translation (10%), contrast "
-        "and brightness jitter.",
+        "and brightness jitter" + (f"; random erasing (p = {erase:g}, one rectangle of 2-20% of the face)."
+                                   if erase else "."),
         f"- Class imbalance: per-sample loss weights (max count / class count)^{cfg['imbalance_power']}, "
         "normalised to mean 1: " + ", ".join(f"{LABELS[int(k)]} {v:.2f}" for k, v in cfg["class_weights"].items()),
         f"- Weights exported: {report.get('selection', 'best-validation checkpoint')}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 INPUT_SIZE = 48
 # (width, convolutions) per stage; a 2x2 max-pool sits between stages.
@@ -26,6 +27,26 @@ def architecture_size(arch: str) -> tuple[int, int]:
             side //= 2
     params += channels * 7 + 7
     return params, macs + channels * 7
+
+
+def training_precision(cpuinfo: str | None = None) -> str:
+    """Return the Keras dtype policy for training on this CPU: bf16 where oneDNN has bf16 kernels, else float32.
+
+    oneDNN runs bf16 on AVX-512 (natively with avx512_bf16/AMX, emulated on avx512bw), where it was
+    1.25-1.37x faster than float32. On an AVX2-only CPU it falls back to reference kernels: a v2 training
+    step measured 148 ms per image against 18 ms in float32 on a 2-core AMD EPYC without AVX-512.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return "mixed_bfloat16" if flags & {"avx512bw", "avx512_bf16", "amx_bf16"} else "float32"
 
 
 def build_face_net(num_classes: int = 7, dropout: float = 0.4, arch: str = DEFAULT_ARCHITECTURE):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from converter.datasets import cache_dir, load_fer2013, stratified_split
-from converter.face_net import DEFAULT_ARCHITECTURE, build_augmenter, build_face_net
+from converter.face_net import DEFAULT_ARCHITECTURE, build_augmenter, build_face_net, training_precision
 from device.labels import NUM_LABELS
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,10 @@ def train(
     arch: str = DEFAULT_ARCHITECTURE,
     init_from: Path | None = None,
     init_arch: str | None = None,
+    teacher: Path | None = None,
+    kd_alpha: float = 0.5,
+    kd_temperature: float = 3.0,
+    erase: float = 0.0,
 ) -> Path:
     """Train (resuming from work_dir if interrupted) and return the best weights file."""
     import tensorflow as tf
@@ -60,7 +64,9 @@ def train(
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     import keras
 
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    policy = training_precision()
+    keras.mixed_precision.set_global_policy(policy)
+    logger.info("training precision %s", policy)
     keras.utils.set_random_seed(1234)
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +89,11 @@ def train(
                 "val_fraction": VAL_FRACTION,
                 "init_from": str(init_from) if init_from else None,
                 "init_arch": init_arch if init_from else None,
+                "teacher": str(teacher) if teacher else None,
+                "kd_alpha": kd_alpha if teacher else None,
+                "kd_temperature": kd_temperature if teacher else None,
+                "random_erasing": erase,
+                "precision": policy,
             },
             indent=2,
         )
@@ -103,19 +114,30 @@ def train(
     if init_from is not None:  # a warm restart: a new cosine cycle from an earlier run's weights
         _warm_start(net, model, arch, init_from, init_arch, xtr)
         logger.info("starting from %s (%s)", init_from, init_arch)
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
-        metrics=["accuracy"],
-    )
+    if teacher is not None:  # distillation: targets are [one-hot labels, teacher logits]
+        from converter.distill import distillation_loss, label_accuracy, load_teacher
+
+        teacher_train, teacher_val = load_teacher(teacher, len(ytr), len(yva))
+        loss, metric = distillation_loss(kd_alpha, kd_temperature, label_smoothing), label_accuracy
+    else:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+        metric = "accuracy"
+    model.compile(optimizer=optimizer, loss=loss, metrics=[metric])
 
     def dataset(x, y, training):
-        onehot = np.eye(NUM_LABELS, dtype=np.float32)[y]
+        target = np.eye(NUM_LABELS, dtype=np.float32)[y]
+        if teacher is not None:
+            target = np.concatenate([target, teacher_train if training else teacher_val], axis=1)
         sw = np.asarray([weights[int(c)] for c in y], dtype=np.float32)
-        ds = tf.data.Dataset.from_tensor_slices((_to_float(x), onehot, sw) if training else (_to_float(x), onehot))
+        ds = tf.data.Dataset.from_tensor_slices((_to_float(x), target, sw) if training else (_to_float(x), target))
         if training:
             ds = ds.shuffle(len(y), seed=5, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).prefetch(2)
+        ds = ds.batch(batch_size)
+        if training and erase > 0:
+            from converter.distill import random_erasing
+
+            ds = ds.map(random_erasing(erase))
+        return ds.prefetch(2)
 
     best = work_dir / "best.weights.h5"
     callbacks = [
