@@ -30,11 +30,21 @@ def start_device(broker, state_dir: Path, *args: str, config: Path | None = None
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def stop_device(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 5.0) -> float:
-    """Send `sig` and return how long the device took to exit."""
+# systemd/aula-device.service gives the device this long to stop before it kills it (TimeoutStopSec).
+SYSTEMD_STOP_S = 10.0
+
+
+def stop_device(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = SYSTEMD_STOP_S) -> float:
+    """Send `sig` and return how long the device took to exit; on a time-out, fail with the device's log."""
     t = time.monotonic()
     proc.send_signal(sig)
-    proc.wait(timeout=timeout)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise AssertionError(f"the device did not stop within {timeout} s of signal {sig}; its log ends:\n"
+                             f"{err[-4000:]}") from None
     return time.monotonic() - t
 
 
