@@ -145,6 +145,7 @@ def train(
         keras.callbacks.ModelCheckpoint(
             str(work_dir / "best_wrapper.weights.h5"),
             monitor="val_accuracy",
+            mode="max",
             save_best_only=True,
             save_weights_only=True,
         ),
