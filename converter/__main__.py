@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="average each face with its mirror inside the model; doubles the cost per face, so off "
                          "by default (auto: keep it if it gains >= 0.5 point on validation)")
 
+    ex.add_argument("--soup-with", type=Path,
+                    help="weights the run started from (its --init-from): also try the chosen weights' half-and-half "
+                         "average with them, kept only if better on validation")
     ex.add_argument("--notes", help="a sentence about this run for the model card (how it was trained)")
 
     av = sub.add_parser("average-face", help="write the average of a run's last epoch snapshots (to start a "
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from converter.export_face import export_face
 
     export_face(work_dir, swa_last=getattr(args, "swa_last", (8,)), flip_tta=getattr(args, "flip_tta", "off"),
-                notes=getattr(args, "notes", None))
+                notes=getattr(args, "notes", None), soup_with=getattr(args, "soup_with", None))
     return 0
 
 

@@ -32,9 +32,13 @@ def _val_accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean())
 
 
-def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.ndarray, swa_last: tuple[int, ...]):
+def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.ndarray, swa_last: tuple[int, ...],
+                soup_with: Path | None = None):
     """Return (net, how it was chosen): the best-validation checkpoint, or the average of the last N epoch
-    snapshots (N from `swa_last`, each tried) when that scores higher on validation (never on test)."""
+    snapshots (N from `swa_last`, each tried) when that scores higher on validation (never on test).
+
+    With `soup_with` (the weights the run started from), each candidate's half-and-half weight average with
+    those weights is tried too."""
     import keras
 
     from converter.swa import averaged_net, snapshot_epochs
@@ -61,6 +65,18 @@ def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.nd
             top = swa_acc
             choice = (swa, f"average of the last {n} epochs' weights with batch-norm statistics "
                            f"recomputed (val accuracy {swa_acc:.4f}; best single checkpoint {best_acc:.4f})")
+    if soup_with is not None:
+        from converter.swa import soup_net
+
+        alone, text = choice
+        soup = soup_net(alone, soup_with, x_train, arch)
+        soup_acc = _val_accuracy(soup, xva, yva)
+        logger.info("validation accuracy: chosen %.4f, its half-and-half soup with %s %.4f", top, soup_with.name,
+                    soup_acc)
+        if soup_acc > top:
+            choice = (soup, f"half-and-half weight average (a model soup, batch-norm statistics recomputed) of the "
+                            f"{text.split(' (')[0]} and the starting weights `{soup_with.name}` (val accuracy "
+                            f"{soup_acc:.4f}; without the soup {top:.4f}; best single checkpoint {best_acc:.4f})")
     return choice
 
 
@@ -144,7 +160,8 @@ def _latency_ms(model, faces: np.ndarray, repeats: int = 300) -> float:
 
 
 def export_face(
-    work_dir: Path, swa_last: tuple[int, ...] = (8,), flip_tta: str = "off", notes: str | None = None
+    work_dir: Path, swa_last: tuple[int, ...] = (8,), flip_tta: str = "off", notes: str | None = None,
+    soup_with: Path | None = None,
 ) -> dict:
     """Export the best weights in work_dir to models_tflite/, evaluate them and write the card."""
     from device.model_store import sha256_of
@@ -153,7 +170,7 @@ def export_face(
     from device.runtime import open_backend
 
     (xtr, ytr), (xva, yva) = face_splits()
-    net, selection = _select_net(work_dir, xtr, xva, yva, swa_last)
+    net, selection = _select_net(work_dir, xtr, xva, yva, swa_last, soup_with)
     if flip_tta != "off":
         tta = with_flip_averaging(net)
         acc, tta_acc = _val_accuracy(net, xva, yva), _val_accuracy(tta, xva, yva)

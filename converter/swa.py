@@ -60,6 +60,18 @@ def averaged_net(snapshots: list[Path], x_train: np.ndarray, arch: str):
     return net
 
 
+def soup_net(net, other: Path, x_train: np.ndarray, arch: str, share: float = 0.5):
+    """Return a new network whose weights are (1 - share) * net's + share * other's (a wrapper weights file),
+    with recomputed BN statistics: a "model soup" of a fine-tuned network and the one it started from."""
+    from converter.train_face import build_training_model
+
+    soup, wrapper = build_training_model(arch)
+    wrapper.load_weights(str(other))
+    soup.set_weights([(1 - share) * a + share * b for a, b in zip(net.get_weights(), soup.get_weights(), strict=True)])
+    _recompute_batch_norm(soup, x_train)
+    return soup
+
+
 def save_average(work_dir: Path, last: int, out: Path) -> Path:
     """Write the average of a run's last `last` snapshots, in the snapshots' own format, to `out`.
 

@@ -123,3 +123,19 @@ def test_imported_weights_say_where_they_came_from(tmp_path):
     assert imported_from(weights) is None
     provenance(weights).write_text('{"imported_from": "models_tflite/face_emotion.onnx", "arch": "v2"}')
     assert imported_from(weights) == "models_tflite/face_emotion.onnx"
+
+
+def test_a_soup_averages_two_networks_weights(tmp_path):
+    from converter.swa import soup_net
+    from converter.train_face import build_training_model
+
+    keras.utils.set_random_seed(5)
+    a, _ = build_training_model("v1")
+    b, b_wrapper = build_training_model("v1")
+    b_wrapper.save_weights(tmp_path / "b.weights.h5")
+    faces = _faces(64, seed=6)
+    soup = soup_net(a, tmp_path / "b.weights.h5", faces, "v1", share=0.25)
+    for name in ("s0c0", "s3c1", "logits"):
+        expected = 0.75 * a.get_layer(name).kernel.numpy() + 0.25 * b.get_layer(name).kernel.numpy()
+        np.testing.assert_allclose(soup.get_layer(name).kernel.numpy(), expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(soup.get_layer("s0bn0").moving_variance.numpy(), 1.0)  # statistics recomputed
