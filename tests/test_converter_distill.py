@@ -139,3 +139,12 @@ def test_a_soup_averages_two_networks_weights(tmp_path):
         expected = 0.75 * a.get_layer(name).kernel.numpy() + 0.25 * b.get_layer(name).kernel.numpy()
         np.testing.assert_allclose(soup.get_layer(name).kernel.numpy(), expected, rtol=1e-5, atol=1e-7)
     assert not np.allclose(soup.get_layer("s0bn0").moving_variance.numpy(), 1.0)  # statistics recomputed
+
+
+def test_random_erasing_runs_inside_a_tf_data_pipeline():
+    import tensorflow as tf
+
+    x = np.full((8, 48, 48, 1), 0.5, np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, np.zeros((8, 7), np.float32), np.ones(8, np.float32)))
+    batch = next(iter(ds.batch(4).map(random_erasing(1.0))))[0].numpy()
+    assert batch.shape == (4, 48, 48, 1) and (batch != 0.5).any()
