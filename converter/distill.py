@@ -17,12 +17,9 @@ from device.labels import NUM_LABELS
 
 def mirror_averaged_logits(model, faces: np.ndarray, batch: int = 512) -> np.ndarray:
     """Return (n, 7) logits of `model` (a FaceEmotionModel) averaged over each face and its mirror."""
-    out = np.empty((len(faces), NUM_LABELS), dtype=np.float32)
-    for start in range(0, len(faces), batch):
-        chunk = faces[start:start + batch]
-        mirrored = chunk[:, :, ::-1]
-        out[start:start + len(chunk)] = (model.logits_batch(list(chunk)) + model.logits_batch(list(mirrored))) / 2
-    return out
+    from converter.export_face import batched_logits
+
+    return (batched_logits(model, faces, batch) + batched_logits(model, faces[:, :, ::-1], batch)) / 2
 
 
 def write_teacher(model_path: Path, out: Path) -> Path:

@@ -53,6 +53,7 @@ def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.nd
         best = load_best_net(work_dir)
     best_acc = _val_accuracy(best, xva, yva)
     choice = (best, f"best-validation checkpoint (val accuracy {best_acc:.4f})")
+    chosen = "best-validation checkpoint"
     top = best_acc
     snapshots = list(snapshot_epochs(work_dir / "snapshots").values())
     for n in sorted({min(n, len(snapshots)) for n in swa_last}):
@@ -63,19 +64,18 @@ def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.nd
         logger.info("validation accuracy: best checkpoint %.4f, average of last %d epochs %.4f", best_acc, n, swa_acc)
         if swa_acc > top:
             top = swa_acc
-            choice = (swa, f"average of the last {n} epochs' weights with batch-norm statistics "
-                           f"recomputed (val accuracy {swa_acc:.4f}; best single checkpoint {best_acc:.4f})")
+            chosen = f"average of the last {n} epochs' weights with batch-norm statistics recomputed"
+            choice = (swa, f"{chosen} (val accuracy {swa_acc:.4f}; best single checkpoint {best_acc:.4f})")
     if soup_with is not None:
         from converter.swa import soup_net
 
-        alone, text = choice
-        soup = soup_net(alone, soup_with, x_train, arch)
+        soup = soup_net(choice[0], soup_with, x_train, arch)
         soup_acc = _val_accuracy(soup, xva, yva)
         logger.info("validation accuracy: chosen %.4f, its half-and-half soup with %s %.4f", top, soup_with.name,
                     soup_acc)
         if soup_acc > top:
             choice = (soup, f"half-and-half weight average (a model soup, batch-norm statistics recomputed) of the "
-                            f"{text.split(' (')[0]} and the starting weights `{soup_with.name}` (val accuracy "
+                            f"{chosen} and the starting weights `{soup_with.name}` (val accuracy "
                             f"{soup_acc:.4f}; without the soup {top:.4f}; best single checkpoint {best_acc:.4f})")
     return choice
 
@@ -121,7 +121,8 @@ def _onnx(saved_model: Path, out: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
-def _logits(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def batched_logits(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Return the (n, 7) logits of a FaceEmotionModel over face crops x, a batch at a time."""
     return np.concatenate([model.logits_batch(list(x[i:i + batch])) for i in range(0, len(x), batch)])
 
 
@@ -197,9 +198,9 @@ def export_face(
     results: dict[str, dict] = {}
     test_logits = {}
     for key, model in models.items():
-        val_logits = _logits(model, xva)
+        val_logits = batched_logits(model, xva)
         temperature = fit_temperature(yva, val_logits)
-        test_logits[key] = _logits(model, xte)
+        test_logits[key] = batched_logits(model, xte)
         z = test_logits[key] / temperature
         probs = np.exp(z - z.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)

@@ -98,17 +98,26 @@ def import_onnx(onnx_path: Path, x_train: np.ndarray, max_images: int = 4096):
     net.get_layer("logits").bias.assign(dense_bias)
     import keras
 
-    for bn in bns:
-        conv = net.get_layer(bn.name.replace("bn", "c"))
-        probe = keras.Model(net.input, conv.output)
-        pre = np.concatenate([np.asarray(probe(x[i:i + 256], training=False)) for i in range(0, len(x), 256)])
-        mean = pre.mean(axis=(0, 1, 2))
-        var = pre.var(axis=(0, 1, 2))
-        bias = convs[conv.name][1]
-        bn.moving_mean.assign(mean)
-        bn.moving_variance.assign(var)
-        bn.gamma.assign(np.sqrt(var + bn.epsilon))
-        bn.beta.assign(mean + bias)
+    # The re-parameterisation below keeps each layer's function, so every convolution's output can be measured
+    # in one pass over the faces, before any batch norm is changed.
+    conv_names = [bn.name.replace("bn", "c") for bn in bns]
+    probe = keras.Model(net.input, [net.get_layer(name).output for name in conv_names])
+    sums = [0.0] * len(bns)
+    squares = [0.0] * len(bns)
+    for i in range(0, len(x), 256):
+        for j, out in enumerate(probe(x[i:i + 256], training=False)):
+            out = np.asarray(out, dtype=np.float64)
+            sums[j] = sums[j] + out.sum(axis=(0, 1, 2))
+            squares[j] = squares[j] + (out**2).sum(axis=(0, 1, 2))
+    per_image = [net.get_layer(name).output.shape[1] * net.get_layer(name).output.shape[2] for name in conv_names]
+    for bn, name, total, total_sq, pixels in zip(bns, conv_names, sums, squares, per_image, strict=True):
+        count = len(x) * pixels
+        mean = total / count
+        var = np.maximum(total_sq / count - mean**2, 0.0)
+        bn.moving_mean.assign(mean.astype(np.float32))
+        bn.moving_variance.assign(var.astype(np.float32))
+        bn.gamma.assign(np.sqrt(var + bn.epsilon).astype(np.float32))
+        bn.beta.assign((mean + convs[name][1]).astype(np.float32))
     logger.info("imported %s (%s) from %s", arch, f"{len(convs)} convolutions", onnx_path)
     return net, wrapper, arch
 
