@@ -392,6 +392,31 @@ def test_events_arrive_with_schema_and_status_is_retained(mosquitto, tmp_path, p
     collector.close()
 
 
+def test_a_stop_is_bounded_even_when_its_threads_hang(mosquitto, tmp_path, publishers):
+    """The service must stop inside systemd's TimeoutStopSec (10 s) whatever the publisher's threads do."""
+    import threading
+    import time
+
+    from device.mqtt.publisher import STOP_JOIN_S
+
+    pub = publishers(build_config(mosquitto.url, tmp_path / "q.sqlite3"))
+    pub.start()
+    assert wait_for(lambda: pub.connected)
+    release = threading.Event()
+    real_sender = pub._sender
+    # Stand-ins for a sender and a command worker stuck in a call that never returns.
+    pub._sender = threading.Thread(target=release.wait, daemon=True)
+    pub._worker = threading.Thread(target=release.wait, daemon=True)
+    pub._sender.start()
+    pub._worker.start()
+    t = time.monotonic()
+    pub.stop(clean=True)
+    took = time.monotonic() - t
+    release.set()
+    real_sender.join(timeout=5)
+    assert took <= pub.config.stop_timeout_s + STOP_JOIN_S + 1.0, f"stop took {took:.1f} s"
+
+
 def test_unclean_stop_publishes_the_will(mosquitto, tmp_path, publishers):
     collector = Collector(mosquitto)
     pub = publishers(build_config(mosquitto.url, tmp_path / "q.sqlite3"))

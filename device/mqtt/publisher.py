@@ -35,6 +35,7 @@ _SENT = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)  # NO_C
 _EXPIRE_EVERY_S = 10.0
 _HOLD_S = 30.0
 _ACK_CACHE = 128
+STOP_JOIN_S = 3.0  # after the drain, most seconds a stop spends joining its threads
 
 
 def now_ms() -> int:
@@ -287,6 +288,13 @@ class EventPublisher:
             self.queue.close()
             return
         deadline = time.monotonic() + self.config.stop_timeout_s
+        # One bound for the whole stop: the drain and in-flight waits get stop_timeout_s, the thread joins
+        # what is left of STOP_JOIN_S after it, so the service stops inside systemd's TimeoutStopSec.
+        end = deadline + STOP_JOIN_S
+
+        def left(most: float) -> float:
+            return max(0.05, min(most, end - time.monotonic()))
+
         if clean:
             # A clean stop (SIGTERM, systemctl stop) first sends what is queued, so the last windows do not wait
             # on disk for the next start; the sender keeps its pacing and in-flight limit meanwhile.
@@ -296,7 +304,7 @@ class EventPublisher:
         self._stopping.set()
         self._wake.set()
         if self._sender is not None:
-            self._sender.join(timeout=5)
+            self._sender.join(timeout=left(5.0))
         try:
             self._commands.put_nowait(None)
         except queue.Full:
@@ -324,7 +332,7 @@ class EventPublisher:
         self._connected.clear()
         self._settle_pubacks()
         if self._worker is not None:
-            self._worker.join(timeout=2)
+            self._worker.join(timeout=left(2.0))
         stats = self._final_stats = self.stats()
         logger.info(
             "MQTT stopped (%s): %s events sent, %s acked, %s still queued on disk",
