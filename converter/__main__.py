@@ -47,14 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--swa-last", type=_counts, default=(8,),
                     help="also try the average of the last N epoch snapshots (several: 4,8,12); kept only if better on "
                          "validation")
-    ex.add_argument("--flip-tta", choices=["auto", "on", "off"], default="off",
-                    help="average each face with its mirror inside the model; doubles the cost per face, so off "
-                         "by default (auto: keep it if it gains >= 0.5 point on validation)")
-
     ex.add_argument("--soup-with", type=Path,
                     help="weights the run started from (its --init-from): also try the chosen weights' half-and-half "
                          "average with them, kept only if better on validation")
     ex.add_argument("--notes", help="a sentence about this run for the model card (how it was trained)")
+
+    ev = sub.add_parser("evaluate-face", help="evaluate the committed face models again, fit their mirror gates "
+                                              "on validation, and rewrite their manifest entries and card")
+    ev.add_argument("--work-dir", type=Path, help="the training run the weights came from (its history goes on "
+                                                  "the card)")
 
     av = sub.add_parser("average-face", help="write the average of a run's last epoch snapshots (to start a "
                                              "new cycle from)")
@@ -90,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
         write_teacher(args.model, args.out)
         return 0
+    if args.command == "evaluate-face":
+        from converter.export_face import evaluate_committed
+
+        evaluate_committed(getattr(args, "work_dir", None))
+        return 0
     if args.command == "average-face":
         from converter.swa import save_average
 
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     from converter.export_face import export_face
 
-    export_face(work_dir, swa_last=getattr(args, "swa_last", (8,)), flip_tta=getattr(args, "flip_tta", "off"),
+    export_face(work_dir, swa_last=getattr(args, "swa_last", (8,)),
                 notes=getattr(args, "notes", None), soup_with=getattr(args, "soup_with", None))
     return 0
 

@@ -17,7 +17,7 @@ from device.labels import NUM_LABELS
 
 def mirror_averaged_logits(model, faces: np.ndarray, batch: int = 512) -> np.ndarray:
     """Return (n, 7) logits of `model` (a FaceEmotionModel) averaged over each face and its mirror."""
-    from converter.export_face import batched_logits
+    from converter.face_eval import batched_logits
 
     return (batched_logits(model, faces, batch) + batched_logits(model, faces[:, :, ::-1], batch)) / 2
 
@@ -28,7 +28,7 @@ def write_teacher(model_path: Path, out: Path) -> Path:
     from device.models.face_emotion import FaceEmotionModel
 
     (xtr, ytr), (xva, yva) = face_splits()
-    model = FaceEmotionModel.load(path=model_path, threads=2)
+    model = FaceEmotionModel.load(path=model_path, threads=2, mirror_below=0.0)
     train, val = mirror_averaged_logits(model, xtr), mirror_averaged_logits(model, xva)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, train=train, val=val, teacher=str(model_path),

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from converter.datasets import REPO_ROOT, load_fer2013
-from converter.face_net import INPUT_SIZE, build_face_net, with_flip_averaging
-from converter.metrics import fit_temperature, summarize
+from converter.face_card import history_summary
+from converter.face_net import INPUT_SIZE, build_face_net
 from converter.train_face import architecture_of, face_splits, load_best_net
 from device.labels import LABELS, NUM_LABELS
 
@@ -121,11 +121,6 @@ def _onnx(saved_model: Path, out: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
-def batched_logits(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Return the (n, 7) logits of a FaceEmotionModel over face crops x, a batch at a time."""
-    return np.concatenate([model.logits_batch(list(x[i:i + batch])) for i in range(0, len(x), batch)])
-
-
 def _plot_confusion(cm: np.ndarray, title: str, out: Path) -> None:
     import matplotlib
 
@@ -150,37 +145,16 @@ def _plot_confusion(cm: np.ndarray, title: str, out: Path) -> None:
     plt.close(fig)
 
 
-def _latency_ms(model, faces: np.ndarray, repeats: int = 300) -> float:
-    crops = list(faces[:repeats])
-    for c in crops[:20]:
-        model.predict(c)
-    t = time.perf_counter()
-    for c in crops:
-        model.predict(c)
-    return (time.perf_counter() - t) * 1000 / len(crops)
-
-
 def export_face(
-    work_dir: Path, swa_last: tuple[int, ...] = (8,), flip_tta: str = "off", notes: str | None = None,
+    work_dir: Path, swa_last: tuple[int, ...] = (8,), notes: str | None = None,
     soup_with: Path | None = None,
 ) -> dict:
     """Export the best weights in work_dir to models_tflite/, evaluate them and write the card."""
-    from device.model_store import sha256_of
     from device.models.face_emotion import FaceEmotionModel
-    from device.models.manifest_tools import update_manifest_entry
     from device.runtime import open_backend
 
     (xtr, ytr), (xva, yva) = face_splits()
     net, selection = _select_net(work_dir, xtr, xva, yva, swa_last, soup_with)
-    if flip_tta != "off":
-        tta = with_flip_averaging(net)
-        acc, tta_acc = _val_accuracy(net, xva, yva), _val_accuracy(tta, xva, yva)
-        logger.info("validation accuracy without / with mirror averaging: %.4f / %.4f", acc, tta_acc)
-        # Mirror averaging doubles the cost per face; keep it only when validation says it pays (>= 0.5 point).
-        if flip_tta == "on" or tta_acc >= acc + 0.005:
-            net = tta
-            selection += (f"; mirror averaging inside the model (val accuracy {tta_acc:.4f} with, {acc:.4f} "
-                          "without; twice the compute per face)")
     saved = work_dir / "saved_model"
     _saved_model(net, saved)
     xte, yte = load_fer2013("test")
@@ -195,30 +169,36 @@ def export_face(
         "float": FaceEmotionModel(open_backend(MODELS / FLOAT_FILE)),
         "onnx": FaceEmotionModel(open_backend(MODELS / ONNX_FILE)),
     }
+    train_cfg = json.loads((work_dir / "train_config.json").read_text())
+    return write_face_outputs(models, xva, yva, xte, yte, {
+        "train_config": train_cfg, "selection": selection, "run_notes": notes,
+        "history": history_summary(work_dir)}, version=time.strftime("face-emotion-%Y%m%d"))
+
+
+def write_face_outputs(models: dict, xva: np.ndarray, yva: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+                       report: dict, version: str) -> dict:
+    """Evaluate the exported int8, float and ONNX models (`face_eval`), then write their manifest entries,
+    the metrics JSON, the confusion matrix and the card. `report` holds how the weights were made."""
+    from converter.face_eval import evaluate_face_model
+    from device.model_store import sha256_of
+    from device.models.manifest_tools import update_manifest_entry
+
     results: dict[str, dict] = {}
     test_logits = {}
     for key, model in models.items():
-        val_logits = batched_logits(model, xva)
-        temperature = fit_temperature(yva, val_logits)
-        test_logits[key] = batched_logits(model, xte)
-        z = test_logits[key] / temperature
-        probs = np.exp(z - z.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
-        metrics = summarize(yte, probs, LABELS)
-        val_acc = float((val_logits.argmax(1) == yva).mean())
-        results[key] = {"test": metrics, "val_accuracy": val_acc, "calibration_temperature": temperature,
-                        "latency_ms_per_face_1thread": _latency_ms(model, xte)}
-        logger.info("%s: test acc %.4f macro-F1 %.4f val acc %.4f T=%.3f", key, metrics["accuracy"],
-                    metrics["macro_f1"], val_acc, temperature)
-    agree = float((test_logits["int8"].argmax(1) == test_logits["float"].argmax(1)).mean())
-    onnx_diff = float(np.abs(test_logits["onnx"] - test_logits["float"]).max())
+        results[key], test_logits[key] = evaluate_face_model(model, xva, yva, xte, yte)
+        r = results[key]
+        logger.info("%s: test acc %.4f (one pass %.4f) macro-F1 %.4f, val acc %.4f, mirror gate < %.2f, T=%.3f",
+                    key, r["test"]["accuracy"], r["single_pass"]["test"]["accuracy"], r["test"]["macro_f1"],
+                    r["val_accuracy"], r["mirror_below_confidence"], r["calibration_temperature"])
+    agree = float((test_logits["int8"]["gated"].argmax(1) == test_logits["float"]["gated"].argmax(1)).mean())
+    agree_single = float((test_logits["int8"]["single"].argmax(1)
+                          == test_logits["float"]["single"].argmax(1)).mean())
+    onnx_diff = float(np.abs(test_logits["onnx"]["single"] - test_logits["float"]["single"]).max())
     _plot_confusion(np.asarray(results["int8"]["test"]["confusion"]),
                     f"int8 face model, FER2013 test (acc {results['int8']['test']['accuracy']:.3f})",
                     MODELS / "face_emotion_confusion.png")
 
-    train_cfg = json.loads((work_dir / "train_config.json").read_text())
-    version = time.strftime("face-emotion-%Y%m%d")
-    int8_spec = models["int8"].backend.inputs[0]
     common = {
         "task": "face_emotion",
         "version": version,
@@ -245,12 +225,23 @@ def export_face(
                 "scale": spec.scale, "zero_point": spec.zero_point} if spec.quantized else None},
             "output": "logits (7); apply softmax(logits / calibration_temperature)",
             "calibration_temperature": r["calibration_temperature"],
+            "mirror_below_confidence": r["mirror_below_confidence"],
+            "mirror_gate": ("faces whose top uncalibrated probability is below mirror_below_confidence get a "
+                            "second pass on their mirror image, and the two logits are averaged (threshold "
+                            "fitted on validation; the metrics and the temperature are for this gated output)"),
             "metrics": {
                 "fer2013_test_accuracy": r["test"]["accuracy"],
                 "fer2013_test_macro_f1": r["test"]["macro_f1"],
                 "fer2013_test_ece_calibrated": r["test"]["ece"],
                 "val_accuracy": r["val_accuracy"],
                 "per_class_f1": {k: v["f1"] for k, v in r["test"]["per_class"].items()},
+                "mirrored_fraction_test": r["mirrored_fraction_test"],
+                "single_pass": {
+                    "fer2013_test_accuracy": r["single_pass"]["test"]["accuracy"],
+                    "fer2013_test_macro_f1": r["single_pass"]["test"]["macro_f1"],
+                    "val_accuracy": r["single_pass"]["val_accuracy"],
+                    "calibration_temperature": r["single_pass"]["calibration_temperature"],
+                },
             },
         })
         if key == "int8":
@@ -258,20 +249,43 @@ def export_face(
             entry["metrics"]["int8_minus_float_accuracy_points"] = 100 * (
                 r["test"]["accuracy"] - results["float"]["test"]["accuracy"])
             entry["metrics"]["top1_agreement_with_float"] = agree
+            entry["metrics"]["single_pass"]["float_test_accuracy"] = results["float"]["single_pass"]["test"]["accuracy"]
+            entry["metrics"]["single_pass"]["top1_agreement_with_float"] = agree_single
             entry["quantization"] = (f"full-integer int8 (weights and activations), calibrated on "
                                      f"{CALIBRATION_SAMPLES} real FER2013 training faces, stratified")
         if key == "onnx":
             entry["metrics"]["max_abs_logit_diff_vs_float_tflite"] = onnx_diff
         update_manifest_entry(f"face_emotion_{key}", entry)
 
-    report = {"results": results, "int8_float_top1_agreement": agree, "onnx_max_abs_logit_diff": onnx_diff,
-              "train_config": train_cfg, "selection": selection, "run_notes": notes,
-              "int8_input_scale": int8_spec.scale,
-              "int8_size_bytes": (MODELS / INT8_FILE).stat().st_size,
-              "int8_input_zero_point": int8_spec.zero_point}
+    int8_spec = models["int8"].backend.inputs[0]
+    report = {**report, "results": results, "int8_float_top1_agreement": agree,
+              "int8_float_top1_agreement_single_pass": agree_single, "onnx_max_abs_logit_diff": onnx_diff,
+              "int8_input_scale": int8_spec.scale, "int8_input_zero_point": int8_spec.zero_point,
+              "int8_size_bytes": (MODELS / INT8_FILE).stat().st_size}
     (MODELS / "cards").mkdir(exist_ok=True)
     (MODELS / "cards" / "face_emotion_metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     from converter.face_card import write_face_card
 
-    write_face_card(report, work_dir, MODELS / "cards" / "face_emotion.md")
+    write_face_card(report, MODELS / "cards" / "face_emotion.md")
     return report
+
+
+def evaluate_committed(work_dir: Path | None = None) -> dict:
+    """Evaluate the committed face models again (fitting their mirror gates) and rewrite their manifest
+    entries, metrics and card; the weights, their version and how they were made are kept as they are.
+
+    `work_dir`: the training run the weights came from, to record its history on the card."""
+    from device.model_store import model_entry
+    from device.models.face_emotion import FaceEmotionModel
+    from device.runtime import open_backend
+
+    previous = json.loads((MODELS / "cards" / "face_emotion_metrics.json").read_text())
+    report = {k: previous[k] for k in ("train_config", "selection", "run_notes", "history") if k in previous}
+    if work_dir is not None and (work_dir / "history.csv").exists():
+        report["history"] = history_summary(work_dir)
+    models = {key: FaceEmotionModel(open_backend(MODELS / file))
+              for key, file in (("int8", INT8_FILE), ("float", FLOAT_FILE), ("onnx", ONNX_FILE))}
+    (_, _), (xva, yva) = face_splits()
+    xte, yte = load_fer2013("test")
+    return write_face_outputs(models, xva, yva, xte, yte, report,
+                              version=model_entry("face_emotion_int8").meta["version"])

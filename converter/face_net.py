@@ -124,14 +124,3 @@ def build_augmenter(seed: int = 7):
         ],
         name="augment",
     )
-
-
-def with_flip_averaging(net):
-    """Return a model computing (net(x) + net(mirror(x))) / 2: test-time augmentation inside the graph."""
-    import keras
-    from keras import layers
-
-    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 1), name="face")
-    mirrored = layers.Lambda(lambda t: keras.ops.flip(t, axis=2), name="mirror")(inputs)
-    logits = layers.Average(name="flip_average")([net(inputs), net(mirrored)])
-    return keras.Model(inputs, logits, name="aula_face_emotion_flip_tta")

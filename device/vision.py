@@ -35,13 +35,14 @@ class VisionStage:
 
     @classmethod
     def load(cls, detector_variant: str = "auto", emotion_model: str = "face_emotion_int8",
-             runtime: str = "auto", threads: int = 1) -> VisionStage:
-        """Load the default detector and emotion model from models_tflite/."""
+             runtime: str = "auto", threads: int = 1, mirror_below: float | None = None) -> VisionStage:
+        """Load the default detector and emotion model from models_tflite/ (mirror_below: see VisionConfig)."""
         from device.models.face_detector import FaceDetector
         from device.models.face_emotion import FaceEmotionModel
 
         return cls(FaceDetector.load(variant=detector_variant, threads=threads),
-                   FaceEmotionModel.load(emotion_model, runtime=runtime, threads=threads))
+                   FaceEmotionModel.load(emotion_model, runtime=runtime, threads=threads,
+                                         mirror_below=mirror_below))
 
     def analyse(self, frame_bgr: np.ndarray, t_capture: float | None = None) -> FaceAnalysis:
         """Run detection and classification on one BGR frame."""

