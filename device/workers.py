@@ -222,7 +222,14 @@ class VisionWorker(StageWorker):
             "detect_ms_p95": percentile(self.detect_ms, 95),
             "face_emotion_ms_per_face_p50": percentile(self.classify_ms_per_face, 50),
             "face_emotion_ms_per_face_p95": percentile(self.classify_ms_per_face, 95),
+            "faces_mirrored_share": self._mirrored_share(),
         }
+
+    def _mirrored_share(self) -> float | None:
+        """Share of classified faces that got the mirror gate's second pass (None before the first face)."""
+        classifier = getattr(self.stage, "classifier", None)
+        seen = getattr(classifier, "faces_classified", 0)
+        return round(classifier.faces_mirrored / seen, 3) if seen else None
 
 
 class AudioWorker(StageWorker):

@@ -137,7 +137,7 @@ def test_health_reports_stage_figures(broker_factory, tmp_path):
         health = json.loads(collector.on(TOPICS.health)[-1].payload)
         text = json.dumps(health)
         for key in ("frames_analysed", "frames_dropped", "detect_ms_p50", "face_emotion_ms_per_face_p95",
-                    "uptime_s", "rss_mb", "cpu_load_1m", "speech_segments", "backlog"):
+                    "faces_mirrored_share", "uptime_s", "rss_mb", "cpu_load_1m", "speech_segments", "backlog"):
             assert key in text, key
     finally:
         stop_device(proc)

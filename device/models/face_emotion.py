@@ -61,12 +61,13 @@ class FaceEmotionModel:
         # The mirror gate fitted on validation data (manifest), unless the caller sets one (0 = single pass).
         gate = meta.get("mirror_below_confidence") if mirror_below is None else mirror_below
         self.mirror_below = float(gate or 0.0)
-        # The manifest's temperature is fitted on the gated output; one pass per face has its own.
-        single = meta.get("metrics", {}).get("single_pass", {})
-        self.temperature = float(single["calibration_temperature"] if self.mirror_below == 0.0 and
-                                 "calibration_temperature" in single else meta.get("calibration_temperature", 1.0))
         if not 0.0 <= self.mirror_below <= 1.0:
             raise ModelError(f"{backend.path}: mirror_below_confidence {self.mirror_below} is not in [0, 1]")
+        # The manifest's temperature is fitted on the gated output; one pass per face has its own.
+        temperature = meta.get("calibration_temperature", 1.0)
+        if self.mirror_below == 0.0:
+            temperature = meta.get("metrics", {}).get("single_pass", {}).get("calibration_temperature", temperature)
+        self.temperature = float(temperature)
         self.faces_classified = 0
         self.faces_mirrored = 0
         self._in = backend.inputs[0]
