@@ -76,7 +76,9 @@ def run_selftest(config_path: Path | None = None, frames: int = 30, camera: str 
 
         t = time.perf_counter()
         state["stage"] = VisionStage.load()
-        return f"detector + emotion model loaded in {(time.perf_counter() - t) * 1000:.0f} ms"
+        emo = state["stage"].classifier
+        return (f"detector + emotion model loaded in {(time.perf_counter() - t) * 1000:.0f} ms "
+                f"({emo.version}, mirror gate < {emo.mirror_below:g})")
 
     def known_image() -> str:
         import cv2
