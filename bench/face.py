@@ -89,14 +89,14 @@ def classifiers(results: dict) -> None:
         ms = _mean_ms(lambda m=model, it=it: m.predict(next(it)), repeats=600)
         row = {"per_face_ms": ms}
         if x is not None:
-            if hasattr(model, "faces_mirrored"):
-                model.faces_classified = model.faces_mirrored = 0
+            gated = isinstance(model, FaceEmotionModel)
+            if gated:
+                model.reset_counts()
             probs = np.concatenate([model.predict_batch(list(x[i:i + 64])) for i in range(0, len(x), 64)])
             s = summarize(y, probs, LABELS)
             row.update(accuracy=s["accuracy"], macro_f1=s["macro_f1"])
-            if hasattr(model, "faces_mirrored"):
-                row.update(mirror_below=model.mirror_below,
-                           mirrored_fraction=model.faces_mirrored / max(1, model.faces_classified))
+            if gated:
+                row.update(mirror_below=model.mirror_below, mirrored_fraction=model.mirrored_share)
         rows[name] = row
     results["classifiers"] = rows
     base = rows["aula_int8"]["per_face_ms"]

@@ -78,15 +78,15 @@ def evaluate_face_model(model, xva: np.ndarray, yva: np.ndarray, xte: np.ndarray
     gated_va = gated_logits(single_va, mirror_va, below)
     t_gated = fit_temperature(yva, gated_va)
     model.mirror_below = below
-    model.faces_classified = model.faces_mirrored = 0
+    model.reset_counts()
     gated_te = batched_logits(model, xte)  # the device's own path, not a recombination
-    mirrored_test = model.faces_mirrored / max(1, model.faces_classified)
+    mirrored_test = model.mirrored_share
     results = {
         "test": _scores(yte, gated_te, t_gated), "calibration_temperature": t_gated,
         "val_accuracy": float((gated_va.argmax(1) == yva).mean()),
         "latency_ms_per_face_1thread": latency_ms(model, xte),
         "mirror_below_confidence": below, "mirror_gate_table": table,
-        "mirrored_fraction_val": float(mirror_gate(single_va, below).mean()),
+        "mirrored_fraction_val": next(row["mirrored_fraction"] for row in table if row["below"] == below),
         "mirrored_fraction_test": mirrored_test,
         "single_pass": single,
     }

@@ -227,9 +227,8 @@ class VisionWorker(StageWorker):
 
     def _mirrored_share(self) -> float | None:
         """Share of classified faces that got the mirror gate's second pass (None before the first face)."""
-        classifier = getattr(self.stage, "classifier", None)
-        seen = getattr(classifier, "faces_classified", 0)
-        return round(classifier.faces_mirrored / seen, 3) if seen else None
+        share = getattr(getattr(self.stage, "classifier", None), "mirrored_share", None)
+        return None if share is None else round(share, 3)
 
 
 class AudioWorker(StageWorker):

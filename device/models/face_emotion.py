@@ -58,18 +58,10 @@ class FaceEmotionModel:
         if self.labels != LABELS:
             raise ModelError(f"{backend.path}: labels {self.labels} are not the canonical {LABELS}")
         self.version = meta.get("version", Path(backend.path).stem)
+        self._meta = meta
         # The mirror gate fitted on validation data (manifest), unless the caller sets one (0 = single pass).
-        gate = meta.get("mirror_below_confidence") if mirror_below is None else mirror_below
-        self.mirror_below = float(gate or 0.0)
-        if not 0.0 <= self.mirror_below <= 1.0:
-            raise ModelError(f"{backend.path}: mirror_below_confidence {self.mirror_below} is not in [0, 1]")
-        # The manifest's temperature is fitted on the gated output; one pass per face has its own.
-        temperature = meta.get("calibration_temperature", 1.0)
-        if self.mirror_below == 0.0:
-            temperature = meta.get("metrics", {}).get("single_pass", {}).get("calibration_temperature", temperature)
-        self.temperature = float(temperature)
-        self.faces_classified = 0
-        self.faces_mirrored = 0
+        self.mirror_below = meta.get("mirror_below_confidence") if mirror_below is None else mirror_below
+        self.reset_counts()
         self._in = backend.inputs[0]
         self._out = backend.outputs[0]
         shape = self._in.shape
@@ -79,6 +71,37 @@ class FaceEmotionModel:
             )
         self.size = int(shape[1])
         self._fast = _uint8_fast_path(self._in)
+
+    @property
+    def mirror_below(self) -> float:
+        """The mirror gate's threshold (see `mirror_gate`): 0 is one pass per face, 1 mirrors every face."""
+        return self._mirror_below
+
+    @mirror_below.setter
+    def mirror_below(self, value: float | None) -> None:
+        below = float(value or 0.0)
+        if not 0.0 <= below <= 1.0:
+            raise ModelError(f"{self.backend.path}: mirror_below_confidence {below} is not in [0, 1]")
+        self._mirror_below = below
+
+    @property
+    def temperature(self) -> float:
+        """Calibration temperature: the manifest's is fitted on the gated output; one pass has its own."""
+        temperature = self._meta.get("calibration_temperature", 1.0)
+        if self._mirror_below == 0.0:
+            single = self._meta.get("metrics", {}).get("single_pass", {})
+            temperature = single.get("calibration_temperature", temperature)
+        return float(temperature)
+
+    @property
+    def mirrored_share(self) -> float | None:
+        """Share of the faces classified since `reset_counts` that got the mirrored pass (None before any)."""
+        return self.faces_mirrored / self.faces_classified if self.faces_classified else None
+
+    def reset_counts(self) -> None:
+        """Start counting classified and mirrored faces from zero."""
+        self.faces_classified = 0
+        self.faces_mirrored = 0
 
     @classmethod
     def load(
