@@ -17,7 +17,7 @@ from pathlib import Path
 from device.analysis_rate import AnalysisRate
 from device.config import DeviceConfig, load_config
 from device.events import DeviceState, EmotionEvent, Modality
-from device.fusion import LateFusion, WindowInputs, temperatures_from_manifest
+from device.fusion import LateFusion, WindowInputs
 from device.sd_notify import SystemdNotifier
 from device.system_metrics import host_metrics
 from device.window_buckets import WindowBuckets
@@ -79,7 +79,8 @@ class DeviceService:
             self.model_versions["face_emotion"] = str(model_entry(v.emotion_model).meta.get("version", v.emotion_model))
             self.model_versions["face_detector"] = "blazeface-" + (
                 "full" if v.detector == "full" else "short")
-        temps = temperatures_from_manifest({Modality.FACE: v.emotion_model}) if v.enabled else {}
+        # The loaded model's own temperature: it follows the mirror gate in force (config may turn it off).
+        temps = {Modality.FACE: self._stage.classifier.temperature} if v.enabled else {}
         self.fusion = LateFusion(self.config.fusion, temps)
 
     def _make_workers(self) -> list[StageWorker]:

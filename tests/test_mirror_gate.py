@@ -110,3 +110,15 @@ def test_config_sets_the_gate_and_rejects_one_outside_zero_to_one(tmp_path):
     stage = VisionStage.load(v.detector, v.emotion_model, v.runtime, v.threads, v.mirror_below)
     assert stage.classifier.mirror_below == 0.0
     assert VisionStage.load().classifier.mirror_below == FaceEmotionModel.load().mirror_below
+
+
+def test_fusion_calibrates_faces_with_the_temperature_of_the_gate_in_force():
+    from device.config import DeviceConfig
+    from device.service import DeviceService
+
+    meta = FaceEmotionModel.load().entry.meta
+    for below, expected in ((None, meta["calibration_temperature"]),
+                            (0, meta["metrics"]["single_pass"]["calibration_temperature"])):
+        service = DeviceService(DeviceConfig(vision={"mirror_below": below}))
+        service._load_models()
+        assert service.fusion.temperatures["face"] == pytest.approx(expected)
