@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.baselines import FerBaseline, fer_model_path  # noqa: E402
+from bench.model_cost import float_matmul_rate, int8_dot_product, multiply_adds  # noqa: E402
 from device.labels import LABELS  # noqa: E402
 from device.models.face_crops import crop_faces  # noqa: E402
 from device.models.face_detector import FaceDetector  # noqa: E402
@@ -118,6 +119,42 @@ def classifiers(results: dict) -> None:
               f"for {100 * (rows['aula_int8']['accuracy'] - one['accuracy']):+.2f} accuracy points")
 
 
+def compute(results: dict) -> None:
+    """Each model's multiply-adds per pass and the rate it runs at, against one core's float matmul rate.
+
+    This reads the per-face times against the hardware: at the matmul rate, the per-face target allows
+    a certain number of multiply-adds per face, whatever the engine."""
+    rows = results["classifiers"]
+    int8_one = FaceEmotionModel.load("face_emotion_int8", mirror_below=0.0)
+    float_one = FaceEmotionModel.load("face_emotion_float", mirror_below=0.0)
+    it = iter(list(np.random.default_rng(3).integers(0, 255, (300, 48, 48), np.uint8)) * 3)
+    timed = {
+        "aula_int8_one_pass": (Path(int8_one.backend.path), rows["aula_int8_one_pass"]["per_face_ms"]),
+        "aula_float_one_pass": (Path(float_one.backend.path),
+                                _mean_ms(lambda: float_one.predict(next(it)), repeats=600)),
+    }
+    if "fer_mini_xception" in rows:
+        timed["fer_mini_xception"] = (fer_model_path(), rows["fer_mini_xception"]["per_face_ms"])
+    matmul = float_matmul_rate()
+    dot = int8_dot_product()
+    out = {"float_matmul_macs_per_s": matmul, "int8_dot_product_flags": dot, "models": {}}
+    print("\n== compute budget (one core) ==")
+    print(f"float32 matmul (numpy, 1 thread): {matmul / 1e9:.1f} G multiply-adds/s; "
+          f"int8 dot-product instructions: {', '.join(dot) or 'none'}")
+    print(f"{'model':<22}{'M mult-adds':>12}{'ms/pass':>9}{'G/s':>7}{'x matmul':>10}")
+    for name, (path, ms) in timed.items():
+        macs = multiply_adds(path)
+        rate = macs / (ms / 1000)
+        out["models"][name] = {"multiply_adds": macs, "ms_per_pass": ms, "macs_per_s": rate}
+        print(f"{name:<22}{macs / 1e6:>12.1f}{ms:>9.3f}{rate / 1e9:>7.1f}{rate / matmul:>10.2f}")
+    budget = matmul * TARGETS["per_face_ms"] / 1000
+    ours = out["models"]["aula_int8_one_pass"]["multiply_adds"]
+    out["per_face_target_macs_at_matmul_rate"] = budget
+    print(f"the per-face target ({TARGETS['per_face_ms']} ms) at the matmul rate allows {budget / 1e6:.1f}M "
+          f"multiply-adds per face; the face model needs {ours / 1e6:.1f}M ({ours / budget:.1f}x that)")
+    results["compute"] = out
+
+
 def _frame_with_faces(n: int, size: tuple[int, int], face_px: tuple[int, int], seed: int, margin: float = 1.0):
     return make_classroom_frame(n, sizes=face_px, seed=seed, size=size, head_margin=margin)
 
@@ -193,6 +230,7 @@ def main() -> int:
     cv2.setNumThreads(1)
     results: dict = {"machine": {"cpu_count": __import__("os").cpu_count()}}
     classifiers(results)
+    compute(results)
     vision(results)
     ok = targets(results)
     out = ROOT / "artifacts"
