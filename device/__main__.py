@@ -34,8 +34,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if cfg.camera.type not in ("video", "images"):
             raise ConfigError("--fast applies to replay sources (video or images) only")
         cfg.camera = cfg.camera.model_copy(update={"realtime": False} if cfg.camera.type == "video" else {"fps": None})
-    stage = VisionStage.load(cfg.vision.detector, cfg.vision.emotion_model, cfg.vision.runtime, cfg.vision.threads,
-                             cfg.vision.mirror_below)
+    stage = VisionStage.from_config(cfg.vision)
     pooler = FaceWindowPooler(cfg.fusion.window_s, cfg.fusion.min_faces)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

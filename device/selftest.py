@@ -72,10 +72,11 @@ def run_selftest(config_path: Path | None = None, frames: int = 30, camera: str 
         return f"{len(names)} files match manifest sha256"
 
     def load() -> str:
+        from device.config import load_config
         from device.vision import VisionStage
 
         t = time.perf_counter()
-        state["stage"] = VisionStage.load()
+        state["stage"] = VisionStage.from_config(load_config(config_path).vision)  # defaults without a file
         emo = state["stage"].classifier
         return (f"detector + emotion model loaded in {(time.perf_counter() - t) * 1000:.0f} ms "
                 f"({emo.version}, mirror gate < {emo.mirror_below:g})")

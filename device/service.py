@@ -75,7 +75,7 @@ class DeviceService:
 
         v = self.config.vision
         if v.enabled:
-            self._stage = VisionStage.load(v.detector, v.emotion_model, v.runtime, v.threads, v.mirror_below)
+            self._stage = VisionStage.from_config(v)
             self.model_versions["face_emotion"] = str(model_entry(v.emotion_model).meta.get("version", v.emotion_model))
             self.model_versions["face_detector"] = "blazeface-" + (
                 "full" if v.detector == "full" else "short")

@@ -35,14 +35,21 @@ class VisionStage:
 
     @classmethod
     def load(cls, detector_variant: str = "auto", emotion_model: str = "face_emotion_int8",
-             runtime: str = "auto", threads: int = 1, mirror_below: float | None = None) -> VisionStage:
-        """Load the default detector and emotion model from models_tflite/ (mirror_below: see VisionConfig)."""
+             runtime: str = "auto", threads: int = 1, mirror_below: float | None = None,
+             tile: int | str = "auto", min_face_px: int = 20) -> VisionStage:
+        """Load the detector and emotion model from models_tflite/ (arguments: see VisionConfig)."""
         from device.models.face_detector import FaceDetector
         from device.models.face_emotion import FaceEmotionModel
 
-        return cls(FaceDetector.load(variant=detector_variant, threads=threads),
+        return cls(FaceDetector.load(variant=detector_variant, threads=threads, tile=tile),
                    FaceEmotionModel.load(emotion_model, runtime=runtime, threads=threads,
-                                         mirror_below=mirror_below))
+                                         mirror_below=mirror_below),
+                   min_face_px=min_face_px)
+
+    @classmethod
+    def from_config(cls, v) -> VisionStage:
+        """Load the stage a device.config.VisionConfig describes: every one of its model keys takes effect."""
+        return cls.load(v.detector, v.emotion_model, v.runtime, v.threads, v.mirror_below, v.tile, v.min_face_px)
 
     def analyse(self, frame_bgr: np.ndarray, t_capture: float | None = None) -> FaceAnalysis:
         """Run detection and classification on one BGR frame."""

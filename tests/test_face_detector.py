@@ -105,6 +105,41 @@ def test_tiling_on_off():
     assert FaceDetector.load("short").describe(640, 480) == "0 tiles of 0 px + full frame"
 
 
+def test_smaller_tiles_find_smaller_classroom_faces():
+    # The trade-off that vision.tile documents: 224 px tiles (32 at 1280x720) against the default 320 px.
+    small = FaceDetector.load("short", tile=224)
+    default = FaceDetector.load("short")
+    assert small.describe(1280, 720) == "32 tiles of 224 px"
+    found = {"small": 0, "default": 0}
+    total = 0
+    for seed in (100, 101):
+        frame, gt = make_classroom_frame(20, sizes=(25, 40), seed=seed)
+        faces = small.detect(frame)
+        assert len(faces) <= len(gt) + 1  # no duplicates from the extra tile edges
+        found["small"] += sum(match(faces, gt))
+        found["default"] += sum(match(default.detect(frame), gt))
+        total += len(gt)
+    assert found["small"] / total >= 0.9
+    assert found["default"] / total < 0.7
+
+
+def test_config_tile_and_min_face_px_reach_the_stage():
+    from pydantic import ValidationError
+
+    from device.config import DeviceConfig
+    from device.vision import VisionStage
+
+    stage = VisionStage.from_config(DeviceConfig(vision={"tile": 224, "min_face_px": 30}).vision)
+    assert stage.detector.describe(1280, 720) == "32 tiles of 224 px"
+    assert stage.min_face_px == 30
+    assert VisionStage.from_config(DeviceConfig().vision).detector.describe(1280, 720) == "15 tiles of 320 px"
+    never = VisionStage.from_config(DeviceConfig(vision={"tile": 0}).vision)
+    assert never.detector.describe(1280, 720) == "0 tiles of 0 px + full frame"
+    for bad in (-1, "big"):
+        with pytest.raises(ValidationError, match="tile"):
+            DeviceConfig(vision={"tile": bad})
+
+
 def test_tiles_cover_with_overlap():
     assert tile_origins(1280, 320, 80) == [0, 240, 480, 720, 960]
     assert tile_origins(720, 320, 80) == [0, 200, 400]

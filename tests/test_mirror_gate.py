@@ -105,9 +105,7 @@ def test_config_sets_the_gate_and_rejects_one_outside_zero_to_one(tmp_path):
 
     with pytest.raises(ValidationError, match="mirror_below"):
         DeviceConfig(vision={"mirror_below": 1.5})
-    cfg = DeviceConfig(vision={"mirror_below": 0})
-    v = cfg.vision
-    stage = VisionStage.load(v.detector, v.emotion_model, v.runtime, v.threads, v.mirror_below)
+    stage = VisionStage.from_config(DeviceConfig(vision={"mirror_below": 0}).vision)
     assert stage.classifier.mirror_below == 0.0
     assert VisionStage.load().classifier.mirror_below == FaceEmotionModel.load().mirror_below
 
