@@ -92,8 +92,16 @@ class PrivacyConfig(StrictModel):
 
     paused: bool = Field(False, description="Start in privacy pause: no camera or microphone until resumed.")
     send_transcripts: bool = Field(
-        False, description="Include transcript text in events. Off by default: no text leaves the device."
+        False, description="Include transcript text in events. Off by default: no text leaves the device. "
+                           "This device has no speech-to-text yet, so true is refused rather than ignored."
     )
+
+    @model_validator(mode="after")
+    def _no_transcripts_yet(self) -> PrivacyConfig:
+        if self.send_transcripts:
+            raise ValueError("send_transcripts: this device has no speech-to-text yet, so there is no transcript "
+                             "to send; remove the key or set it to false")
+        return self
 
 
 class DeviceConfig(StrictModel):
