@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from device.labels import NUM_LABELS
+
+if TYPE_CHECKING:
+    from device.config import VisionConfig
 
 
 @dataclass
@@ -47,7 +51,7 @@ class VisionStage:
                    min_face_px=min_face_px)
 
     @classmethod
-    def from_config(cls, v) -> VisionStage:
+    def from_config(cls, v: VisionConfig) -> VisionStage:
         """Load the stage a device.config.VisionConfig describes: every one of its model keys takes effect."""
         return cls.load(v.detector, v.emotion_model, v.runtime, v.threads, v.mirror_below, v.tile, v.min_face_px)
 
