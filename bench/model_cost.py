@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from device.system_metrics import cpu_flags
+
 # Instruction-set flags in /proc/cpuinfo that give int8 dot products, by architecture.
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
 
@@ -73,14 +75,5 @@ def float_matmul_rate(n: int = 1024, repeats: int = 10) -> float:
 
 def int8_dot_product(cpuinfo: str | None = None) -> list[str]:
     """Return the int8 dot-product flags this CPU lists in /proc/cpuinfo (empty where it has none)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
+    flags = cpu_flags(cpuinfo)
     return [flag for flag in INT8_DOT_FLAGS if flag in flags]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 INPUT_SIZE = 48
 # (width, convolutions) per stage; a 2x2 max-pool sits between stages.
@@ -36,17 +35,9 @@ def training_precision(cpuinfo: str | None = None) -> str:
     1.25-1.37x faster than float32. On an AVX2-only CPU it falls back to reference kernels: a v2 training
     step measured 148 ms per image against 18 ms in float32 on a 2-core AMD EPYC without AVX-512.
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return "mixed_bfloat16" if flags & {"avx512bw", "avx512_bf16", "amx_bf16"} else "float32"
+    from device.system_metrics import cpu_flags
+
+    return "mixed_bfloat16" if cpu_flags(cpuinfo) & {"avx512bw", "avx512_bf16", "amx_bf16"} else "float32"
 
 
 def build_face_net(num_classes: int = 7, dropout: float = 0.4, arch: str = DEFAULT_ARCHITECTURE):

@@ -7,6 +7,21 @@ import resource
 from pathlib import Path
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """Return the instruction-set flags /proc/cpuinfo lists (x86 `flags`, Arm `Features`); empty if unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return flags
+
+
 def cpu_temperature_c() -> float | None:
     """Return the SoC temperature in degrees C (Pi and Jetson expose thermal zones), or None."""
     for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*/temp")):
