@@ -70,17 +70,17 @@ class DeviceService:
     # ---- set-up ------------------------------------------------------------------------------------------------
 
     def _load_models(self) -> None:
-        from device.model_store import model_entry
         from device.vision import VisionStage
 
         v = self.config.vision
+        temps = {}
         if v.enabled:
             self._stage = VisionStage.from_config(v)
-            self.model_versions["face_emotion"] = str(model_entry(v.emotion_model).meta.get("version", v.emotion_model))
+            self.model_versions["face_emotion"] = str(self._stage.classifier.version)  # from the entry it loaded
             self.model_versions["face_detector"] = "blazeface-" + (
                 "full" if v.detector == "full" else "short")
-        # The loaded model's own temperature: it follows the mirror gate in force (config may turn it off).
-        temps = {Modality.FACE: self._stage.classifier.temperature} if v.enabled else {}
+            # The loaded model's own temperature: it follows the mirror gate in force (config may turn it off).
+            temps[Modality.FACE] = self._stage.classifier.temperature
         self.fusion = LateFusion(self.config.fusion, temps)
 
     def _make_workers(self) -> list[StageWorker]:
