@@ -13,11 +13,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.system_deps import require_system_dep
+
 
 def find_mosquitto() -> str | None:
     """Return the mosquitto binary; Debian puts it in /usr/sbin, which a normal user's PATH may lack."""
     extra = os.pathsep.join(["/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"])
     return shutil.which("mosquitto", path=os.environ.get("PATH", "") + os.pathsep + extra)
+
+
+def require_mosquitto() -> str:
+    """The mosquitto binary, or skip the test (fail it under AULA_REQUIRE_SYSTEM_DEPS=1) saying how to install it."""
+    return require_system_dep(
+        find_mosquitto(), "mosquitto is not installed; `apt-get install mosquitto` to run the MQTT integration tests"
+    )
 
 
 def free_port() -> int:
@@ -129,8 +138,7 @@ class MosquittoBroker:
 @pytest.fixture(name="broker_factory")
 def broker_factory_fixture(tmp_path):
     """Make brokers (not started) in the test's tmp dir; every one is stopped at the end."""
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed; `apt-get install mosquitto` to run the MQTT integration tests")
+    require_mosquitto()
     made: list[MosquittoBroker] = []
 
     def make(name: str = "broker", **kwargs) -> MosquittoBroker:

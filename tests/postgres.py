@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.mosquitto import free_port
+from tests.system_deps import missing_system_dep, require_system_dep
 
 
 def find_pg_bin() -> Path | None:
@@ -84,19 +85,19 @@ class PostgresServer:
 @pytest.fixture(name="postgres_server", scope="session")
 def postgres_server_fixture():
     """One PostgreSQL for the whole test session (initdb takes seconds)."""
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed; `apt-get install postgresql` to run the PostgreSQL tests")
+    bin_dir = require_system_dep(
+        find_pg_bin(), "PostgreSQL is not installed; `apt-get install postgresql` to run the PostgreSQL tests"
+    )
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg is not installed; pip install 'psycopg[binary]'")
+        missing_system_dep("psycopg is not installed; pip install 'psycopg[binary]' (the server extra)")
     server = PostgresServer(bin_dir)
     try:
         server.start()
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         server.stop()
-        pytest.skip(f"PostgreSQL could not start here: {exc}")
+        missing_system_dep(f"PostgreSQL could not start here: {exc}")
     yield server
     server.stop()
 

@@ -37,6 +37,7 @@ from device.audio import (
 from device.audio.voice_gate import frame_levels
 from device.errors import BackendUnavailable, ConfigError, SourceError
 from tests.fake_pyaudio import FakeDevice, make_fake_pyaudio
+from tests.system_deps import missing_system_dep, require_system_dep
 
 SR = SAMPLE_RATE
 
@@ -432,7 +433,10 @@ def test_mic_in_a_capture_thread_stops_within_a_second():
 
 
 def test_real_pyaudio_imports_if_installed():
-    pyaudio = pytest.importorskip("pyaudio", reason="PyAudio not installed (apt portaudio19-dev, pip pyaudio)")
+    try:
+        import pyaudio
+    except ImportError:
+        missing_system_dep("PyAudio not installed (apt portaudio19-dev, pip pyaudio)")
     assert PyAudioMic.available() and hasattr(pyaudio, "paInt16")
 
 
@@ -539,9 +543,7 @@ def test_gate_config_is_strict():
 
 @pytest.fixture(scope="module")
 def espeak_wav(tmp_path_factory) -> Path:
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    exe = require_system_dep(shutil.which("espeak-ng"), "espeak-ng is not installed (apt-get install espeak-ng)")
     path = tmp_path_factory.mktemp("speech") / "hello.wav"
     subprocess.run([exe, "-w", str(path), "hello class"], check=True, capture_output=True, timeout=30)
     return path

@@ -6,7 +6,8 @@ device on the admin page, logs in as the teacher, watches the live chart update 
 stops a segment "Question 3", finds it in the report and the CSV, and is refused a room it has no access to.
 A screenshot goes to artifacts/dashboard.png.
 
-Needs: `apt-get install chromium chromium-driver mosquitto` and `pip install selenium`; skips otherwise.
+Needs: `apt-get install chromium chromium-driver mosquitto` and `pip install selenium`; skips otherwise (fails under
+AULA_REQUIRE_SYSTEM_DEPS=1, as in CI).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from device.events import DeviceState, EmotionEvent, topic, valence_arousal
 from device.labels import LABELS
 from server import page_layout
 from tests.mosquitto import broker_factory_fixture, free_port, mosquitto_fixture  # noqa: F401 (pytest fixtures)
+from tests.system_deps import missing_system_dep
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "server" / "web" / "static"
@@ -230,7 +232,7 @@ def server_fixture(mosquitto, tmp_path):
     """The real server on a free port with a fresh database; yields (base URL, broker port)."""
     reason = _server_unavailable()
     if reason:
-        pytest.skip(reason)
+        missing_system_dep(reason)
     db = f"sqlite:///{tmp_path / 'aula.db'}"
     env = dict(os.environ, PYTHONUNBUFFERED="1", AULA_TEST_ADMIN_PASSWORD=ADMIN[1])
     admin = subprocess.run(
@@ -264,7 +266,7 @@ def server_fixture(mosquitto, tmp_path):
 def browser_fixture():
     reason = _browser_unavailable()
     if reason:
-        pytest.skip(reason)
+        missing_system_dep(reason)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -39,6 +39,7 @@ from device.offline_queue import OfflineQueue
 from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)
 from tests.mqtt_device_script import build_config, make_event
 from tests.mqtt_helpers import Collector, first_seqs, retained_status, wait_for
+from tests.system_deps import require_system_dep
 
 ROOT = Path(__file__).resolve().parent.parent
 # The issue asks the outage test for 30 s; AULA_MQTT_OUTAGE_S shortens it while iterating locally.
@@ -717,8 +718,7 @@ def test_health_is_periodic_with_caller_fields_and_counters(mosquitto, tmp_path,
 
 def test_password_auth_from_credential_refusal_and_redaction(broker_factory, tmp_path, publishers, caplog):
     passwd = shutil.which("mosquitto_passwd", path=os.environ.get("PATH", "") + ":/usr/bin:/usr/sbin")
-    if passwd is None:
-        pytest.skip("mosquitto_passwd is not installed")
+    require_system_dep(passwd, "mosquitto_passwd is not installed (apt-get install mosquitto)")
     secret = "Tr0ub4dor&3-horse"
     pwfile = tmp_path / "passwd"
     subprocess.run([passwd, "-c", "-b", str(pwfile), "aula-device", secret], check=True, capture_output=True)
@@ -758,8 +758,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def test_tls_with_client_certificate(broker_factory, tmp_path, publishers):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    require_system_dep(shutil.which("openssl"), "openssl is not installed (apt-get install openssl)")
     pki = tmp_path / "pki"
     pki.mkdir()
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]

@@ -78,10 +78,9 @@ def message(draw) -> tuple[str, bytes]:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
     """One server and broker for all fuzz cases (starting one per case would take minutes)."""
-    from tests.mosquitto import MosquittoBroker, find_mosquitto
+    from tests.mosquitto import MosquittoBroker, require_mosquitto
 
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed; `apt-get install mosquitto`")
+    require_mosquitto()
     broker = MosquittoBroker(tmp_path_factory.mktemp("fuzz-broker"))
     broker.start()
     harness = ServerHarness(tmp_path_factory.mktemp("fuzz-server"), broker.url)
