@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one converter command."""
     parser = argparse.ArgumentParser(prog="python -m converter")
     sub = parser.add_subparsers(dest="command", required=True)
+    rd = sub.add_parser("register-detector", help="write the BlazeFace detectors' manifest entries "
+                                                  "(converter/register_detector.py)")
+    rd.add_argument("--folder", type=Path, help="model folder (default: models_tflite/)")
 
     tf_ = sub.add_parser("train-face", help="train, quantise, evaluate and export the face model")
     tf_.add_argument("--work-dir", type=Path, help="checkpoint folder (default: ~/.cache/aula/train_face)")
@@ -75,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "register-detector":
+        from converter.register_detector import register
+
+        register(args.folder)
+        return 0
 
     from converter.train_face import default_work_dir
 
