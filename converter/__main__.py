@@ -19,37 +19,56 @@ def _counts(value: str) -> tuple[int, ...]:
     return counts
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one converter command."""
+# What export-face tries by default: the best checkpoint and the averages of the last 4, 8 and 12 epochs,
+# kept by validation accuracy (the shipped model's cycles used 4,8,12 and 4,6,8).
+SWA_LAST = (4, 8, 12)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command line; `train-face` with its defaults starts the documented recipe (docs/training.md)."""
+    from converter.face_net import ARCHITECTURES
+    from converter.train_face import RECIPE
+
     parser = argparse.ArgumentParser(prog="python -m converter")
     sub = parser.add_subparsers(dest="command", required=True)
     rd = sub.add_parser("register-detector", help="write the BlazeFace detectors' manifest entries "
                                                   "(converter/register_detector.py)")
     rd.add_argument("--folder", type=Path, help="model folder (default: models_tflite/)")
 
-    tf_ = sub.add_parser("train-face", help="train, quantise, evaluate and export the face model")
+    tf_ = sub.add_parser("train-face", help="train the face model, then export it (docs/training.md)",
+                         description="Train the face-emotion network on FER2013 (resuming if interrupted), then "
+                                     "run export-face. With no options: the shipped architecture from scratch, "
+                                     "step 1 of docs/training.md.")
     tf_.add_argument("--work-dir", type=Path, help="checkpoint folder (default: ~/.cache/aula/train_face)")
-    tf_.add_argument("--epochs", type=int, default=45)
-    tf_.add_argument("--batch-size", type=int, default=128)
-    tf_.add_argument("--threads", type=int, default=2)
-    tf_.add_argument("--arch", default="v1", help="network architecture (converter/face_net.py: v1, v2)")
-    tf_.add_argument("--lr", type=float, default=0.04, help="peak learning rate of the cosine schedule")
+    tf_.add_argument("--arch", default=RECIPE["arch"], choices=sorted(ARCHITECTURES),
+                     help="network architecture, converter/face_net.py (default: %(default)s, the shipped one)")
+    tf_.add_argument("--epochs", type=int, default=RECIPE["epochs"], help="length of the cosine cycle "
+                                                                          "(default: %(default)s)")
+    tf_.add_argument("--lr", type=float, default=RECIPE["lr"],
+                     help="peak learning rate of the cosine schedule (default: %(default)s)")
+    tf_.add_argument("--batch-size", type=int, default=RECIPE["batch_size"],
+                     help="faces per step (default: %(default)s)")
+    tf_.add_argument("--threads", type=int, default=2, help="TensorFlow threads (default: %(default)s)")
     tf_.add_argument("--init-from", type=Path,
-                     help="start from these weights (an epoch snapshot of an earlier run): a warm restart")
-    tf_.add_argument("--init-arch", help="architecture of --init-from's weights when smaller than --arch: the "
-                                         "trained network is grown into the new one (converter/grow.py)")
+                     help="start from these weights (an epoch snapshot of an earlier run, or import-onnx's output): "
+                          "a warm restart")
     tf_.add_argument("--teacher", type=Path, help="distil from these teacher logits (written by teacher-face)")
-    tf_.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term (0..1)")
-    tf_.add_argument("--kd-temperature", type=float, default=3.0, help="softmax temperature of the distillation term")
+    tf_.add_argument("--kd-alpha", type=float, default=RECIPE["kd_alpha"],
+                     help="weight of the distillation term, 0..1 (default: %(default)s)")
+    tf_.add_argument("--kd-temperature", type=float, default=RECIPE["kd_temperature"],
+                     help="softmax temperature of the distillation term (default: %(default)s)")
+    tf_.add_argument("--init-arch", help="experiment, not in the recipe: architecture of --init-from's weights when "
+                                         "smaller than --arch; they are grown into it (converter/grow.py)")
     tf_.add_argument("--erase", type=float, default=0.0,
-                     help="probability of random erasing (one rectangle of 2-20%% of the face, filled with noise)")
+                     help="experiment, not in the recipe: probability of random erasing (one rectangle of 2-20%% "
+                          "of the face, filled with noise; default: %(default)s)")
     tf_.add_argument("--no-export", action="store_true", help="train only")
 
     ex = sub.add_parser("export-face", help="quantise, evaluate and export trained face weights")
-    ex.add_argument("--work-dir", type=Path)
-    ex.add_argument("--swa-last", type=_counts, default=(8,),
+    ex.add_argument("--work-dir", type=Path, help="the training run (default: ~/.cache/aula/train_face)")
+    ex.add_argument("--swa-last", type=_counts, default=SWA_LAST,
                     help="also try the average of the last N epoch snapshots (several: 4,8,12); kept only if better on "
-                         "validation")
+                         "validation (default: 4,8,12)")
     ex.add_argument("--soup-with", type=Path,
                     help="weights the run started from (its --init-from): also try the chosen weights' half-and-half "
                          "average with them, kept only if better on validation")
@@ -60,14 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--work-dir", type=Path, help="the training run the weights came from (its history goes on "
                                                   "the card)")
 
-    av = sub.add_parser("average-face", help="write the average of a run's last epoch snapshots (to start a "
-                                             "new cycle from)")
-    av.add_argument("--work-dir", type=Path)
-    av.add_argument("--last", type=int, default=8)
-    av.add_argument("--out", type=Path, required=True)
-
     im = sub.add_parser("import-onnx", help="rebuild trainable weights from an exported face ONNX model (to start "
-                                            "a new cycle from the committed model)")
+                                            "a new cycle from it)")
     im.add_argument("--onnx", type=Path, default=Path("models_tflite/face_emotion.onnx"))
     im.add_argument("--out", type=Path, required=True)
 
@@ -76,6 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     te.add_argument("--model", type=Path, default=Path("models_tflite/face_emotion.onnx"))
     te.add_argument("--out", type=Path, required=True)
 
+    av = sub.add_parser("average-face", help="experiment, not in the recipe: write the average of a run's last "
+                                             "epoch snapshots (to start a new cycle from)")
+    av.add_argument("--work-dir", type=Path)
+    av.add_argument("--last", type=int, default=8)
+    av.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one converter command."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "register-detector":
@@ -119,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     from converter.export_face import export_face
 
-    export_face(work_dir, swa_last=getattr(args, "swa_last", (8,)),
+    export_face(work_dir, swa_last=getattr(args, "swa_last", SWA_LAST),
                 notes=getattr(args, "notes", None), soup_with=getattr(args, "soup_with", None))
     return 0
 

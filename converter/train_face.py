@@ -17,6 +17,17 @@ from device.labels import NUM_LABELS
 logger = logging.getLogger(__name__)
 
 VAL_FRACTION = 0.1
+# The defaults of `python -m converter train-face`: step 1 of the recipe in docs/training.md, a cosine cycle of
+# the architecture that ships (models_tflite/cards/face_emotion.md) from scratch. The distillation terms are
+# those of the recipe's last step (train-face --teacher).
+RECIPE = {
+    "arch": "v2",
+    "epochs": 60,
+    "lr": 0.04,
+    "batch_size": 128,
+    "kd_alpha": 0.7,
+    "kd_temperature": 3.0,
+}
 
 
 def class_weights(labels: np.ndarray, power: float) -> dict[int, float]:
@@ -40,19 +51,19 @@ def _to_float(x: np.ndarray) -> np.ndarray:
 
 def train(
     work_dir: Path,
-    epochs: int = 45,
-    batch_size: int = 128,
-    lr: float = 0.04,
+    epochs: int = RECIPE["epochs"],
+    batch_size: int = RECIPE["batch_size"],
+    lr: float = RECIPE["lr"],
     weight_decay: float = 5e-4,
     label_smoothing: float = 0.1,
     imbalance_power: float = 0.3,
     threads: int = 2,
-    arch: str = DEFAULT_ARCHITECTURE,
+    arch: str = RECIPE["arch"],
     init_from: Path | None = None,
     init_arch: str | None = None,
     teacher: Path | None = None,
-    kd_alpha: float = 0.5,
-    kd_temperature: float = 3.0,
+    kd_alpha: float = RECIPE["kd_alpha"],
+    kd_temperature: float = RECIPE["kd_temperature"],
     erase: float = 0.0,
 ) -> Path:
     """Train (resuming from work_dir if interrupted) and return the best weights file."""
