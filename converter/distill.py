@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.labels import NUM_LABELS
+from device.contract.labels import NUM_LABELS
 
 
 def mirror_averaged_logits(model, faces: np.ndarray, batch: int = 512) -> np.ndarray:

@@ -16,7 +16,7 @@ from converter.datasets import REPO_ROOT, load_fer2013
 from converter.face_card import history_summary
 from converter.face_net import INPUT_SIZE, build_face_net
 from converter.train_face import architecture_of, face_splits, load_best_net
-from device.labels import LABELS, NUM_LABELS
+from device.contract.labels import LABELS, NUM_LABELS
 
 logger = logging.getLogger(__name__)
 

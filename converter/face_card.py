@@ -7,7 +7,7 @@ from pathlib import Path
 
 from converter.face_net import ARCHITECTURES, architecture_size
 from converter.onnx_import import imported_from
-from device.labels import LABELS
+from device.contract.labels import LABELS
 
 _PRECISION = {"mixed_bfloat16": "bf16 mixed precision", "float32": "float32"}
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from converter.metrics import fit_temperature, summarize
-from device.labels import LABELS
+from device.contract.labels import LABELS
 from device.models.face_emotion import mirror_gate, softmax
 
 # Thresholds tried on validation: 0 is one pass per face, 1 mirrors every face.

@@ -12,7 +12,7 @@ import numpy as np
 
 from converter.datasets import cache_dir, load_fer2013, stratified_split
 from converter.face_net import DEFAULT_ARCHITECTURE, build_augmenter, build_face_net, training_precision
-from device.labels import NUM_LABELS
+from device.contract.labels import NUM_LABELS
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Command line of the classroom device: demo, selftest, validate-config."""
+"""Command line of the classroom device: run, demo, selftest, validate-config."""
 
 from __future__ import annotations
 
@@ -8,48 +8,11 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from device.errors import AulaError, ConfigError
 
 logger = logging.getLogger("device")
-
-
-def _wall_clock(t_monotonic: float) -> float:
-    return time.time() - (time.monotonic() - t_monotonic)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the vision path on the bundled sample (or --video) and print one JSON line per window."""
-    from device.analysis_rate import AnalysisRate
-    from device.config import load_config
-    from device.face_loop import run_face_windows
-    from device.sources import build_source
-    from device.vision import VisionStage
-    from device.windows import FaceWindowPooler
-
-    cfg = load_config(args.config, {"camera": {"type": "video", "path": str(args.video)}} if args.video else None)
-    if args.fast:
-        if cfg.camera.type not in ("video", "images"):
-            raise ConfigError("--fast applies to replay sources (video or images) only")
-        cfg.camera = cfg.camera.model_copy(update={"realtime": False} if cfg.camera.type == "video" else {"fps": None})
-    stage = VisionStage.from_config(cfg.vision)
-    pooler = FaceWindowPooler(cfg.fusion.window_s, cfg.fusion.min_faces)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-
-    def emit(window) -> None:
-        record = window.to_dict()
-        record["window_start"] = round(_wall_clock(window.start), 3)
-        record["window_end"] = round(_wall_clock(window.end), 3)
-        print(json.dumps(record), flush=True)
-
-    rate = AnalysisRate(cfg.vision.analysis_fps, cfg.vision.min_analysis_fps, cfg.vision.max_duty)
-    stats = run_face_windows(build_source(cfg.camera), stage, pooler, emit, rate, stop)
-    print(json.dumps({"summary": vars(stats)}), file=sys.stderr, flush=True)
-    return 0
 
 
 def _run_overrides(args: argparse.Namespace) -> dict:
@@ -82,22 +45,49 @@ def _replay_options(cfg, loop: bool, fast: bool):
     return cfg
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run the device: capture, analyse, fuse, and publish events until SIGTERM."""
+def _open_inputs(cfg) -> None:
+    """Open and close the camera and microphone once, so that a missing one is an error instead of a retry loop."""
+    from device.audio import build_audio_source
+    from device.sources import build_source
+
+    for enabled, config, build in ((cfg.vision.enabled, cfg.camera, build_source),
+                                   (cfg.speech.enabled, cfg.microphone, build_audio_source)):
+        if enabled and config is not None:
+            source = build(config)
+            source.open()
+            source.close()
+
+
+def _run_service(args: argparse.Namespace, publisher_factory=None) -> int:
     from device.config import load_config
     from device.service import DeviceService
 
     overrides = _run_overrides(args)
     cfg = _replay_options(load_config(args.config, overrides), args.loop, args.fast)
-    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    if publisher_factory is None:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        _open_inputs(cfg)  # at a terminal, say what is missing at once; the unattended device retries instead
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    service = DeviceService(cfg, args.config, overrides)
+    service = DeviceService(cfg, args.config, overrides, publisher_factory=publisher_factory)
     code = service.run(stop)
     if args.summary:
         print(json.dumps({"summary": service.final_health}), file=sys.stderr, flush=True)
     return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the device: capture, analyse, fuse, and publish events until SIGTERM."""
+    return _run_service(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the device service on the bundled sample (or --video, --audio) and print each window as a JSON line."""
+    from device.stdout_sink import StdoutSink
+
+    return _run_service(args, publisher_factory=StdoutSink)
 
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
@@ -118,31 +108,28 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m device`."""
-    from device.mqtt.config import broker_url_arg
+    from device.common.broker_settings import broker_url_arg
 
     parser = argparse.ArgumentParser(prog="python -m device", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help=cmd_demo.__doc__)
-    demo.add_argument("--config", type=Path, help="device config YAML (default: documented defaults)")
-    demo.add_argument("--video", type=Path, help="replay this video instead of the bundled sample")
-    demo.add_argument("--fast", action="store_true", help="replay as fast as possible instead of real time")
-    demo.set_defaults(func=cmd_demo)
-
     run = sub.add_parser("run", help=cmd_run.__doc__)
-    run.add_argument("--config", type=Path, help="device config YAML (default: documented defaults)")
-    run.add_argument("--video", type=Path, help="replay this video file as the camera (paced at real time)")
-    run.add_argument("--audio", type=Path, help="replay this WAV file as the microphone (paced at real time)")
-    run.add_argument("--loop", action="store_true", help="replays start again at the end, until stopped")
-    run.add_argument("--fast", action="store_true", help="replays run as fast as possible (benchmarks, tests)")
+    demo = sub.add_parser("demo", help=cmd_demo.__doc__)
+    for p in (run, demo):
+        p.add_argument("--config", type=Path, help="device config YAML (default: documented defaults)")
+        p.add_argument("--video", type=Path, help="replay this video file as the camera (paced at real time)")
+        p.add_argument("--audio", type=Path, help="replay this WAV file as the microphone (paced at real time)")
+        p.add_argument("--loop", action="store_true", help="replays start again at the end, until stopped")
+        p.add_argument("--fast", action="store_true", help="replays run as fast as possible (benchmarks, tests)")
+        p.add_argument("--site", help="site id (topic level)")
+        p.add_argument("--room", help="room id (topic level)")
+        p.add_argument("--device-id", help="device id (topic level and MQTT client id)")
+        p.add_argument("--summary", action="store_true", help="print the final figures as one JSON line on stderr")
     run.add_argument("--broker", type=broker_url_arg, help="mqtt://host:port or mqtts://host:port")
-    run.add_argument("--site", help="site id (topic level)")
-    run.add_argument("--room", help="room id (topic level)")
-    run.add_argument("--device-id", help="device id (topic level and MQTT client id)")
     run.add_argument("--state-dir", type=Path, help="writable folder for the offline queue")
-    run.add_argument("--summary", action="store_true", help="print the final figures as one JSON line on stderr")
     run.set_defaults(func=cmd_run)
+    demo.set_defaults(func=cmd_demo, broker=None, state_dir=None)
 
     val = sub.add_parser("validate-config", help=cmd_validate_config.__doc__)
     val.add_argument("file", type=Path)

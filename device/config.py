@@ -8,10 +8,11 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from device.audio import AudioSourceConfig, WavFileConfig
 from device.audio.voice_gate import VoiceGateConfig
+from device.common.config_loader import StrictModel, load_yaml_model
 from device.fusion import FusionConfig
 from device.mqtt.config import MqttConfig
 from device.sources import SourceConfig, VideoFileConfig
@@ -30,12 +31,6 @@ def default_state_dir() -> Path:
 def default_device_id() -> str:
     """Return a topic-safe id derived from the host name."""
     return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "aula-device"
-
-
-class StrictModel(BaseModel):
-    """A config section that rejects unknown keys."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class VisionConfig(StrictModel):
@@ -164,6 +159,4 @@ class DeviceConfig(StrictModel):
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> DeviceConfig:
     """Load and validate a device config file (documented defaults when path is None)."""
-    from device.config_loader import load_yaml_model
-
     return load_yaml_model(DeviceConfig, path, overrides)

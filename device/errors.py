@@ -1,8 +1,8 @@
 """Errors the device raises for bad input; each message names the thing and the fix."""
 
+from device.common.errors import AulaError, ConfigError
 
-class AulaError(Exception):
-    """Base class for errors a technician should read."""
+__all__ = ["AulaError", "BackendUnavailable", "ConfigError", "ModelError", "SourceError"]
 
 
 class ModelError(AulaError):
@@ -15,7 +15,3 @@ class BackendUnavailable(AulaError):
 
 class SourceError(AulaError):
     """A camera, video file, image folder or microphone cannot be opened or read."""
-
-
-class ConfigError(AulaError):
-    """A configuration file is invalid."""

@@ -20,14 +20,14 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from device.events import VALENCE_AROUSAL, Modality, valence_arousal
-from device.labels import LABELS, NUM_LABELS
+from device.common.config_loader import StrictModel
+from device.contract import COUNT_KEYS, Modality, valence_arousal
+from device.contract.labels import LABELS, NUM_LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +36,7 @@ logger = logging.getLogger(__name__)
 Distribution = Mapping[str, float] | Sequence[float] | np.ndarray
 Distributions = Distribution | Sequence[Mapping[str, float]] | Sequence[Sequence[float]]
 
-COUNT_KEYS: dict[Modality, str] = {
-    Modality.FACE: "faces",
-    Modality.SPEECH: "speech_segments",
-    Modality.TEXT: "text_utterances",
-}
-
 __all__ = [
-    "COUNT_KEYS",
-    "VALENCE_AROUSAL",
     "FusedWindow",
     "FusionConfig",
     "LateFusion",
@@ -56,16 +48,12 @@ __all__ = [
     "confidence",
     "evidence_factor",
     "smoothing_alpha",
-    "temperatures_from_manifest",
 ]
 
 
-class _Strict(BaseModel):
-    # Not device.config.StrictModel: that module imports the camera stack (OpenCV), which fusion does not need.
-    model_config = ConfigDict(extra="forbid")
 
 
-class ModalityWeights(_Strict):
+class ModalityWeights(StrictModel):
     """Reliability weight per modality (relative; only their ratios matter)."""
 
     face: float = Field(1.0, ge=0, description="Weight of the pooled face distribution; 0 ignores faces.")
@@ -73,7 +61,7 @@ class ModalityWeights(_Strict):
     text: float = Field(1.0, ge=0, description="Weight of the text-emotion distribution; 0 ignores text.")
 
 
-class ModalityTemperatures(_Strict):
+class ModalityTemperatures(StrictModel):
     """Calibration temperature per modality; None takes the model manifest's calibration_temperature."""
 
     face: float | None = Field(None, gt=0, description="Face temperature override (>1 flattens, <1 sharpens).")
@@ -81,7 +69,7 @@ class ModalityTemperatures(_Strict):
     text: float | None = Field(None, gt=0, description="Text temperature override.")
 
 
-class ModalityEvidence(_Strict):
+class ModalityEvidence(StrictModel):
     """Half-saturation count per modality for evidence weighting: with this many items the factor is 0.5."""
 
     face: float = Field(5.0, gt=0, description="Faces in the group at which the face evidence factor is 0.5.")
@@ -89,7 +77,7 @@ class ModalityEvidence(_Strict):
     text: float = Field(1.0, gt=0, description="Utterances at which the text evidence factor is 0.5.")
 
 
-class FusionConfig(_Strict):
+class FusionConfig(StrictModel):
     """Late fusion and temporal smoothing of the per-modality distributions."""
 
     window_s: float = Field(2.0, gt=0, le=60, description="Length of one fusion window in seconds.")
@@ -225,22 +213,6 @@ def _as_dict(q: np.ndarray) -> dict[str, float]:
     return {label: float(v) for label, v in zip(LABELS, q, strict=True)}
 
 
-def temperatures_from_manifest(models: Mapping[Modality | str, str], folder: Path | None = None) -> dict[str, float]:
-    """Return each modality's calibration_temperature from the model manifest (1.0 where the entry has none)."""
-    from device.model_store import model_entry  # lazy: fusion itself needs no model files
-
-    out: dict[str, float] = {}
-    for modality, name in models.items():
-        key = Modality(modality).value
-        meta = model_entry(name, folder).meta
-        t = meta.get("calibration_temperature")
-        if t is None:
-            logger.warning("model %s has no calibration_temperature in its manifest; using T=1 for %s", name, key)
-            t = 1.0
-        out[key] = float(t)
-    return out
-
-
 # --- window input and output ------------------------------------------------------------------------------------
 
 
@@ -260,11 +232,6 @@ class WindowInputs:
     faces: int | None = None
     speech_segments: int | None = None
     text_utterances: int | None = None
-
-    @classmethod
-    def from_face_window(cls, window: Any, **kwargs: Any) -> WindowInputs:
-        """Build inputs from a device.windows.FaceWindow plus speech/text keyword arguments."""
-        return cls(start=window.start, end=window.end, face=window.distribution, faces=window.faces_max, **kwargs)
 
 
 @dataclass

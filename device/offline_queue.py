@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from device.contract import EmotionEvent
 from device.errors import AulaError
-from device.events import EmotionEvent
 
 logger = logging.getLogger(__name__)
 

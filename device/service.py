@@ -16,7 +16,7 @@ from pathlib import Path
 
 from device.analysis_rate import AnalysisRate
 from device.config import DeviceConfig, load_config
-from device.events import DeviceState, EmotionEvent, Modality
+from device.contract import DeviceState, EmotionEvent, Modality, short_reason
 from device.fusion import LateFusion, WindowInputs
 from device.sd_notify import SystemdNotifier
 from device.system_metrics import host_metrics
@@ -146,7 +146,7 @@ class DeviceService:
         uptime = time.monotonic() - self.t_start
         data = {
             "state": self.state.value,
-            "reason": self.state_reason,
+            "reason": short_reason(self.state_reason) if self.state_reason else None,
             "paused": self.paused.is_set(),
             "uptime_s": round(uptime, 1),
             "windows_emitted": self.windows_emitted,
@@ -156,7 +156,7 @@ class DeviceService:
         }
         for w in self.workers:
             stage = w.health()
-            stage.update(alive=w.alive, fault=w.fault, restarts=w.restarts)
+            stage.update(alive=w.alive, fault=short_reason(w.fault) if w.fault else None, restarts=w.restarts)
             if isinstance(w, VisionWorker):
                 stage["frames_analysed_per_s"] = round(w.frames_analysed / max(uptime, 1e-6), 2)
             data[w.name] = stage

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from device.labels import NUM_LABELS
+from device.contract.labels import NUM_LABELS
 
 if TYPE_CHECKING:
     from device.config import VisionConfig

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from device.labels import NUM_LABELS
+from device.contract.labels import NUM_LABELS
 
 
 @dataclass

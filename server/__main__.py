@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 
-from device.errors import ConfigError
-from device.mqtt.config import broker_url_arg
+from device.common.broker_settings import broker_url_arg
+from device.common.errors import ConfigError
 from server.config import ServerConfig, database_url_arg, listen_arg, load_server_config
 from server.db import DatabaseError
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from device.events import EmotionEvent
-from device.labels import LABELS
+from device.contract import EmotionEvent, faces_of
+from device.contract.labels import LABELS
 
 BUCKET_MS = 10_000
 
@@ -26,11 +26,6 @@ SUM_COLUMNS: tuple[str, ...] = (
 
 def bucket_of(t_ms: int) -> int:
     return t_ms - t_ms % BUCKET_MS
-
-
-def faces_of(event: EmotionEvent) -> int | None:
-    value = event.counts.get("faces")
-    return value if isinstance(value, int) else None
 
 
 @dataclass

@@ -13,9 +13,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from device.labels import LABELS
+from device.common.config_loader import StrictModel
+from device.contract.labels import LABELS
 from server.auth import SESSION_COOKIE, Principal, check_csrf, identify
 from server.context import AppContext
 from server.hub import CLOSED
@@ -28,10 +29,8 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
-class Body(BaseModel):
+class Body(StrictModel):
     """A request body that rejects unknown fields."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 def _topic_level(value: str) -> str:

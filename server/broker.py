@@ -3,39 +3,30 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device.errors import ConfigError
-from device.mqtt.credentials import install_redaction, resolve_password
-from device.mqtt.paho_log import paho_logger
+from device.common.credentials import install_redaction, resolve_password
+from device.common.paho_client import new_client
+from device.contract.topics import ALL_EVENTS, ALL_HEALTH, ALL_STATUS
 from server.config import ServerMqttConfig
 from server.mqtt_transport import IntakeClient
 
 logger = logging.getLogger(__name__)
 
-
-_paho_logger = paho_logger(f"{__name__}.paho")
-
 # handler(topic, payload, retained, ack_token or None)
 MessageHandler = Callable[[str, bytes, bool, tuple | None], None]
-
-EVENTS = "aula/v1/+/+/+/events"
-STATUS = "aula/v1/+/+/+/status"
-HEALTH = "aula/v1/+/+/+/health"
 
 
 def subscriptions(config: ServerMqttConfig) -> list[tuple[str, int]]:
     """Topics of the storing client; events and health are shared when a group is set, status never is."""
     share = f"$share/{config.shared_group}/" if config.shared_group else ""
     # Status is retained, and brokers do not send retained messages to shared subscriptions.
-    return [(share + EVENTS, 1), (share + HEALTH, 1), (STATUS, 1)]
+    return [(share + ALL_EVENTS, 1), (share + ALL_HEALTH, 1), (ALL_STATUS, 1)]
 
 
 class BrokerClient:
@@ -56,7 +47,7 @@ class BrokerClient:
         self.client_id = client_id or config.client_id
         self.persistent = config.persistent_session if persistent is None else persistent
         self.manual_ack = config.ack_after_commit if manual_ack is None else manual_ack
-        self._password = resolve_password(config)  # duck-typed: reads password_env / password_credential
+        self._password = resolve_password(config)
         if self._password:
             install_redaction(self._password)
         self._connected = threading.Event()
@@ -71,40 +62,21 @@ class BrokerClient:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
-
     def wait_subscribed(self, timeout: float) -> bool:
         """True once the broker confirmed the subscriptions of the current connection."""
         return self._subscribed.wait(timeout)
 
     def _build(self) -> IntakeClient:
-        cfg = self.config
-        v5 = cfg.protocol == "5"
-        kwargs = {} if v5 else {"clean_session": not self.persistent}
-        client = IntakeClient(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        client = new_client(
+            self.config,
+            self.client_id,
+            clean=not self.persistent,
+            password=self._password,
+            log_name=f"{__name__}.paho",
+            client_class=IntakeClient,
             manual_ack=self.manual_ack,
-            **kwargs,
         )
-        client.enable_logger(_paho_logger)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
         client.max_inflight_messages_set(100)  # summaries are the only QoS 1 publishes
-        if cfg.username:
-            client.username_pw_set(cfg.username, self._password)
-        if cfg.address.tls:
-            try:
-                client.tls_set(
-                    ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                    certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                    keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"MQTT TLS files cannot be loaded: {exc}") from None
-            client.tls_insecure_set(cfg.tls.insecure)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail

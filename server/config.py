@@ -8,15 +8,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from device.mqtt.config import BrokerUrl, MqttProtocol, TlsConfig, parse_broker_url
-
-
-class StrictModel(BaseModel):
-    """A config section that rejects unknown keys."""
-
-    model_config = ConfigDict(extra="forbid")
+from device.common.broker_settings import BrokerConnection
+from device.common.config_loader import StrictModel, load_yaml_model
 
 
 def _default_client_id() -> str:
@@ -52,13 +47,9 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class ServerMqttConfig(StrictModel):
+class ServerMqttConfig(BrokerConnection):
     """How the server reaches the broker and subscribes to the devices' topics."""
 
-    broker: BrokerUrl = Field("mqtt://localhost:1883", description="Broker URL: mqtt://host:port or mqtts://host:port.")
-    protocol: MqttProtocol = Field(
-        "5", description="MQTT protocol version; 3.1.1 for brokers that speak only that (e.g. amqtt)."
-    )
     client_id: str = Field(
         default_factory=_default_client_id,
         description="MQTT client id; fixed per instance so the broker keeps its session (and queued events) "
@@ -87,15 +78,6 @@ class ServerMqttConfig(StrictModel):
         description="MQTT 5: most unacknowledged events the broker may send at once (with 3.1.1 the broker's "
         "max_inflight_messages decides).",
     )
-    keepalive: int = Field(30, ge=5, le=3600, description="Seconds between keep-alives.")
-    reconnect_min_s: float = Field(1.0, gt=0, le=60, description="First reconnect delay; it doubles on each failure.")
-    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay.")
-    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS files; used only with mqtts://.")
-    username: str | None = Field(None, description="Broker user name; none connects anonymously.")
-    password_env: str | None = Field(None, description="Environment variable that holds the broker password.")
-    password_credential: str | None = Field(
-        None, description="systemd credential name with the broker password ($CREDENTIALS_DIRECTORY/<name>)."
-    )
 
     @field_validator("client_id", "shared_group")
     @classmethod
@@ -105,22 +87,6 @@ class ServerMqttConfig(StrictModel):
         ):
             raise ValueError(f"{info.field_name} must be 1-64 printable characters without '/', '+', '#' or '$'")
         return value
-
-    @model_validator(mode="after")
-    def _cross_field(self) -> ServerMqttConfig:
-        if self.password_env and self.password_credential:
-            raise ValueError("set password_env or password_credential, not both")
-        if (self.password_env or self.password_credential) and not self.username:
-            raise ValueError("a password needs a username")
-        if (self.tls.ca_file or self.tls.cert_file or self.tls.insecure) and not self.address.tls:
-            raise ValueError("tls settings need an mqtts:// broker URL")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
-        return self
-
-    @property
-    def address(self):
-        return parse_broker_url(self.broker)
 
 
 class DatabaseConfig(StrictModel):
@@ -240,8 +206,6 @@ class ServerConfig(StrictModel):
 
 def load_server_config(path: str | Path | None, overrides: dict | None = None) -> ServerConfig:
     """Load the server config from YAML (defaults when None); errors name the file, line and key."""
-    from device.config_loader import load_yaml_model
-
     return load_yaml_model(ServerConfig, path, overrides)
 
 

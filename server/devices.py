@@ -64,10 +64,6 @@ class DeviceRegistry:
                 live.state, live.reason = state, reason
             return live
 
-    def room_of(self, site: str, device_id: str) -> int | None:
-        live = self._devices.get((site, device_id))  # a dict read is atomic; no lock on the hot path
-        return None if live is None else live.room_id
-
     def update_rooms(self, device_rooms: dict[tuple[str, str], tuple[int | None, str]]) -> None:
         """Take the rooms the database returned (another instance or an admin may have changed them)."""
         with self._lock:

@@ -59,9 +59,6 @@ class LiveHub:
                 if not subs:
                     del self._rooms[sub.room_id]
 
-    def has_subscribers(self, room_id: int) -> bool:
-        return room_id in self._rooms
-
     def publish(self, room_id: int, event: str, data: dict[str, Any]) -> None:
         """Send `event` to the room's streams; cheap when nobody watches the room."""
         loop = self._loop

@@ -8,7 +8,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from server.aggregates import faces_of
+from device.contract import faces_of
+from device.contract.topics import EVENTS, STATUS
 from server.devices import DeviceRegistry
 from server.hub import LiveHub
 from server.metrics import IngestStats
@@ -112,9 +113,9 @@ class Ingestor:
             return self._reject(topic, exc.reason, exc.detail, token)
         except Exception as exc:  # a validator bug must cost one message, not the intake
             return self._reject(topic, "schema", f"{type(exc).__name__}: {exc}", token)
-        if incoming.leaf == "events":
+        if incoming.leaf == EVENTS:
             return self._event(incoming, now, token)
-        if incoming.leaf == "status":
+        if incoming.leaf == STATUS:
             return self._status(incoming, now, retained, token)
         return self._health(incoming, now, token)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from device.labels import LABELS
+from device.contract.labels import LABELS
 
 
 @dataclass(frozen=True)

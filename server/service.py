@@ -8,9 +8,10 @@ import time
 
 import uvicorn
 
+from device.contract.topics import ALL_EVENTS
 from server.app import create_app
 from server.auth import LoginLimiter
-from server.broker import EVENTS, BrokerClient, subscriptions
+from server.broker import BrokerClient, subscriptions
 from server.config import ServerConfig
 from server.context import AppContext
 from server.db import Database
@@ -138,7 +139,7 @@ class AulaServer:
             self.live_feed = BrokerClient(
                 cfg.mqtt,
                 lambda t, p, r, tok: live.handle(t, p, r, tok),
-                [(EVENTS, 0)],
+                [(ALL_EVENTS, 0)],
                 client_id=f"{cfg.mqtt.client_id}-live"[:64],
                 persistent=False,
                 manual_ack=False,

@@ -9,8 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from device.events import EmotionEvent
-from device.mqtt.messages import StatusMessage
+from device.contract import EmotionEvent, StatusMessage
 from server.aggregates import BUCKET_MS, SUM_COLUMNS, Sums, accumulate, bucket_of
 from server.db import Connection, Database
 from server.passwords import check_new_password, hash_password, new_token, token_hash, verify_password
@@ -359,9 +358,6 @@ class Storage:
         if not verify_password(password, row[3]):
             return None
         return {"id": int(row[0]), "username": row[1], "role": row[2]}
-
-    def count_admins(self) -> int:
-        return int(self.c.fetchone("SELECT COUNT(*) FROM users WHERE role = 'admin'")[0])
 
     def list_users(self) -> list[dict[str, Any]]:
         users = self.c.fetchall("SELECT id, username, role FROM users ORDER BY username")

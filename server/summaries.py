@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 
-from device.events import SCHEMA_VERSION, TOPIC_ROOT, EmotionEvent
-from server.aggregates import Sums, faces_of
+from device.contract import EmotionEvent, RoomSummary, faces_of, summary_topic
+from server.aggregates import Sums
 from server.config import SummaryConfig
 from server.devices import DeviceRegistry
 from server.metrics import IngestStats
@@ -18,10 +17,6 @@ logger = logging.getLogger(__name__)
 
 Publisher = Callable[[str, bytes], bool]
 _Entry = tuple[int, dict | None, float | None, float | None, int | None]
-
-
-def summary_topic(site: str, room: str) -> str:
-    return f"{TOPIC_ROOT}/{site}/{room}/summary"
 
 
 class RoomSummaries:
@@ -63,8 +58,8 @@ class RoomSummaries:
         if self._thread is not None:
             self._thread.join(5)
 
-    def build(self, room_id: int, now_ms: int | None = None) -> dict | None:
-        """The summary document of one room, or None when the room is unknown."""
+    def build(self, room_id: int, now_ms: int | None = None) -> RoomSummary | None:
+        """The summary of one room, or None when the room is unknown."""
         name = self.registry.room_name(room_id)
         if name is None:
             return None
@@ -77,21 +72,21 @@ class RoomSummaries:
         for _, dist, valence, arousal, faces in entries:
             sums.add_values(dist, valence, arousal, faces)
         summary = sums.summary()
-        return {
-            "type": "room_summary",
-            "schema": SCHEMA_VERSION,
-            "site": name[0],
-            "room": name[1],
-            "room_id": room_id,
-            "ts_ms": now,
-            "window": {"start_ms": start, "end_ms": now, "windows": summary["windows"]},
-            "distribution": summary["distribution"],
-            "dominant": summary["dominant"],
-            "valence": summary["valence"],
-            "arousal": summary["arousal"],
-            "faces": summary["faces"],
-            "devices_online": self.registry.online_in_room(room_id),
-        }
+        return RoomSummary(
+            site=name[0],
+            room=name[1],
+            room_id=room_id,
+            ts_ms=now,
+            window_start_ms=start,
+            window_end_ms=now,
+            windows=summary["windows"],
+            distribution=summary["distribution"],
+            dominant=summary["dominant"],
+            valence=summary["valence"],
+            arousal=summary["arousal"],
+            faces=summary["faces"],
+            devices_online=self.registry.online_in_room(room_id),
+        )
 
     def _run(self) -> None:
         interval = self.config.interval_s
@@ -112,8 +107,7 @@ class RoomSummaries:
                     self._last[room_id] = now
                 if doc is None:
                     continue
-                payload = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-                if self.publish(summary_topic(doc["site"], doc["room"]), payload):
+                if self.publish(summary_topic(doc.site, doc.room), doc.to_payload()):
                     self.stats.add("summaries_published")
                 else:
                     with self._lock:

@@ -14,8 +14,8 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device.events import EmotionEvent, topic, valence_arousal
-from device.labels import LABELS
+from device.contract import DeviceState, EmotionEvent, HealthMessage, topic, valence_arousal
+from device.contract.labels import LABELS
 from server.config import ServerConfig, load_server_config
 from server.service import AulaServer
 
@@ -101,9 +101,9 @@ class DeviceSimulator:
         return self.publish(topic(site, room, device_id, "status"), json.dumps(payload).encode(), retain=True)
 
     def health(self, site: str, room: str, device_id: str, **fields: Any):
-        payload = {"fps": 4.5, **fields, "type": "health", "schema": 1, "device_id": device_id}
-        payload.update({"ts_ms": int(time.time() * 1000), "state": "online", "paused": False})
-        return self.publish(topic(site, room, device_id, "health"), json.dumps(payload).encode())
+        """A health message; `fields` are HealthMessage fields (e.g. `vision={"detect_ms_p50": 4.1}`)."""
+        message = HealthMessage(device_id=device_id, ts_ms=int(time.time() * 1000), state=DeviceState.ONLINE, **fields)
+        return self.publish(topic(site, room, device_id, "health"), message.to_payload())
 
     def close(self) -> None:
         self.client.disconnect()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
-from device.events import MAX_PAYLOAD_BYTES, SCHEMA_VERSION, TOPIC_ROOT, EmotionEvent, SchemaError, decode_json
-from device.mqtt.messages import StatusMessage
-
-LEAVES = ("events", "status", "health")
+from device.contract import (
+    MAX_PAYLOAD_BYTES,
+    EmotionEvent,
+    HealthMessage,
+    SchemaError,
+    StatusMessage,
+    decode_json,
+    parse_device_topic,
+)
+from device.contract.topics import EVENTS, STATUS
 
 # Reason codes are a fixed set, so they are safe as metric labels whatever a payload contains.
 REASONS = (
@@ -43,26 +47,16 @@ class Incoming:
     device_id: str
     event: EmotionEvent | None = None
     status: StatusMessage | None = None
-    health: dict[str, Any] | None = None
+    health: HealthMessage | None = None
     payload: bytes = b""
-
-
-_WILDCARDS = frozenset("+#")
-
-
-def _level(value: str) -> bool:
-    return 0 < len(value) <= 64 and value.isprintable() and _WILDCARDS.isdisjoint(value)
 
 
 def parse_topic(topic: str) -> tuple[str, str, str, str]:
     """Split `aula/v1/<site>/<room>/<device>/<leaf>`; raise Rejected('topic') otherwise."""
-    parts = topic.split("/")
-    if len(parts) != 6 or "/".join(parts[:2]) != TOPIC_ROOT or parts[5] not in LEAVES:
+    parts = parse_device_topic(topic)
+    if parts is None:
         raise Rejected("topic", f"not a device topic: {topic[:200]!r}")
-    site, room, device, leaf = parts[2:]
-    if not (_level(site) and _level(room) and _level(device)):
-        raise Rejected("topic", f"bad topic level in {topic[:200]!r}")
-    return site, room, device, leaf
+    return parts
 
 
 def _decode(payload: bytes) -> dict:
@@ -86,38 +80,25 @@ def _decode(payload: bytes) -> dict:
         raise Rejected("not_json", "payload nests too deeply") from None
 
 
-def _check_health(data: dict, device: str) -> dict:
-    if data.get("type") != "health" or data.get("schema") != SCHEMA_VERSION:
-        raise Rejected("schema", f"type must be 'health' with schema {SCHEMA_VERSION}")
-    ts = data.get("ts_ms")
-    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= 2**53:
-        raise Rejected("schema", "ts_ms must be an integer of milliseconds since the epoch")
-    if data.get("device_id") != device:
-        raise Rejected("topic_mismatch", "device_id differs from the topic")
-    try:
-        # 1e999 parses as infinity, which JSON cannot carry back out to a browser.
-        json.dumps(data, allow_nan=False)
-    except (ValueError, RecursionError):
-        raise Rejected("schema", "health holds a number that is not finite") from None
-    return data
-
-
 def validate_message(topic: str, payload: bytes) -> Incoming:
     """Return the typed message, or raise Rejected with a reason code."""
     site, room, device, leaf = parse_topic(topic)
     data = _decode(payload)
     try:
-        if leaf == "events":
+        if leaf == EVENTS:
             event = EmotionEvent.from_dict(data)
             if (event.site, event.room, event.device_id) != (site, room, device):
                 raise Rejected("topic_mismatch", "site, room or device_id differs from the topic")
             return Incoming(leaf, site, room, device, event=event, payload=payload)
-        if leaf == "status":
+        if leaf == STATUS:
             status = StatusMessage.from_dict(data)
             if status.device_id != device:
                 raise Rejected("topic_mismatch", "device_id differs from the topic")
             return Incoming(leaf, site, room, device, status=status, payload=payload)
-        return Incoming(leaf, site, room, device, health=_check_health(data, device), payload=payload)
+        health = HealthMessage.from_dict(data)
+        if health.device_id != device:
+            raise Rejected("topic_mismatch", "device_id differs from the topic")
+        return Incoming(leaf, site, room, device, health=health, payload=payload)
     except SchemaError as exc:
         raise Rejected("schema", str(exc)) from None
     except (TypeError, AttributeError, RecursionError) as exc:

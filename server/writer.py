@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from device.mqtt.messages import StatusMessage
+from device.contract import StatusMessage
 from server.devices import DeviceRegistry
 from server.metrics import IngestStats
 from server.storage import BatchResult, DeviceTouch, IncomingEvent, Storage

@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from device.events import EmotionEvent, valence_arousal
-from device.labels import LABELS
-from device.mqtt import EventPublisher, MqttConfig, broker_url_arg
+from device.common.broker_settings import broker_url_arg
+from device.contract import EmotionEvent, valence_arousal
+from device.contract.labels import LABELS
+from device.mqtt.config import MqttConfig
+from device.mqtt.publisher import EventPublisher
 
 
 def make_event(site: str, room: str, device_id: str, i: int) -> EmotionEvent:

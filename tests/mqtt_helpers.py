@@ -8,8 +8,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device.events import EmotionEvent
-from device.mqtt import CommandAck, StatusMessage, Topics
+from device.contract import CommandAck, DeviceTopics, EmotionEvent, StatusMessage
 from server.testing import wait_for  # one polling helper for every test module
 
 
@@ -42,13 +41,13 @@ class Collector:
         with self._lock:
             return [m for m in self.messages if m.topic == topic]
 
-    def events(self, topics: Topics) -> list[EmotionEvent]:
+    def events(self, topics: DeviceTopics) -> list[EmotionEvent]:
         return [EmotionEvent.from_payload(m.payload) for m in self.on(topics.events)]
 
-    def statuses(self, topics: Topics) -> list[StatusMessage]:
+    def statuses(self, topics: DeviceTopics) -> list[StatusMessage]:
         return [StatusMessage.from_payload(m.payload) for m in self.on(topics.status)]
 
-    def acks(self, topics: Topics) -> list[CommandAck]:
+    def acks(self, topics: DeviceTopics) -> list[CommandAck]:
         return [CommandAck.from_payload(m.payload) for m in self.on(topics.cmd_ack)]
 
     def close(self):
@@ -67,7 +66,7 @@ def first_seqs(events: list[EmotionEvent]) -> list[int]:
     return out
 
 
-def retained_status(broker, topics: Topics) -> mqtt.MQTTMessage:
+def retained_status(broker, topics: DeviceTopics) -> mqtt.MQTTMessage:
     """What a dashboard opening now would see on the status topic."""
     late = Collector(broker, topics.status, client_id=f"late-{time.monotonic_ns()}", persistent=False)
     try:

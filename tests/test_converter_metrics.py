@@ -6,7 +6,7 @@ import pytest
 from converter.datasets import stratified_split
 from converter.metrics import confusion_matrix, expected_calibration_error, fit_temperature, per_class_f1, summarize
 from converter.train_face import class_weights
-from device.labels import LABELS
+from device.contract.labels import LABELS
 
 
 def test_confusion_and_macro_f1_match_hand_computation():

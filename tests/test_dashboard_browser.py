@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from device.events import DeviceState, EmotionEvent, topic, valence_arousal
-from device.labels import LABELS
+from device.contract import DeviceState, EmotionEvent, topic, valence_arousal
+from device.contract.labels import LABELS
 from server import page_layout
 from tests.mosquitto import broker_factory_fixture, free_port, mosquitto_fixture  # noqa: F401 (pytest fixtures)
 from tests.system_deps import missing_system_dep
@@ -178,7 +178,7 @@ class Publisher(threading.Thread):
         self.sent_ms: list[int] = []
 
     def run(self) -> None:
-        from device.mqtt.messages import StatusMessage
+        from device.contract import StatusMessage
 
         status = StatusMessage(device_id=DEVICE, state=DeviceState.ONLINE, ts_ms=int(time.time() * 1000))
         self.client.publish(topic(SITE, ROOM, DEVICE, "status"), status.to_payload(), qos=1, retain=True)

@@ -10,6 +10,7 @@ import pytest
 
 from device.__main__ import main
 from device.config import SAMPLE_VIDEO
+from device.contract import EmotionEvent
 from device.model_store import models_dir
 
 
@@ -18,18 +19,19 @@ def _run(*args, env=None):
                           env=env)
 
 
-def test_demo_prints_one_json_line_per_window_on_the_bundled_sample():
-    out = _run("demo", "--fast")
+def test_demo_runs_the_device_service_and_prints_its_events_on_the_bundled_sample():
+    out = _run("demo", "--fast", "--summary")
     assert out.returncode == 0, out.stderr
-    windows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert len(windows) >= 5  # a 12 s sample in 2 s windows
-    with_faces = [w for w in windows if w["face_distribution"]]
+    events = [EmotionEvent.from_payload(line) for line in out.stdout.splitlines()]  # what `run` would publish
+    assert len(events) >= 5  # a 12 s sample in 2 s windows
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    with_faces = [e for e in events if e.modalities.get("face")]
     assert with_faces, "no window had enough faces for a distribution"
-    for w in with_faces:
-        assert abs(sum(w["face_distribution"].values()) - 1) < 1e-3
-        assert w["faces_max"] >= 3 and w["dominant"] in w["face_distribution"]
+    for e in with_faces:
+        assert e.counts["faces"] >= 3 and e.dominant in e.distribution
     summary = json.loads(out.stderr.strip().splitlines()[-1])["summary"]
-    assert summary["frames_dropped"] == 0 and summary["frames_analysed"] >= 50
+    assert summary["vision"]["frames_dropped"] == 0 and summary["vision"]["frames_analysed"] >= 50
+    assert summary["publisher"]["printed"] == len(events)
 
 
 def test_validate_config_names_file_line_and_key(tmp_path, capsys):

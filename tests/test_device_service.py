@@ -14,12 +14,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device.config import SAMPLE_AUDIO, SAMPLE_VIDEO
-from device.mqtt import Command, CommandName, StatusMessage, Topics
+from device.contract import Command, CommandName, DeviceTopics, StatusMessage
 from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)
 from tests.mqtt_helpers import Collector, first_seqs, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-TOPICS = Topics.for_device("test-school", "room-7", "pi-7")
+TOPICS = DeviceTopics.for_device("test-school", "room-7", "pi-7")
 
 
 def start_device(broker, state_dir: Path, *args: str, config: Path | None = None) -> subprocess.Popen:

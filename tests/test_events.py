@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from device import events
-from device.events import MAX_PAYLOAD_BYTES, EmotionEvent, SchemaError, decode_json, valence_arousal
+from device.contract import MAX_PAYLOAD_BYTES, EmotionEvent, SchemaError, decode_json, schema, valence_arousal
 
 DIST = {"angry": 0.1, "disgust": 0.0, "fear": 0.1, "happy": 0.5, "neutral": 0.2, "sad": 0.05, "surprise": 0.05}
 
@@ -39,9 +38,9 @@ def test_round_trip_keeps_every_field():
 @pytest.mark.parametrize("decoder", ["orjson", "stdlib"])
 def test_malformed_payloads_get_a_reason(payload, reason, decoder, monkeypatch):
     if decoder == "stdlib":
-        monkeypatch.setattr(events, "_orjson", None)
+        monkeypatch.setattr(schema, "_orjson", None)
     else:
-        assert events._orjson is not None, "orjson is a server dependency"
+        assert schema._orjson is not None, "orjson is a server dependency"
     with pytest.raises(SchemaError, match=reason):
         EmotionEvent.from_dict(decode_json(payload))
 
@@ -49,7 +48,7 @@ def test_malformed_payloads_get_a_reason(payload, reason, decoder, monkeypatch):
 @pytest.mark.parametrize("decoder", ["orjson", "stdlib"])
 def test_a_number_that_overflows_is_refused(decoder, monkeypatch):
     if decoder == "stdlib":
-        monkeypatch.setattr(events, "_orjson", None)
+        monkeypatch.setattr(schema, "_orjson", None)
     data = json.loads(_event().to_payload())
     data["valence"] = "@"
     payload = json.dumps(data).replace('"@"', "1e999").encode()
@@ -60,7 +59,7 @@ def test_a_number_that_overflows_is_refused(decoder, monkeypatch):
 @pytest.mark.parametrize("decoder", ["orjson", "stdlib"])
 def test_both_decoders_read_an_event_alike(decoder, monkeypatch):
     if decoder == "stdlib":
-        monkeypatch.setattr(events, "_orjson", None)
+        monkeypatch.setattr(schema, "_orjson", None)
     e = _event()
     assert EmotionEvent.from_dict(decode_json(e.to_payload())) == e
     assert decode_json(e.to_payload().decode()) == json.loads(e.to_payload())

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from device.labels import LABELS
+from device.contract.labels import LABELS
 from device.model_store import models_dir
 from device.models import FaceEmotionModel
 from tests.data import FIXTURES, fer2013_test

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from device.events import VALENCE_AROUSAL, EmotionEvent, Modality
+from device.contract import VALENCE_AROUSAL, EmotionEvent, Modality
+from device.contract.labels import LABELS
 from device.fusion import (
     FusionConfig,
     LateFusion,
@@ -19,11 +20,7 @@ from device.fusion import (
     confidence,
     evidence_factor,
     smoothing_alpha,
-    temperatures_from_manifest,
 )
-from device.labels import LABELS
-from device.vision import FaceAnalysis
-from device.windows import FaceWindowPooler
 
 STREAMS = json.loads((Path(__file__).parent / "fixtures" / "fusion_streams.json").read_text())
 OFF = {"confidence_weighting": False}
@@ -126,14 +123,6 @@ def test_stacked_rows_are_calibrated_one_by_one_then_averaged():
     out = fusion.update(WindowInputs(0, 2, speech=rows))
     assert out.counts["speech_segments"] == len(rows)
     assert list(out.modalities["speech"].values()) == pytest.approx(calibrate(rows, 2.0).mean(axis=0))
-
-
-def test_temperatures_come_from_the_model_manifest():
-    from device.model_store import model_entry
-
-    temps = temperatures_from_manifest({Modality.FACE: "face_emotion_int8"})
-    assert temps["face"] == pytest.approx(model_entry("face_emotion_int8").meta["calibration_temperature"])
-    assert 0.25 < temps["face"] < 10
 
 
 # --- the recorded hand-checkable stream -------------------------------------------------------------------------
@@ -320,18 +309,6 @@ def test_face_distribution_withheld_below_min_faces_but_count_reported(faces, wi
 def test_a_pooled_face_distribution_without_a_count_is_withheld():
     out = LateFusion(FusionConfig(**OFF)).update(WindowInputs(0, 2, face=one_hot("happy")))
     assert out.counts["faces"] == 1 and out.face_withheld and out.distribution is None
-
-
-def test_inputs_from_the_face_window_pooler():
-    pooler = FaceWindowPooler(window_s=2.0, min_faces=3)
-    probs = np.tile(np.eye(7, dtype=np.float32)[3], (4, 1))
-    windows = []
-    for i in range(6):
-        analysis = FaceAnalysis(t_capture=i * 0.5, boxes=[(0, 0, 40, 40, 0.9)] * 4, probs=probs)
-        windows += pooler.add(analysis)
-    (window,) = windows
-    out = LateFusion(FusionConfig(**OFF)).update(WindowInputs.from_face_window(window, text=None))
-    assert out.counts["faces"] == 4 and out.dominant == "happy" and out.contributed == (Modality.FACE,)
 
 
 # --- valence and arousal ----------------------------------------------------------------------------------------

@@ -15,26 +15,23 @@ from pathlib import Path
 
 import pytest
 
-from device.errors import ConfigError
-from device.events import DeviceState, EmotionEvent, SchemaError
-from device.mqtt import (
+from device.common.broker_settings import TlsConfig, broker_url_arg, parse_broker_url
+from device.common.config_loader import load_yaml_model
+from device.common.credentials import RedactingFilter, redact, resolve_password
+from device.contract import (
     Command,
     CommandAck,
     CommandName,
-    EventPublisher,
-    MqttConfig,
-    QueueConfig,
-    RedactingFilter,
+    DeviceState,
+    DeviceTopics,
+    EmotionEvent,
+    SchemaError,
     StatusMessage,
-    TlsConfig,
-    Topics,
-    broker_url_arg,
     extract_command_id,
-    load_mqtt_config,
-    parse_broker_url,
-    redact,
-    resolve_password,
 )
+from device.errors import ConfigError
+from device.mqtt.config import MqttConfig, QueueConfig
+from device.mqtt.publisher import EventPublisher
 from device.offline_queue import OfflineQueue
 from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)
 from tests.mqtt_device_script import build_config, make_event
@@ -139,12 +136,12 @@ def test_config_errors_name_file_line_and_key(tmp_path):
     path = tmp_path / "mqtt.yaml"
     path.write_text("site: s\nroom: r\ndevice_id: d\nqueue:\n  max_rowz: 5\n")
     with pytest.raises(ConfigError, match=r"mqtt\.yaml:5: queue\.max_rowz: unknown key"):
-        load_mqtt_config(path)
+        load_yaml_model(MqttConfig, path)
     path.write_text("site: s\nroom: r\ndevice_id: d\nbroker: tcp://x:1\n")
     with pytest.raises(ConfigError, match=r"mqtt\.yaml:4: broker: .*scheme 'tcp' is not supported"):
-        load_mqtt_config(path)
+        load_yaml_model(MqttConfig, path)
     path.write_text("site: s\nroom: r\ndevice_id: d\nprotocol: 5\n")
-    assert load_mqtt_config(path).protocol == "5"  # YAML reads 5 as an integer
+    assert load_yaml_model(MqttConfig, path).protocol == "5"  # YAML reads 5 as an integer
 
 
 @pytest.mark.parametrize(
@@ -404,12 +401,12 @@ def test_a_stop_is_bounded_even_when_its_threads_hang(mosquitto, tmp_path, publi
     pub.start()
     assert wait_for(lambda: pub.connected)
     release = threading.Event()
-    real_sender = pub._sender
+    real_sender = pub.sender.thread
     # Stand-ins for a sender and a command worker stuck in a call that never returns.
-    pub._sender = threading.Thread(target=release.wait, daemon=True)
-    pub._worker = threading.Thread(target=release.wait, daemon=True)
-    pub._sender.start()
-    pub._worker.start()
+    pub.sender.thread = threading.Thread(target=release.wait, daemon=True)
+    pub.commands.thread = threading.Thread(target=release.wait, daemon=True)
+    pub.sender.thread.start()
+    pub.commands.thread.start()
     t = time.monotonic()
     pub.stop(clean=True)
     took = time.monotonic() - t
@@ -430,7 +427,7 @@ def test_unclean_stop_publishes_the_will(mosquitto, tmp_path, publishers):
 
 def test_kill_9_gives_offline_through_the_last_will(mosquitto, tmp_path):
     collector = Collector(mosquitto)
-    topics = Topics.for_device("school1", "room101", "dev1")
+    topics = DeviceTopics.for_device("school1", "room101", "dev1")
     proc = spawn_device(mosquitto.url, tmp_path / "q.sqlite3", "--count", "2", "--hold")
     try:
         read_until(proc, "published")
@@ -516,7 +513,7 @@ def test_kill_9_with_backlog_then_restart_drains_it(broker_factory, tmp_path):
     broker = broker_factory()
     broker.start()
     collector = Collector(broker)
-    topics = Topics.for_device("school1", "room101", "dev1")
+    topics = DeviceTopics.for_device("school1", "room101", "dev1")
     queue = tmp_path / "q.sqlite3"
     broker.stop()
     proc = spawn_device(broker.url, queue, "--count", "20", "--hold")
@@ -550,7 +547,7 @@ def test_kill_9_with_backlog_then_restart_drains_it(broker_factory, tmp_path):
 
 def test_kill_9_mid_drain_resends_unacked_rows(mosquitto, tmp_path):
     collector = Collector(mosquitto)
-    topics = Topics.for_device("school1", "room101", "dev1")
+    topics = DeviceTopics.for_device("school1", "room101", "dev1")
     queue = tmp_path / "q.sqlite3"
     proc = spawn_device(mosquitto.url, queue, "--count", "150", "--drain-rate", "40", "--hold")
     try:
@@ -579,7 +576,9 @@ def test_kill_9_mid_drain_resends_unacked_rows(mosquitto, tmp_path):
 
 def test_events_in_flight_when_the_broker_dies_are_resent_in_order(broker_factory, tmp_path, publishers, monkeypatch):
     """Freeze the broker so PUBACKs stop, kill it with events in flight, queue more, start it: order holds."""
-    on_connect = EventPublisher._on_connect
+    from device.mqtt.connection import DeviceConnection
+
+    on_connect = DeviceConnection._on_connect
 
     def slow_on_connect(self, *args):
         # paho re-sends in-flight events after on_connect returns; a slow network thread (a loaded Pi) lets newer
@@ -587,7 +586,7 @@ def test_events_in_flight_when_the_broker_dies_are_resent_in_order(broker_factor
         on_connect(self, *args)
         time.sleep(0.3)
 
-    monkeypatch.setattr(EventPublisher, "_on_connect", slow_on_connect)
+    monkeypatch.setattr(DeviceConnection, "_on_connect", slow_on_connect)
     broker = broker_factory()
     broker.start()
     collector = Collector(broker)
@@ -701,7 +700,7 @@ def test_health_is_periodic_with_caller_fields_and_counters(mosquitto, tmp_path,
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("camera thread died")
-        return {"fps": 4.5, "type": "ignored"}
+        return {"vision": {"frames_analysed_per_s": 4.5}, "type": "ignored"}
 
     cfg = build_config(mosquitto.url, tmp_path / "q.sqlite3", health_interval_s=0.3)
     pub = publishers(cfg, health_provider=provider)
@@ -709,7 +708,8 @@ def test_health_is_periodic_with_caller_fields_and_counters(mosquitto, tmp_path,
     pub.publish_event(_event())
     assert wait_for(lambda: len(collector.on(pub.topics.health)) >= 3, 10)
     health = [json.loads(m.payload) for m in collector.on(pub.topics.health)]
-    assert health[0]["type"] == "health" and health[0]["schema"] == 1 and health[0]["fps"] == 4.5
+    assert health[0]["type"] == "health" and health[0]["schema"] == 1
+    assert health[0]["vision"] == {"frames_analysed_per_s": 4.5}
     assert set(health[0]["mqtt"]) >= {"queued", "sent", "acked", "dropped", "backlog", "connected", "reconnects"}
     assert any("provider_error" in h for h in health)
     assert pub.stats().health_errors == 1
@@ -793,7 +793,7 @@ def test_tls_with_client_certificate(broker_factory, tmp_path, publishers):
 
 
 def test_paho_connection_loss_is_logged_as_a_warning_other_errors_stay_errors(caplog):
-    from device.mqtt.paho_log import paho_logger
+    from device.common.paho_client import paho_logger
 
     log = paho_logger("aula.test.paho")
     assert paho_logger("aula.test.paho") is log and len(log.filters) == 1  # idempotent

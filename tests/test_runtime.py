@@ -88,7 +88,7 @@ def test_manifest_sha256_sums_match_committed_files():
 
 def test_device_code_never_imports_tensorflow():
     code = (
-        "import sys; import device.models, device.vision, device.runtime, device.windows;"
+        "import sys; import device.models, device.vision, device.runtime, device.service, device.__main__;"
         "from device.models import FaceDetector, FaceEmotionModel;"
         "FaceEmotionModel.load(); FaceDetector.load();"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]; print(bad);"

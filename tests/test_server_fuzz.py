@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device.events import MAX_PAYLOAD_BYTES, topic
+from device.contract import MAX_PAYLOAD_BYTES, topic
 from server.testing import DeviceSimulator, ServerHarness, make_event, wait_for
 from server.validation import REASONS
 from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from device.events import topic
+from device.contract import topic
 from server.testing import ServerHarness, make_event, wait_for
 from tests.mosquitto import (  # noqa: F401 (pytest fixtures)
     broker_factory_fixture,
@@ -45,7 +45,7 @@ def test_events_status_and_health_are_stored_once(harness, device):
     for e in events[:4]:  # a device re-sends when a PUBACK was lost
         device.event(e)
     device.status("school1", "room101", "pi-101", "degraded", "camera: no frames for 10 s")
-    device.health("school1", "room101", "pi-101", inference_ms={"face": 18.2})
+    device.health("school1", "room101", "pi-101", vision={"detect_ms_p50": 18.2})
     assert wait_for(lambda: harness.stat("events_ingested") == 10 and harness.stat("health_messages") == 1)
     assert wait_for(lambda: harness.stat("events_duplicate") == 4)
     assert storage.count_events() == 10
@@ -53,7 +53,7 @@ def test_events_status_and_health_are_stored_once(harness, device):
     listed = storage.get_device("school1", "pi-101")
     assert listed["status"] == "new" and listed["reported_room"] == "room101"
     assert listed["state"] == "degraded" and listed["reason"] == "camera: no frames for 10 s"
-    assert listed["health"]["inference_ms"] == {"face": 18.2}
+    assert listed["health"]["vision"] == {"detect_ms_p50": 18.2}
     # An admin assigns the new device: its stored events count for the room from then on.
     _, backfilled = storage.assign_device("school1", "pi-101", room["id"])
     assert backfilled == 10
@@ -77,7 +77,7 @@ def test_invalid_messages_are_counted_by_reason_and_never_stored(harness, device
     bad_range["valence"] = 7
     device.publish(topic("school1", "room101", "pi-101", "events"), json.dumps(bad_range).encode())
     device.publish(topic("school1", "room101", "pi-101", "status"), b'{"type":"status","schema":1}')
-    wrong_device = b'{"type":"health","schema":1,"device_id":"x","ts_ms":1}'
+    wrong_device = b'{"type":"health","schema":1,"device_id":"x","ts_ms":1,"state":"online"}'
     device.publish(topic("school1", "room101", "pi-101", "health"), wrong_device)
     device.event(good)
     assert wait_for(lambda: harness.stat("events_ingested") == 1 and harness.stat("events_invalid") == 7)

@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from device.contract.labels import LABELS
 from device.errors import ModelError
-from device.labels import LABELS
 from device.model_store import ModelEntry, entry_for_file, model_entry
 from device.runtime import InferenceBackend, TensorSpec, open_backend
 

@@ -102,11 +102,6 @@ class LatestFrameSlot:
             self._unread = False
             return self._frame
 
-    def peek(self) -> Frame | None:
-        """Return the newest frame without marking it read (for previews)."""
-        with self._cond:
-            return self._frame
-
     def close(self) -> None:
         """Wake waiting consumers; get() returns the last unread frame, then None."""
         with self._cond:

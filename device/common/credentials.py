@@ -7,13 +7,13 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from device.errors import ConfigError
-from device.mqtt.config import MqttConfig
+from device.common.broker_settings import BrokerConnection
+from device.common.errors import ConfigError
 
 REDACTED = "***"
 
 
-def resolve_password(config: MqttConfig, environ: dict[str, str] | None = None) -> str | None:
+def resolve_password(config: BrokerConnection, environ: dict[str, str] | None = None) -> str | None:
     """Return the broker password named by the config; errors name where it was looked for, never the value."""
     env = os.environ if environ is None else environ
     if config.password_env:

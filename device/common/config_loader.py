@@ -1,4 +1,4 @@
-"""Read YAML config into strict pydantic models; errors name the file, line and key."""
+"""Strict config sections, and YAML read into them; errors name the file, line and key."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from device.errors import ConfigError
+from device.common.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """A config section that rejects unknown keys."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def _resolve(node: yaml.Node | None, loc: tuple) -> tuple[int | None, tuple]:

@@ -1,4 +1,4 @@
-"""Typed status, command and command-ack messages; stdlib and device.events only, so the server can import them."""
+"""Typed status, command and command-ack messages on `.../status`, `.../cmd` and `.../cmd/ack`."""
 
 from __future__ import annotations
 
@@ -6,24 +6,23 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
-from device.events import DeviceState, Message, SchemaError, decode_json
-
-MAX_REASON_CHARS = 256
-
-
-class CommandName(str, Enum):
-    """Commands the server may send on `.../cmd`."""
-
-    PAUSE = "pause"  # privacy: stop sensing until resume
-    RESUME = "resume"
-    RELOAD = "reload"  # re-read the config file
-    PING = "ping"
+from device.contract.schema import (
+    Message,
+    SchemaError,
+    check_bool,
+    check_reason,
+    check_timestamp,
+    decode_json,
+)
 
 
-def _fields(cls: type, data: dict) -> None:
-    unknown = set(data) - set(cls.__dataclass_fields__) - {"type", "schema"}
-    if unknown:
-        raise SchemaError(f"unknown fields: {', '.join(sorted(unknown))}")
+class DeviceState(str, Enum):
+    """Values of the retained status topic."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    STOPPED = "stopped"
+    DEGRADED = "degraded"
 
 
 def _id(data: dict, name: str, max_len: int = 64) -> str:
@@ -33,30 +32,13 @@ def _id(data: dict, name: str, max_len: int = 64) -> str:
     return value
 
 
-def _timestamp(data: dict) -> int:
-    value = data.get("ts_ms")
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**53:
-        raise SchemaError("ts_ms must be an integer of milliseconds since the epoch")
-    return value
+class CommandName(str, Enum):
+    """Commands the server may send on `.../cmd`."""
 
-
-def _bool(data: dict, name: str, default: bool) -> bool:
-    value = data.get(name, default)
-    if not isinstance(value, bool):
-        raise SchemaError(f"{name} must be true or false")
-    return value
-
-
-def _reason(data: dict) -> str | None:
-    value = data.get("reason")
-    if value is not None and (not isinstance(value, str) or len(value) > MAX_REASON_CHARS):
-        raise SchemaError(f"reason must be a string of at most {MAX_REASON_CHARS} characters or null")
-    return value
-
-
-def short_reason(text: str) -> str:
-    """Clip free text to the reason limit so a long exception message cannot break the schema."""
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+    PAUSE = "pause"  # privacy: stop sensing until resume
+    RESUME = "resume"
+    RELOAD = "reload"  # re-read the config file
+    PING = "ping"
 
 
 @dataclass
@@ -79,25 +61,22 @@ class StatusMessage(Message):
     @classmethod
     def from_dict(cls, data: dict) -> StatusMessage:
         cls._header(data)
-        _fields(cls, data)
+        cls._known_fields(data)
         try:
             state = DeviceState(data.get("state"))
         except ValueError:
             raise SchemaError(f"state must be one of {', '.join(s.value for s in DeviceState)}") from None
-        reason = _reason(data)
+        reason = check_reason(data)
         if state is DeviceState.DEGRADED and not reason:
             raise SchemaError("a degraded status needs a reason")
         return cls(
             device_id=_id(data, "device_id"),
             state=state,
-            ts_ms=_timestamp(data),
+            ts_ms=check_timestamp(data),
             reason=reason,
-            paused=_bool(data, "paused", False),
+            paused=check_bool(data, "paused", False),
         )
 
-    @classmethod
-    def from_payload(cls, payload: bytes | str) -> StatusMessage:
-        return cls.from_dict(decode_json(payload))
 
 
 @dataclass
@@ -117,7 +96,7 @@ class Command(Message):
     @classmethod
     def from_dict(cls, data: dict) -> Command:
         cls._header(data)
-        _fields(cls, data)
+        cls._known_fields(data)
         command_id = _id(data, "id")
         try:
             name = CommandName(data.get("command"))
@@ -127,9 +106,6 @@ class Command(Message):
             ) from None
         return cls(id=command_id, command=name)
 
-    @classmethod
-    def from_payload(cls, payload: bytes | str) -> Command:
-        return cls.from_dict(decode_json(payload))
 
 
 def extract_command_id(payload: bytes | str) -> str | None:
@@ -157,26 +133,22 @@ class CommandAck(Message):
     @classmethod
     def from_dict(cls, data: dict) -> CommandAck:
         cls._header(data)
-        _fields(cls, data)
+        cls._known_fields(data)
         if "ok" not in data:
             raise SchemaError("missing field ok")
-        ok = _bool(data, "ok", False)
+        ok = check_bool(data, "ok", False)
         command = data.get("command")
         if command is not None and command not in {c.value for c in CommandName}:
             raise SchemaError(f"command must be a known command or null, got {command!r}")
-        reason = _reason(data)
+        reason = check_reason(data)
         if not ok and not reason:
             raise SchemaError("a failed ack needs a reason")
         return cls(
             id=_id(data, "id"),
             device_id=_id(data, "device_id"),
             ok=ok,
-            ts_ms=_timestamp(data),
+            ts_ms=check_timestamp(data),
             command=command,
             reason=reason,
-            paused=_bool(data, "paused", False),
+            paused=check_bool(data, "paused", False),
         )
-
-    @classmethod
-    def from_payload(cls, payload: bytes | str) -> CommandAck:
-        return cls.from_dict(decode_json(payload))
