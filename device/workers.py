@@ -53,7 +53,7 @@ class StageWorker(ABC):
         self.heartbeat = time.monotonic()
         self.progress: float | None = None  # capture time of the newest input handled
         self._thread: threading.Thread | None = None
-        self._capture = None  # the capture thread of the current run, if any
+        self._capture_thread = None  # the capture thread of the current run, if any
         self._source = None
 
     def start(self) -> StageWorker:
@@ -74,7 +74,7 @@ class StageWorker(ABC):
 
     def interrupt(self) -> None:
         """Stop the current capture so a blocking read or pacing sleep ends now (stop, pause, reload)."""
-        capture, source = self._capture, self._source
+        capture, source = self._capture_thread, self._source
         if capture is not None:
             capture.stop(timeout=0.1)
         elif source is not None:
@@ -127,9 +127,80 @@ class StageWorker(ABC):
     def should_run(self) -> bool:
         return not self.stop_event.is_set() and not self.paused.is_set()
 
+    # ---- one run of the input: the same skeleton for every stage ---------------------------------------------
+
+    what = "input"  # what the errors call the input: "camera", "microphone"
+
     @abstractmethod
+    def _build_source(self):
+        """A new, unopened source from the config; called once per run."""
+
+    @abstractmethod
+    def _capture(self, source):
+        """Start a capture thread for a live (paced) source; it must have stop(), ended, alive and error."""
+
+    @abstractmethod
+    def _next_captured(self, capture):
+        """The next captured item, or None after a short wait; may update drop counters."""
+
+    @abstractmethod
+    def _handle(self, item, captured: bool) -> None:
+        """Process one frame or chunk; `captured` is False when pulled from a replay at full speed."""
+
+    def _begin(self) -> None:
+        """Set up per-run state before the source opens (optional)."""
+        return None
+
+    def _input_ended(self) -> None:
+        """A finite input ended: flush what is pending (optional)."""
+        return None
+
     def run_once(self) -> None:
         """Open the input and process it until stop, pause, end of a finite input, or an error."""
+        source = self._build_source()
+        self._source = source
+        self._begin()
+        try:
+            if source.paced:
+                self._follow(source)
+            else:  # a replay at full speed: pull every item here, none dropped
+                self._pull(source)
+        finally:
+            self._source = None
+
+    def _pull(self, source) -> None:
+        source.open()
+        try:
+            while self.should_run():
+                self.beat()
+                item = source.read()
+                if item is None:
+                    self._input_ended()
+                    self.ended = True
+                    return
+                self._handle(item, captured=False)
+        finally:
+            source.close()
+
+    def _follow(self, source) -> None:
+        capture = self._capture_thread = self._capture(source)
+        try:
+            while self.should_run():
+                self.beat()
+                item = self._next_captured(capture)
+                if item is None:
+                    raise_capture_error(capture, self.what)
+                    if capture.ended:
+                        self._input_ended()
+                        self.ended = True
+                        return
+                    if not capture.alive and not self.stop_event.is_set():
+                        raise SourceError(f"{self.what} capture stopped unexpectedly")
+                    continue
+                self._handle(item, captured=True)
+        finally:
+            capture.stop()
+            self._capture_thread = None
 
     @abstractmethod
     def health(self) -> dict:
@@ -167,50 +238,33 @@ class VisionWorker(StageWorker):
         self.buckets.add_faces(frame.t_capture, analysis.probs)
         self.progress = frame.t_capture
 
-    def run_once(self) -> None:
-        from device.sources import CaptureThread, build_source
+    what = "camera"
 
-        source = build_source(self.camera_config)
-        self._source = source
+    def _build_source(self):
+        from device.sources import build_source
+
+        return build_source(self.camera_config)
+
+    def _begin(self) -> None:
         self.rate.restart()
-        try:
-            if not source.paced:  # a replay at full speed: pull every frame here, none dropped
-                source.open()
-                try:
-                    while self.should_run():
-                        self.beat()
-                        frame = source.read()
-                        if frame is None:
-                            self.ended = True
-                            return
-                        self.frames_captured += 1
-                        self._analyse(frame)
-                finally:
-                    source.close()
-                return
-            capture = CaptureThread(source).start()
-            self._capture = capture
-            base_captured, base_dropped = self.frames_captured, self.frames_dropped
-            try:
-                while self.should_run():
-                    self.beat()
-                    frame = capture.slot.get(timeout=0.5)
-                    self.frames_captured = base_captured + capture.slot.captured
-                    self.frames_dropped = base_dropped + capture.slot.dropped
-                    if frame is None:
-                        raise_capture_error(capture, "camera")
-                        if capture.ended:
-                            self.ended = True
-                            return
-                        if not capture.alive and not self.stop_event.is_set():
-                            raise SourceError("camera capture stopped unexpectedly")
-                        continue
-                    self._analyse(frame)
-            finally:
-                capture.stop()
-                self._capture = None
-        finally:
-            self._source = None
+        self._base_counts = (self.frames_captured, self.frames_dropped)
+
+    def _capture(self, source):
+        from device.sources import CaptureThread
+
+        return CaptureThread(source).start()
+
+    def _next_captured(self, capture):
+        frame = capture.slot.get(timeout=0.5)
+        base_captured, base_dropped = self._base_counts
+        self.frames_captured = base_captured + capture.slot.captured
+        self.frames_dropped = base_dropped + capture.slot.dropped
+        return frame
+
+    def _handle(self, frame, captured: bool) -> None:
+        if not captured:
+            self.frames_captured += 1
+        self._analyse(frame)
 
     def health(self) -> dict:
         return {
@@ -256,56 +310,41 @@ class AudioWorker(StageWorker):
         self.segments += 1
         self.buckets.add_speech(seg.t_end, probs, seg.voiced_s)
 
-    def run_once(self) -> None:
-        from device.audio import AudioCaptureThread, AudioRingBuffer, build_audio_source
+    what = "microphone"
+
+    def _build_source(self):
+        from device.audio import build_audio_source
+
+        return build_audio_source(self.audio_config)
+
+    def _begin(self) -> None:
         from device.audio.voice_gate import VoiceGate
 
-        source = build_audio_source(self.audio_config)
-        self._source = source
-        gate = VoiceGate(self.gate_config)
-        try:
-            if not source.paced:
-                source.open()
-                try:
-                    while self.should_run():
-                        self.beat()
-                        chunk = source.read()
-                        if chunk is None:
-                            tail = gate.flush()
-                            if tail is not None:
-                                self._segment(tail)
-                            self.ended = True
-                            return
-                        for seg in gate.process(chunk):
-                            self._segment(seg)
-                        self.progress = chunk.t_end
-                finally:
-                    source.close()
-                return
-            buffer = AudioRingBuffer(self.buffer_s)
-            capture = AudioCaptureThread(source, buffer).start()
-            self._capture = capture
-            try:
-                while self.should_run():
-                    self.beat()
-                    chunk = buffer.read(timeout=0.5)
-                    self.audio_dropped_s = buffer.dropped_s
-                    self.buffer_unread = buffer.unread
-                    if chunk is None:
-                        raise_capture_error(capture, "microphone")
-                        if capture.ended:
-                            self.ended = True
-                            return
-                        continue
-                    self.delivered()
-                    for seg in gate.process(chunk):
-                        self._segment(seg)
-                    self.progress = chunk.t_end
-            finally:
-                capture.stop()
-                self._capture = None
-        finally:
-            self._source = None
+        self._gate = VoiceGate(self.gate_config)
+
+    def _capture(self, source):
+        from device.audio import AudioCaptureThread, AudioRingBuffer
+
+        self._buffer = AudioRingBuffer(self.buffer_s)
+        return AudioCaptureThread(source, self._buffer).start()
+
+    def _next_captured(self, capture):
+        chunk = self._buffer.read(timeout=0.5)
+        self.audio_dropped_s = self._buffer.dropped_s
+        self.buffer_unread = self._buffer.unread
+        return chunk
+
+    def _handle(self, chunk, captured: bool) -> None:
+        if captured:
+            self.delivered()
+        for seg in self._gate.process(chunk):
+            self._segment(seg)
+        self.progress = chunk.t_end
+
+    def _input_ended(self) -> None:
+        tail = self._gate.flush()
+        if tail is not None:
+            self._segment(tail)
 
     def health(self) -> dict:
         return {
