@@ -17,10 +17,11 @@ from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from device.audio.base import SAMPLE_RATE, AudioChunk, AudioSource
 from device.audio.resample import StreamResampler, to_mono
+from device.common.config_loader import StrictModel
 from device.errors import BackendUnavailable, SourceError
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,8 @@ _CLOCK_SLEW = 0.01
 _SERVER_DEVICES = ("pulse", "pipewire", "default", "jack")
 
 
-class PyAudioMicConfig(BaseModel):
+class PyAudioMicConfig(StrictModel):
     """Settings for a microphone opened with PyAudio."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["pyaudio"] = Field("pyaudio", description="Backend selector.")
     device: str | None = Field(

@@ -17,9 +17,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from device.audio.base import SAMPLE_RATE, AudioChunk
+from device.common.config_loader import StrictModel
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,8 @@ SILENCE_DBFS = -120.0  # level reported for digital silence (log of 0)
 _GAP_S = 0.05
 
 
-class VoiceGateConfig(BaseModel):
+class VoiceGateConfig(StrictModel):
     """Settings of the loudness gate in front of the speech models."""
-
-    model_config = ConfigDict(extra="forbid")
 
     frame_ms: int = Field(30, ge=10, le=100, description="Analysis frame length in milliseconds.")
     margin_db: float = Field(10.0, gt=0, le=40, description="How far above the noise floor a frame must be to count.")

@@ -8,19 +8,18 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from device.audio.base import SAMPLE_RATE, AudioChunk, AudioPacer, AudioSource
 from device.audio.resample import StreamResampler
+from device.common.config_loader import StrictModel
 from device.errors import SourceError
 
 logger = logging.getLogger(__name__)
 
 
-class WavFileConfig(BaseModel):
+class WavFileConfig(StrictModel):
     """Settings for replaying a WAV file."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["wav"] = Field("wav", description="Backend selector.")
     path: Path = Field(description="WAV file to replay: 16-bit PCM, mono.")

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 import cv2
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from device.common.config_loader import StrictModel
 from device.errors import SourceError
 from device.sources.base import Frame, FrameSource, Pacer
 
@@ -17,10 +18,8 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class ImageFolderConfig(BaseModel):
+class ImageFolderConfig(StrictModel):
     """Settings for reading the images in a folder."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["images"] = Field("images", description="Backend selector.")
     path: Path = Field(description="Folder holding .jpg/.jpeg/.png/.bmp images (not searched recursively).")

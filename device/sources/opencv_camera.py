@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 import cv2
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from device.common.config_loader import StrictModel
 from device.errors import BackendUnavailable, SourceError
 from device.sources.base import Frame, FrameSource
 
@@ -47,10 +48,8 @@ def _describe_devices() -> str:
     return ", ".join(parts)
 
 
-class OpenCVCameraConfig(BaseModel):
+class OpenCVCameraConfig(StrictModel):
     """Settings for a camera opened with cv2.VideoCapture."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["opencv"] = Field("opencv", description="Backend selector.")
     device: int | str = Field(

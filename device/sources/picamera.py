@@ -8,8 +8,9 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from device.common.config_loader import StrictModel
 from device.errors import BackendUnavailable, SourceError
 from device.sources.base import Frame, FrameSource
 
@@ -60,10 +61,8 @@ def yuv420_to_bgr(buffer: np.ndarray, size: tuple[int, int], stride: int) -> np.
     return cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
 
 
-class PiCameraConfig(BaseModel):
+class PiCameraConfig(StrictModel):
     """Settings for a Raspberry Pi CSI camera read through picamera2."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["picamera2"] = Field("picamera2", description="Backend selector.")
     camera_num: int = Field(0, ge=0, description="Which camera (0 = first; a Pi 5 can have two).")

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Literal
 
 import cv2
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from device.common.config_loader import StrictModel
 from device.errors import SourceError
 from device.sources.base import Frame, FrameSource, Pacer
 
@@ -20,10 +21,8 @@ logger = logging.getLogger(__name__)
 _FALLBACK_FPS = 30.0
 
 
-class VideoFileConfig(BaseModel):
+class VideoFileConfig(StrictModel):
     """Settings for replaying a video file."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["video"] = Field("video", description="Backend selector.")
     path: Path = Field(description="Video file to replay (anything the OpenCV FFmpeg backend decodes).")
