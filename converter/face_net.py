@@ -10,7 +10,7 @@ ARCHITECTURES = {
     "v1": ((32, 2), (64, 2), (128, 2), (256, 2)),  # 1.2M parameters, 117M multiply-adds per face
     "v2": ((32, 2), (64, 2), (128, 3), (320, 2)),  # 1.7M parameters, 153M multiply-adds per face
 }
-DEFAULT_ARCHITECTURE = "v1"
+DEFAULT_ARCHITECTURE = "v2"  # the architecture that ships
 
 
 def architecture_size(arch: str) -> tuple[int, int]:
