@@ -13,7 +13,7 @@ help:
 	@echo "make setup     - create $(VENV) with the device, server, converter and dev dependencies"
 	@echo "make demo      - broker + server + a device replaying the bundled sample; prints the dashboard URL"
 	@echo "make test      - run the whole test suite (sets up first when needed)"
-	@echo "make lint      - ruff"
+	@echo "make lint      - ruff and the import contracts (lint-imports)"
 	@echo "make bench     - speed, accuracy and memory benchmarks with ratios against baselines"
 	@echo "make selftest  - on-device self-check (camera, models); exits non-zero on failure"
 
@@ -34,6 +34,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 demo: setup
 	$(PY) scripts/demo.py
