@@ -120,7 +120,7 @@ def burst_payloads(count: int, devices: int) -> dict[str, list[bytes]]:
 
 def writer_ceiling(database: str, count: int) -> float:
     """Events/s that the storage layer alone commits, in batches of 500 (validated events, no MQTT)."""
-    from server.storage import DeviceTouch, IncomingEvent
+    from server.storage.ingest import DeviceTouch, IncomingEvent
 
     db = Database(DatabaseConfig(url=database))
     db.migrate()
@@ -134,7 +134,7 @@ def writer_ceiling(database: str, count: int) -> float:
     t0 = time.monotonic()
     for start in range(0, count, 500):
         chunk = items[start : start + 500]
-        storage.write_batch([t for t, _ in chunk], [e for _, e in chunk], [], [])
+        storage.ingest.write_batch([t for t, _ in chunk], [e for _, e in chunk], [], [])
     rate = count / (time.monotonic() - t0)
     db.close()
     return rate
@@ -242,9 +242,9 @@ def main() -> int:
     db = Database(DatabaseConfig(url=database))
     db.migrate()
     storage = Storage(db)
-    room_ids = [storage.create_room(SITE, f"room-{r:03d}", f"Bench room {r}")["id"] for r in range(rooms)]
+    room_ids = [storage.rooms.create(SITE, f"room-{r:03d}", f"Bench room {r}")["id"] for r in range(rooms)]
     watched = room_ids[: args.watch]
-    token = storage.create_token("bench", watched, "bench")["token"]
+    token = storage.tokens.create("bench", watched, "bench")["token"]
     db.close()
     server = subprocess.Popen([sys.executable, "-m", "server", "--config", str(config)], cwd=ROOT)
     http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10)

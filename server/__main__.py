@@ -66,13 +66,14 @@ def _password(args: argparse.Namespace) -> str:
 
 def create_admin(config: ServerConfig, args: argparse.Namespace) -> int:
     from server.db import Database
-    from server.storage import Conflict, Storage
+    from server.storage import Storage
+    from server.storage.base import Conflict
 
     password = _password(args)
     db = Database(config.database)
     try:
         db.migrate()
-        Storage(db).create_user(args.username, password, "admin")
+        Storage(db).users.create(args.username, password, "admin")
     except Conflict as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -22,7 +22,8 @@ from server.context import AppContext
 from server.hub import CLOSED
 from server.metrics import prometheus_text
 from server.passwords import MAX_PASSWORD_CHARS
-from server.storage import ROLES, Conflict, NotFound, now_ms
+from server.storage.base import Conflict, NotFound, now_ms
+from server.storage.users import ROLES
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def room_for(c: AppContext, who: Principal, room_id: int) -> dict[str, Any]:
     """The room, when the caller may see it: 403 for another teacher's room, 404 for a missing one."""
     if not who.can_see(room_id):
         raise HTTPException(403, "not your room")
-    room = c.storage.get_room(room_id)
+    room = c.storage.rooms.get(room_id)
     if room is None:
         raise HTTPException(404, f"room {room_id} does not exist")
     return room
@@ -122,14 +123,14 @@ def login(body: LoginBody, request: Request, response: Response, c: Ctx) -> dict
     wait = c.limiter.retry_after(keys)
     if wait > 0:
         raise HTTPException(429, "too many failed logins; try again later", headers={"Retry-After": str(int(wait) + 1)})
-    user = c.storage.authenticate(body.username, body.password)
+    user = c.storage.users.authenticate(body.username, body.password)
     if user is None:
         c.limiter.failed(keys)
         logger.warning("login: failed for user %r from %s", body.username[:64], client)
         raise HTTPException(401, "wrong user name or password")
     c.limiter.succeeded(keys[0])
     ttl_ms = int(c.config.http.session_hours * 3_600_000)
-    token, _ = c.storage.create_session(user["id"], ttl_ms)
+    token, _ = c.storage.sessions.create(user["id"], ttl_ms)
     secure = request.url.scheme == "https" or c.config.http.secure_cookies
     response.set_cookie(
         SESSION_COOKIE, token, max_age=ttl_ms // 1000, httponly=True, samesite="strict", secure=secure, path="/"
@@ -143,14 +144,14 @@ def logout(request: Request, response: Response, c: Ctx) -> dict[str, bool]:
     who = identify(request, c.storage)
     if who is not None and who.kind == "session":
         check_csrf(request, who)
-        c.storage.delete_session(request.cookies.get(SESSION_COOKIE, ""))
+        c.storage.sessions.delete(request.cookies.get(SESSION_COOKIE, ""))
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return {"ok": True}
 
 
 @router.get("/api/me", summary="The caller, its CSRF token and its rooms")
 def me(who: Who, c: Ctx) -> dict[str, Any]:
-    return {"username": who.username, "role": who.role, "csrf": who.csrf, "rooms": c.storage.list_rooms(who.rooms)}
+    return {"username": who.username, "role": who.role, "csrf": who.csrf, "rooms": c.storage.rooms.list(who.rooms)}
 
 
 # ---- rooms and live data ------------------------------------------------------------------------------------
@@ -158,22 +159,22 @@ def me(who: Who, c: Ctx) -> dict[str, Any]:
 
 @router.get("/api/rooms", summary="Rooms the caller may see")
 def rooms(who: Who, c: Ctx) -> list[dict[str, Any]]:
-    return c.storage.list_rooms(who.rooms)
+    return c.storage.rooms.list(who.rooms)
 
 
 @router.get("/api/rooms/{room_id}/live", summary="Recent 10 s buckets, the current state and the devices of a room")
 def live(room_id: int, who: Who, c: Ctx, minutes: int = Query(10, ge=1, le=1440)) -> dict[str, Any]:
     room = room_for(c, who, room_id)
     now = now_ms()
-    buckets = c.storage.buckets(room_id, now - minutes * 60_000)
+    buckets = c.storage.aggregates.buckets(room_id, now - minutes * 60_000)
     since = now - int(c.config.current_window_s * 1000)
-    sums = c.storage.merged(room_id, since)
+    sums = c.storage.aggregates.merged(room_id, since)
     current = None
     if sums.windows:
         summary = sums.summary()
-        current = {"t_ms": c.storage.latest_bucket(room_id, since), **summary}
+        current = {"t_ms": c.storage.aggregates.latest_bucket(room_id, since), **summary}
         current.pop("windows")
-    devices = [c.device_view(d, now) for d in c.storage.list_devices(room_id)]
+    devices = [c.device_view(d, now) for d in c.storage.devices.list(room_id)]
     return {"room": room, "buckets": buckets, "current": current, "devices": devices}
 
 
@@ -183,7 +184,7 @@ async def stream(room_id: int, request: Request, who: Who, c: Ctx) -> StreamingR
     hub = c.hub
     sub = hub.subscribe(room_id)  # before the snapshot, so nothing falls between the two
     try:
-        devices = await run_in_threadpool(c.storage.list_devices, room_id)
+        devices = await run_in_threadpool(c.storage.devices.list, room_id)
     except Exception:
         hub.unsubscribe(sub)
         raise
@@ -223,14 +224,14 @@ async def stream(room_id: int, request: Request, who: Who, c: Ctx) -> StreamingR
 @router.post("/api/rooms/{room_id}/segments", status_code=201, summary="Start a named segment (ends an open one)")
 def start_segment(room_id: int, body: SegmentBody, who: Who, c: Ctx) -> dict[str, Any]:
     room_for(c, who, room_id)
-    return c.storage.start_segment(room_id, body.name, who.username)
+    return c.storage.segments.start(room_id, body.name, who.username)
 
 
 @router.post("/api/rooms/{room_id}/segments/{segment_id}/stop", summary="End a segment")
 def stop_segment(room_id: int, segment_id: int, who: Who, c: Ctx) -> dict[str, Any]:
     room_for(c, who, room_id)
     try:
-        return c.storage.stop_segment(room_id, segment_id)
+        return c.storage.segments.stop(room_id, segment_id)
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from None
 
@@ -238,7 +239,7 @@ def stop_segment(room_id: int, segment_id: int, who: Who, c: Ctx) -> dict[str, A
 @router.get("/api/rooms/{room_id}/segments", summary="Segments of a room with their emotion summary")
 def segments(room_id: int, who: Who, c: Ctx) -> list[dict[str, Any]]:
     room_for(c, who, room_id)
-    return c.storage.segments(room_id)
+    return c.storage.segments.list(room_id)
 
 
 def _cell(value: Any) -> Any:
@@ -263,7 +264,7 @@ def report_csv(room_id: int, who: Who, c: Ctx) -> Response:
         ["segment_id", "name", "start", "end", "duration_s", "windows", "dominant", "valence", "arousal", "faces_mean"]
         + [f"p_{label}" for label in LABELS]
     )
-    for s in c.storage.segments(room_id):
+    for s in c.storage.segments.list(room_id):
         end = s["end_ms"]
         duration = "" if end is None else round((end - s["start_ms"]) / 1000, 1)
         dist = s["distribution"] or {}
@@ -283,7 +284,7 @@ def report_csv(room_id: int, who: Who, c: Ctx) -> Response:
 def devices(_: Admin, c: Ctx) -> list[dict[str, Any]]:
     now = now_ms()
     out = []
-    for d in c.storage.list_devices():
+    for d in c.storage.devices.list():
         view = c.device_view(d, now)
         view.update({"site": d["site"], "reported_room": d["reported_room"], "room_id": d["room_id"]})
         view.update({"status": d["status"], "first_seen_ms": d["first_seen_ms"], "paused": d["paused"]})
@@ -294,7 +295,7 @@ def devices(_: Admin, c: Ctx) -> list[dict[str, Any]]:
 @router.post("/api/devices/{site}/{device_id}/assign", summary="Assign a device to a room (admin)")
 def assign(site: str, device_id: str, body: AssignBody, _: Admin, c: Ctx) -> dict[str, Any]:
     try:
-        device, backfilled = c.storage.assign_device(site, device_id, body.room_id)
+        device, backfilled = c.storage.devices.assign(site, device_id, body.room_id)
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from None
     c.registry.update_rooms({(site, device_id): (body.room_id, device["reported_room"])})
@@ -305,7 +306,7 @@ def assign(site: str, device_id: str, body: AssignBody, _: Admin, c: Ctx) -> dic
 
 @router.get("/api/users", summary="Users and their rooms (admin)")
 def users(_: Admin, c: Ctx) -> list[dict[str, Any]]:
-    return c.storage.list_users()
+    return c.storage.users.list()
 
 
 @router.post("/api/users", status_code=201, summary="Create a user (admin)")
@@ -313,7 +314,7 @@ def create_user(body: UserBody, _: Admin, c: Ctx) -> dict[str, Any]:
     if body.role not in ROLES:
         raise HTTPException(422, "role must be teacher or admin")
     try:
-        return c.storage.create_user(body.username, body.password, body.role)
+        return c.storage.users.create(body.username, body.password, body.role)
     except Conflict as exc:
         raise HTTPException(409, str(exc)) from None
     except ValueError as exc:
@@ -323,7 +324,7 @@ def create_user(body: UserBody, _: Admin, c: Ctx) -> dict[str, Any]:
 @router.post("/api/users/{username}/rooms", summary="Give a user access to a room (admin)")
 def add_user_room(username: str, body: AssignBody, _: Admin, c: Ctx) -> dict[str, Any]:
     try:
-        return c.storage.add_user_room(username, body.room_id)
+        return c.storage.users.add_room(username, body.room_id)
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from None
 
@@ -331,19 +332,19 @@ def add_user_room(username: str, body: AssignBody, _: Admin, c: Ctx) -> dict[str
 @router.post("/api/rooms", status_code=201, summary="Create a room (admin)")
 def create_room(body: RoomBody, _: Admin, c: Ctx) -> dict[str, Any]:
     try:
-        room = c.storage.create_room(body.site, body.room, body.name)
+        room = c.storage.rooms.create(body.site, body.room, body.name)
     except Conflict as exc:
         raise HTTPException(409, str(exc)) from None
     c.registry.add_room(room["site"], room["room"], room["id"])
-    if c.config.devices.auto_assign and c.storage.assign_matching_new_devices(room["site"], room["room"], room["id"]):
-        c.registry.update_rooms(c.storage.device_rooms())
+    if c.config.devices.auto_assign and c.storage.devices.assign_matching_new(room["site"], room["room"], room["id"]):
+        c.registry.update_rooms(c.storage.devices.assignments())
     return room
 
 
 @router.post("/api/tokens", status_code=201, summary="Create an API token for some rooms; shown once (admin)")
 def create_token(body: TokenBody, who: Admin, c: Ctx) -> dict[str, Any]:
     try:
-        return c.storage.create_token(body.name, body.room_ids, who.username)
+        return c.storage.tokens.create(body.name, body.room_ids, who.username)
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from None
 

@@ -45,17 +45,17 @@ def identify(request: Request, storage: Storage) -> Principal | None:
     """The caller of a request, or None; a bearer token takes precedence over a cookie."""
     token = _bearer(request)
     if token is not None:
-        found = storage.token(token)
+        found = storage.tokens.get(token)
         if found is None:
             return None
         return Principal("token", f"token:{found['name']}", "token", found["rooms"])
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie or len(cookie) > 256:
         return None
-    session = storage.session(cookie)
+    session = storage.sessions.get(cookie)
     if session is None:
         return None
-    rooms = None if session["role"] == "admin" else storage.user_room_ids(session["user_id"])
+    rooms = None if session["role"] == "admin" else storage.users.room_ids(session["user_id"])
     return Principal("session", session["username"], session["role"], rooms, session["csrf"], session["user_id"])
 
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from server.storage import DeviceTouch
+from server.storage.ingest import DeviceTouch
 
 
 @dataclass

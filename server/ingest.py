@@ -13,7 +13,7 @@ from device.contract.topics import EVENTS, STATUS
 from server.devices import DeviceRegistry
 from server.hub import LiveHub
 from server.metrics import IngestStats
-from server.storage import IncomingEvent
+from server.storage.ingest import IncomingEvent
 from server.summaries import RoomSummaries
 from server.validation import Incoming, Rejected, validate_message
 from server.writer import BatchWriter, WriteItem

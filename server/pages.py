@@ -67,7 +67,7 @@ def _room_page(request: Request, c, room_id: int, name: str) -> Response:
         return _to_login(request)
     if not who.can_see(room_id):
         return _forbidden("You do not have access to this room", "This room belongs to another teacher.")
-    if c.storage.get_room(room_id) is None:
+    if c.storage.rooms.get(room_id) is None:
         raise HTTPException(404, f"room {room_id} does not exist")
     return _page(name)
 

@@ -37,7 +37,7 @@ class RetentionSweeper:
         self.last: dict[str, int] | None = None
 
     def sweep(self) -> dict[str, int]:
-        done = self.storage.apply_retention(self.config.raw_days, self.config.aggregate_days)
+        done = self.storage.retention.apply(self.config.raw_days, self.config.aggregate_days)
         self.last = done
         if any(done.values()):
             logger.info("retention: deleted %s", ", ".join(f"{v} {k}" for k, v in done.items()))
@@ -112,7 +112,7 @@ class AulaServer:
         cfg = self.config
         applied = self.db.migrate()
         logger.info("database: %s ready (%s migrations applied now)", self.db.description, len(applied))
-        self.registry.reload(self.storage.device_rooms(), self.storage.room_index())
+        self.registry.reload(self.storage.devices.assignments(), self.storage.rooms.index())
         self.writer = BatchWriter(
             self.storage,
             self.stats,

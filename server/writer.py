@@ -13,7 +13,8 @@ from typing import Any
 from device.contract import StatusMessage
 from server.devices import DeviceRegistry
 from server.metrics import IngestStats
-from server.storage import BatchResult, DeviceTouch, IncomingEvent, Storage
+from server.storage import Storage
+from server.storage.ingest import BatchResult, DeviceTouch, IncomingEvent
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class BatchWriter:
         healths = [(i.touch.site, i.touch.device_id, i.payload) for i in batch if i.kind == "health" and i.touch]
         while True:
             try:
-                result = self.storage.write_batch(touches, events, statuses, healths)
+                result = self.storage.ingest.write_batch(touches, events, statuses, healths)
                 break
             except Exception as exc:
                 self.stats.add("write_errors")
@@ -153,7 +154,7 @@ class BatchWriter:
             return
         self._last_refresh = now
         try:
-            self.registry.reload(self.storage.device_rooms(), self.storage.room_index())
+            self.registry.reload(self.storage.devices.assignments(), self.storage.rooms.index())
         except Exception as exc:
             logger.warning("writer: cannot reload device assignments (%s)", exc)
             self.storage.db.reset_thread_connection()

@@ -135,8 +135,8 @@ def test_create_admin_from_environment(tmp_path):
     assert short.returncode == 2 and "at least" in short.stderr
     db = Database(load_server_config(None, {"database.url": db_url}).database)
     try:
-        user = Storage(db).authenticate("root", "correct horse battery")
+        user = Storage(db).users.authenticate("root", "correct horse battery")
         assert user is not None and user["role"] == "admin"
-        assert Storage(db).authenticate("root", "wrong password") is None
+        assert Storage(db).users.authenticate("root", "wrong password") is None
     finally:
         db.close()

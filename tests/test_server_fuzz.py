@@ -111,7 +111,7 @@ def test_fuzz_left_the_server_consistent(running):
     assert OUTCOMES["invalid"] > 500 and OUTCOMES["event"] >= 1, OUTCOMES
     assert wait_for(lambda: harness.stat("events_ingested") == OUTCOMES["event"], 20), (OUTCOMES, harness.stat)
     assert harness.stat("events_invalid") == OUTCOMES["invalid"]
-    assert harness.server.storage.count_events() == OUTCOMES["event"]
+    assert harness.server.storage.ingest.count_events() == OUTCOMES["event"]
     assert harness.client().get("/healthz").json()["database"] == "ok"
 
 

@@ -27,13 +27,13 @@ def harness(tmp_path, mosquitto):
     storage = server.storage
     made.rooms = {}
     for room in ("room101", "room102"):
-        made.rooms[room] = storage.create_room("school1", room, room.replace("room", "Room "))["id"]
+        made.rooms[room] = storage.rooms.create("school1", room, room.replace("room", "Room "))["id"]
         server.registry.add_room("school1", room, made.rooms[room])
-    storage.create_user("admin", ADMIN_PW, "admin")
-    storage.create_user("ana", TEACHER_PW, "teacher")
-    storage.create_user("ben", TEACHER_PW, "teacher")
-    storage.add_user_room("ana", made.rooms["room101"])
-    storage.add_user_room("ben", made.rooms["room102"])
+    storage.users.create("admin", ADMIN_PW, "admin")
+    storage.users.create("ana", TEACHER_PW, "teacher")
+    storage.users.create("ben", TEACHER_PW, "teacher")
+    storage.users.add_room("ana", made.rooms["room101"])
+    storage.users.add_room("ben", made.rooms["room102"])
     yield made
     made.stop()
 
@@ -61,7 +61,7 @@ def test_secure_cookie_when_configured(tmp_path, mosquitto):
     made = ServerHarness(tmp_path / "s", mosquitto.url, **{"http.secure_cookies": True})
     server = made.start()
     try:
-        server.storage.create_user("ana", TEACHER_PW, "teacher")
+        server.storage.users.create("ana", TEACHER_PW, "teacher")
         response = made.client().post("/api/login", json={"username": "ana", "password": TEACHER_PW})
         assert "Secure" in response.headers["set-cookie"]
     finally:
@@ -134,7 +134,7 @@ def test_api_tokens_are_scoped_to_their_rooms(harness):
     assert stream.connected.wait(5) and stream.status_code == 403
     stream.close()
     assert harness.client(headers={"Authorization": "Bearer aula_forged"}).get("/api/rooms").status_code == 401
-    stored = harness.server.storage.c.fetchall("SELECT token_hash FROM api_tokens")
+    stored = harness.server.storage.db.conn().fetchall("SELECT token_hash FROM api_tokens")
     assert token not in str(stored)
 
 
@@ -291,8 +291,8 @@ def test_openapi_and_local_docs_without_a_cdn(harness):
 def test_stream_ends_when_the_server_stops(tmp_path, mosquitto):
     made = ServerHarness(tmp_path / "s", mosquitto.url)
     server = made.start()
-    room = server.storage.create_room("school1", "room101", "Room 101")
-    server.storage.create_user("admin", ADMIN_PW, "admin")
+    room = server.storage.rooms.create("school1", "room101", "Room 101")
+    server.storage.users.create("admin", ADMIN_PW, "admin")
     client, _ = made.login("admin", ADMIN_PW)
     stream = SseReader(f"{made.base_url}/api/rooms/{room['id']}/stream", cookies=client.cookies)
     assert stream.connected.wait(5) and stream.status_code == 200

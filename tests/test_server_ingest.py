@@ -36,7 +36,7 @@ def harness(tmp_path, mosquitto, database_url):
 def test_events_status_and_health_are_stored_once(harness, device):
     server = harness.start()
     storage = server.storage
-    room = storage.create_room("school1", "room101", "Room 101")
+    room = storage.rooms.create("school1", "room101", "Room 101")
     server.registry.add_room("school1", "room101", room["id"])
     t0 = int(time.time() * 1000) - 30_000
     events = [make_event(device_id="pi-101", seq=i, start_ms=t0 + i * 2000) for i in range(10)]
@@ -48,18 +48,18 @@ def test_events_status_and_health_are_stored_once(harness, device):
     device.health("school1", "room101", "pi-101", vision={"detect_ms_p50": 18.2})
     assert wait_for(lambda: harness.stat("events_ingested") == 10 and harness.stat("health_messages") == 1)
     assert wait_for(lambda: harness.stat("events_duplicate") == 4)
-    assert storage.count_events() == 10
-    assert wait_for(lambda: storage.get_device("school1", "pi-101")["health"] is not None)
-    listed = storage.get_device("school1", "pi-101")
+    assert storage.ingest.count_events() == 10
+    assert wait_for(lambda: storage.devices.get("school1", "pi-101")["health"] is not None)
+    listed = storage.devices.get("school1", "pi-101")
     assert listed["status"] == "new" and listed["reported_room"] == "room101"
     assert listed["state"] == "degraded" and listed["reason"] == "camera: no frames for 10 s"
     assert listed["health"]["vision"] == {"detect_ms_p50": 18.2}
     # An admin assigns the new device: its stored events count for the room from then on.
-    _, backfilled = storage.assign_device("school1", "pi-101", room["id"])
+    _, backfilled = storage.devices.assign("school1", "pi-101", room["id"])
     assert backfilled == 10
     server.registry.update_rooms({("school1", "pi-101"): (room["id"], "room101")})
     device.event(make_event(device_id="pi-101", seq=11))
-    assert wait_for(lambda: storage.merged(room["id"], int(time.time() * 1000) - 60_000).windows == 11)
+    assert wait_for(lambda: storage.aggregates.merged(room["id"], int(time.time() * 1000) - 60_000).windows == 11)
     health = harness.client().get("/healthz").json()
     assert health["events_ingested"] == 11 and health["events_duplicate"] == 4 and health["events_invalid"] == 0
     assert health["broker_connected"] is True and health["database"] == "ok"
@@ -85,7 +85,7 @@ def test_invalid_messages_are_counted_by_reason_and_never_stored(harness, device
     assert reasons["topic_mismatch"] == 2  # the event and the health report
     assert reasons["not_utf8"] == 1 and reasons["not_json"] == 1 and reasons["oversized"] == 1
     assert reasons["schema"] == 2
-    assert harness.server.storage.count_events() == 1
+    assert harness.server.storage.ingest.count_events() == 1
 
 
 def test_restart_with_persistent_session_loses_nothing(harness, device):
@@ -101,8 +101,8 @@ def test_restart_with_persistent_session_loses_nothing(harness, device):
         device.event(e)
     server = harness.start()
     assert wait_for(lambda: harness.stat("events_ingested") == 30, timeout=15)
-    assert server.storage.count_events() == 50
-    stored = {r[0] for r in server.storage.c.fetchall("SELECT event_id FROM events")}
+    assert server.storage.ingest.count_events() == 50
+    stored = {r[0] for r in server.storage.db.conn().fetchall("SELECT event_id FROM events")}
     assert stored == {e.event_id for e in first + while_down}
 
 
@@ -122,13 +122,13 @@ def test_unacknowledged_events_are_redelivered_after_a_crash_and_stored_once(har
     restarted = harness.start()
     assert wait_for(lambda: harness.stat("events_duplicate") == 15, timeout=15), restarted.stats.snapshot()
     assert harness.stat("events_ingested") == 0
-    assert restarted.storage.count_events() == 15
+    assert restarted.storage.ingest.count_events() == 15
 
 
 def test_summary_is_retained_on_the_room_topic(harness, device, mosquitto):
     server = harness.start()
-    room = server.storage.create_room("school1", "room101", "Room 101")
-    server.storage.create_room("school1", "room102", "Room 102")
+    room = server.storage.rooms.create("school1", "room101", "Room 101")
+    server.storage.rooms.create("school1", "room102", "Room 102")
     harness.stop()
     harness.overrides["devices.auto_assign"] = True
     server = harness.start()
@@ -138,7 +138,7 @@ def test_summary_is_retained_on_the_room_topic(harness, device, mosquitto):
     device.status("school1", "room101", "pi-101", "online")
     device.status("school1", "room101", "pi-102", "online")
     assert wait_for(lambda: harness.stat("events_ingested") == 12)
-    assert server.storage.get_device("school1", "pi-101")["room_id"] == room["id"]  # auto-assigned by topic
+    assert server.storage.devices.get("school1", "pi-101")["room_id"] == room["id"]  # auto-assigned by topic
     summary_topic = "aula/v1/school1/room101/summary"
     assert wait_for(lambda: harness.stat("summaries_published") >= 1, timeout=5)
     time.sleep(0.7)  # the newest summary has everything
@@ -160,7 +160,7 @@ def test_summaries_are_rate_limited_per_room(tmp_path, mosquitto, device):
     harness = ServerHarness(tmp_path / "s", mosquitto.url, **{"summaries.interval_s": 2.0, "devices.auto_assign": True})
     server = harness.start()
     try:
-        room = server.storage.create_room("school1", "room101", "Room 101")
+        room = server.storage.rooms.create("school1", "room101", "Room 101")
         server.registry.add_room("school1", "room101", room["id"])
         summaries = Collector(mosquitto, "aula/v1/school1/room101/summary", client_id="summ", persistent=False)
         t0 = time.monotonic()
@@ -179,19 +179,19 @@ def test_summaries_are_rate_limited_per_room(tmp_path, mosquitto, device):
 def test_retention_sweep_keeps_aggregates(harness, device):
     harness.overrides["retention.raw_days"] = 30
     server = harness.start()
-    room = server.storage.create_room("school1", "room101", "Room 101")
+    room = server.storage.rooms.create("school1", "room101", "Room 101")
     server.registry.add_room("school1", "room101", room["id"])
     now = int(time.time() * 1000)
     device.event(make_event(device_id="pi-101", seq=0))
     assert wait_for(lambda: harness.stat("events_ingested") == 1)
-    server.storage.assign_device("school1", "pi-101", room["id"])
+    server.storage.devices.assign("school1", "pi-101", room["id"])
     server.registry.update_rooms({("school1", "pi-101"): (room["id"], "room101")})
     for i in range(1, 5):
         device.event(make_event(device_id="pi-101", seq=i, start_ms=now - 45 * 86_400_000 + i * 2000))
     assert wait_for(lambda: harness.stat("events_ingested") == 5)
     assert server.retention.sweep()["events"] == 4
-    assert server.storage.count_events() == 1
-    assert server.storage.merged(room["id"], now - 46 * 86_400_000).windows == 5
+    assert server.storage.ingest.count_events() == 1
+    assert server.storage.aggregates.merged(room["id"], now - 46 * 86_400_000).windows == 5
 
 
 def test_mqtt_311_persistent_session(tmp_path, mosquitto, device):
@@ -206,7 +206,7 @@ def test_mqtt_311_persistent_session(tmp_path, mosquitto, device):
             device.event(make_event(seq=seq))
         server = harness.start()
         assert wait_for(lambda: harness.stat("events_ingested") == 10, timeout=15)
-        assert server.storage.count_events() == 11
+        assert server.storage.ingest.count_events() == 11
     finally:
         harness.stop()
 
@@ -218,7 +218,7 @@ def test_shared_subscription_splits_the_load(tmp_path, mosquitto, device, databa
     second = ServerHarness(tmp_path / "b", mosquitto.url, database_url, **common)
     try:
         server_a = first.start()
-        room = server_a.storage.create_room("school1", "room101", "Room 101")
+        room = server_a.storage.rooms.create("school1", "room101", "Room 101")
         server_b = second.start()
         for server in (server_a, server_b):
             server.registry.add_room("school1", "room101", room["id"])
@@ -232,7 +232,7 @@ def test_shared_subscription_splits_the_load(tmp_path, mosquitto, device, databa
         total = lambda: first.stat("events_ingested") + second.stat("events_ingested")  # noqa: E731
         assert wait_for(lambda: total() == 200, timeout=20), (first.stat("events_ingested"), second.stat("batches"))
         assert first.stat("events_ingested") > 0 and second.stat("events_ingested") > 0
-        assert server_a.storage.count_events() == 200
+        assert server_a.storage.ingest.count_events() == 200
         assert wait_for(lambda: all(len(v) == 200 for v in seen.values()), 5), {k: len(v) for k, v in seen.items()}
     finally:
         second.stop()

@@ -11,7 +11,9 @@ from server.config import DatabaseConfig
 from server.db import Database, DatabaseError
 from server.migrations import MIGRATIONS
 from server.passwords import hash_password, verify_password
-from server.storage import Conflict, DeviceTouch, IncomingEvent, NotFound, Storage
+from server.storage import Storage
+from server.storage.base import Conflict, NotFound
+from server.storage.ingest import DeviceTouch, IncomingEvent
 from server.testing import make_event
 from tests.postgres import postgres_server_fixture, postgres_url_fixture  # noqa: F401 (pytest fixtures)
 
@@ -36,7 +38,7 @@ def storage(database_url):
 def _write(storage: Storage, events, room: str = "room101"):
     now = int(time.time() * 1000)
     touches = [DeviceTouch(e.site, e.device_id, e.room, now) for e in events]
-    return storage.write_batch(touches, [IncomingEvent(e, now, e.to_payload()) for e in events], [], [])
+    return storage.ingest.write_batch(touches, [IncomingEvent(e, now, e.to_payload()) for e in events], [], [])
 
 
 def test_migrations_are_recorded_and_idempotent(database_url):
@@ -55,23 +57,23 @@ def test_migrations_are_recorded_and_idempotent(database_url):
 
 
 def test_batches_store_each_event_once_and_aggregate_by_room(storage):
-    room = storage.create_room("school1", "room101", "Room 101")
+    room = storage.rooms.create("school1", "room101", "Room 101")
     with pytest.raises(Conflict):
-        storage.create_room("school1", "room101", "again")
+        storage.rooms.create("school1", "room101", "again")
     start = bucket_of(int(time.time() * 1000)) - 60_000
     events = [make_event(device_id="pi-1", seq=i, start_ms=start + i * 2000, faces=i) for i in range(1, 6)]
     first = _write(storage, events)
     assert len(first.inserted) == 5 and first.duplicates == 0
-    assert storage.get_device("school1", "pi-1")["status"] == "new"
+    assert storage.devices.get("school1", "pi-1")["status"] == "new"
     # The same events again (a redelivery) plus one copy inside the batch: nothing is stored twice.
     again = _write(storage, [*events, events[0]])
     assert again.inserted == set() and again.duplicates == 6
-    assert storage.count_events() == 5
+    assert storage.ingest.count_events() == 5
     # A new device is not in any room: its events are not in a room's aggregates until it is assigned.
-    assert storage.merged(room["id"], start).windows == 0
-    device, backfilled = storage.assign_device("school1", "pi-1", room["id"])
+    assert storage.aggregates.merged(room["id"], start).windows == 0
+    device, backfilled = storage.devices.assign("school1", "pi-1", room["id"])
     assert backfilled == 5 and device["status"] == "assigned" and device["room_id"] == room["id"]
-    merged = storage.merged(room["id"], start)
+    merged = storage.aggregates.merged(room["id"], start)
     assert merged.windows == 5 and merged.faces_sum == 15
     summary = merged.summary()
     assert summary["dominant"] == "happy" and summary["distribution"]["happy"] == pytest.approx(0.7)
@@ -79,13 +81,13 @@ def test_batches_store_each_event_once_and_aggregate_by_room(storage):
     # Later events of the assigned device go straight to the room.
     late = make_event(device_id="pi-1", seq=9, start_ms=start + 20_000, label="sad", p=1.0)
     _write(storage, [late])
-    buckets = storage.buckets(room["id"], start)
+    buckets = storage.aggregates.buckets(room["id"], start)
     assert sum(b["windows"] for b in buckets) == 6
     assert all(b["t_ms"] % BUCKET_MS == 0 for b in buckets)
     with pytest.raises(NotFound):
-        storage.assign_device("school1", "nobody", room["id"])
+        storage.devices.assign("school1", "nobody", room["id"])
     with pytest.raises(NotFound):
-        storage.assign_device("school1", "pi-1", 99999)
+        storage.devices.assign("school1", "pi-1", 99999)
 
 
 def test_sums_merge_by_addition():
@@ -103,54 +105,54 @@ def test_sums_merge_by_addition():
 
 
 def test_retention_deletes_raw_events_and_keeps_aggregates(storage):
-    room = storage.create_room("school1", "room101", "Room 101")
+    room = storage.rooms.create("school1", "room101", "Room 101")
     now = int(time.time() * 1000)
     old = [make_event(device_id="pi-1", seq=i, start_ms=now - 40 * DAY_MS + i * 2000) for i in range(1, 4)]
     new = [make_event(device_id="pi-1", seq=10, start_ms=now - 60_000)]
     _write(storage, old)
-    storage.assign_device("school1", "pi-1", room["id"])
+    storage.devices.assign("school1", "pi-1", room["id"])
     _write(storage, new)
-    assert storage.count_events() == 4
-    done = storage.apply_retention(raw_days=30, aggregate_days=None)
+    assert storage.ingest.count_events() == 4
+    done = storage.retention.apply(raw_days=30, aggregate_days=None)
     assert done["events"] == 3
-    assert storage.count_events() == 1
-    assert storage.merged(room["id"], now - 41 * DAY_MS).windows == 4  # aggregates outlive the raw events
-    done = storage.apply_retention(raw_days=30, aggregate_days=35)
+    assert storage.ingest.count_events() == 1
+    assert storage.aggregates.merged(room["id"], now - 41 * DAY_MS).windows == 4  # aggregates outlive the raw events
+    done = storage.retention.apply(raw_days=30, aggregate_days=35)
     assert done["aggregates"] >= 1
-    assert storage.merged(room["id"], now - 41 * DAY_MS).windows == 1
+    assert storage.aggregates.merged(room["id"], now - 41 * DAY_MS).windows == 1
 
 
 def test_users_sessions_and_tokens(storage):
-    room = storage.create_room("school1", "room101", "Room 101")
-    other = storage.create_room("school1", "room102", "Room 102")
-    storage.create_user("ana", "teacher-pass", "teacher")
+    room = storage.rooms.create("school1", "room101", "Room 101")
+    other = storage.rooms.create("school1", "room102", "Room 102")
+    storage.users.create("ana", "teacher-pass", "teacher")
     with pytest.raises(Conflict):
-        storage.create_user("ana", "teacher-pass", "teacher")
+        storage.users.create("ana", "teacher-pass", "teacher")
     with pytest.raises(ValueError):
-        storage.create_user("bob", "short", "teacher")
+        storage.users.create("bob", "short", "teacher")
     with pytest.raises(ValueError):
-        storage.create_user("bob", "long enough", "janitor")
-    user = storage.authenticate("ana", "teacher-pass")
-    assert user is not None and storage.authenticate("ana", "nope-nope") is None
-    assert storage.authenticate("ghost", "teacher-pass") is None
-    storage.add_user_room("ana", room["id"])
-    storage.add_user_room("ana", room["id"])  # twice is fine
-    assert storage.user_room_ids(user["id"]) == {room["id"]}
-    token, csrf = storage.create_session(user["id"], ttl_ms=60_000)
-    session = storage.session(token)
+        storage.users.create("bob", "long enough", "janitor")
+    user = storage.users.authenticate("ana", "teacher-pass")
+    assert user is not None and storage.users.authenticate("ana", "nope-nope") is None
+    assert storage.users.authenticate("ghost", "teacher-pass") is None
+    storage.users.add_room("ana", room["id"])
+    storage.users.add_room("ana", room["id"])  # twice is fine
+    assert storage.users.room_ids(user["id"]) == {room["id"]}
+    token, csrf = storage.sessions.create(user["id"], ttl_ms=60_000)
+    session = storage.sessions.get(token)
     assert session["username"] == "ana" and session["csrf"] == csrf
-    stored = storage.c.fetchall("SELECT token_hash FROM sessions")
+    stored = storage.db.conn().fetchall("SELECT token_hash FROM sessions")
     assert all(token not in row[0] for row in stored)  # only a hash is kept
-    storage.delete_session(token)
-    assert storage.session(token) is None
-    expired, _ = storage.create_session(user["id"], ttl_ms=-1)
-    assert storage.session(expired) is None
-    api = storage.create_token("wall display", [other["id"]], "admin")
+    storage.sessions.delete(token)
+    assert storage.sessions.get(token) is None
+    expired, _ = storage.sessions.create(user["id"], ttl_ms=-1)
+    assert storage.sessions.get(expired) is None
+    api = storage.tokens.create("wall display", [other["id"]], "admin")
     assert api["token"].startswith("aula_")
-    assert storage.token(api["token"])["rooms"] == {other["id"]}
-    assert storage.token("aula_forged") is None
+    assert storage.tokens.get(api["token"])["rooms"] == {other["id"]}
+    assert storage.tokens.get("aula_forged") is None
     with pytest.raises(NotFound):
-        storage.create_token("bad", [4242], "admin")
+        storage.tokens.create("bad", [4242], "admin")
 
 
 def test_password_hashes():
@@ -163,21 +165,21 @@ def test_password_hashes():
 
 
 def test_segments_summarise_their_time_span(storage):
-    room = storage.create_room("school1", "room101", "Room 101")
+    room = storage.rooms.create("school1", "room101", "Room 101")
     t0 = bucket_of(int(time.time() * 1000)) - 120_000
     _write(storage, [make_event(device_id="pi-1", seq=0, start_ms=t0 - 50_000)])
-    storage.assign_device("school1", "pi-1", room["id"])
-    first = storage.start_segment(room["id"], "Lecture", "ana", at_ms=t0)
+    storage.devices.assign("school1", "pi-1", room["id"])
+    first = storage.segments.start(room["id"], "Lecture", "ana", at_ms=t0)
     _write(storage, [make_event(device_id="pi-1", seq=i, start_ms=t0 + i * 2000, label="happy") for i in range(1, 6)])
-    second = storage.start_segment(room["id"], "Group work", "ana", at_ms=t0 + 60_000)  # ends the first
+    second = storage.segments.start(room["id"], "Group work", "ana", at_ms=t0 + 60_000)  # ends the first
     sad = [make_event(device_id="pi-1", seq=i, start_ms=t0 + 62_000 + i * 2000, label="sad") for i in range(5)]
     _write(storage, sad)
-    stopped = storage.stop_segment(room["id"], second["id"], at_ms=t0 + 90_000)
+    stopped = storage.segments.stop(room["id"], second["id"], at_ms=t0 + 90_000)
     assert stopped == {"id": second["id"], "end_ms": t0 + 90_000}
-    assert storage.stop_segment(room["id"], second["id"])["end_ms"] == t0 + 90_000  # a second stop keeps the end
+    assert storage.segments.stop(room["id"], second["id"])["end_ms"] == t0 + 90_000  # a second stop keeps the end
     with pytest.raises(NotFound):
-        storage.stop_segment(room["id"] + 1, first["id"])
-    segments = storage.segments(room["id"])
+        storage.segments.stop(room["id"] + 1, first["id"])
+    segments = storage.segments.list(room["id"])
     assert [s["name"] for s in segments] == ["Lecture", "Group work"]
     assert segments[0]["end_ms"] == t0 + 60_000
     assert segments[0]["windows"] == 5 and segments[0]["dominant"] == "happy"

@@ -1,0 +1,157 @@
+"""The batch writer's side: events, device touches, statuses and health in one transaction, and aggregate upserts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from device.contract import EmotionEvent, StatusMessage
+from server.aggregates import SUM_COLUMNS, Sums, accumulate
+from server.db import Connection
+from server.storage.aggregates import AGG_COLUMNS
+from server.storage.base import Repository, placeholders
+
+_EVENT_ROWS_PER_INSERT = 400  # 9 parameters each: well under SQLite's 32,766 and PostgreSQL's 65,535
+
+_AGG_UPSERT = (
+    f"INSERT INTO aggregates (room_id, bucket_ms, {AGG_COLUMNS}) VALUES {placeholders(len(SUM_COLUMNS) + 2)} "
+    "ON CONFLICT (room_id, bucket_ms) DO UPDATE SET "
+    + ", ".join(f"{c} = aggregates.{c} + excluded.{c}" for c in SUM_COLUMNS)
+)
+
+
+@dataclass
+class IncomingEvent:
+    """An event for the writer, with its arrival time and raw payload."""
+
+    event: EmotionEvent
+    received_ms: int
+    payload: bytes
+
+
+@dataclass
+class DeviceTouch:
+    """A device seen in a batch: its topic room and the latest time it was heard from."""
+
+    site: str
+    device_id: str
+    reported_room: str
+    seen_ms: int
+    room_id: int | None = None  # auto-assignment for a device seen for the first time
+
+
+@dataclass
+class BatchResult:
+    """What one write transaction did."""
+
+    inserted: set[str] = field(default_factory=set)
+    duplicates: int = 0
+    device_rooms: dict[tuple[str, str], tuple[int | None, str]] = field(default_factory=dict)
+
+
+def add_aggregates(c: Connection, sums: dict[tuple[int, int], Sums]) -> None:
+    """Add sums into their (room, bucket) rows, inside the caller's transaction."""
+    # Sorted keys: concurrent instances take row locks in one order, so they cannot deadlock.
+    c.executemany(_AGG_UPSERT, [(room, bucket, *sums[(room, bucket)].values()) for room, bucket in sorted(sums)])
+
+
+class IngestRepository(Repository):
+    def write_batch(
+        self,
+        devices: list[DeviceTouch],
+        events: list[IncomingEvent],
+        statuses: list[tuple[str, str, StatusMessage, bytes]],
+        healths: list[tuple[str, str, bytes]],
+    ) -> BatchResult:
+        """Store one batch in one transaction; an event_id already stored is counted as a duplicate."""
+        result = BatchResult()
+        with self.c.transaction() as c:
+            result.device_rooms = self._touch_devices(c, devices)
+            unique: dict[str, IncomingEvent] = {}
+            for item in events:
+                if item.event.event_id in unique:
+                    result.duplicates += 1
+                else:
+                    unique[item.event.event_id] = item
+            batch = list(unique.values())
+            for start in range(0, len(batch), _EVENT_ROWS_PER_INSERT):
+                chunk = batch[start : start + _EVENT_ROWS_PER_INSERT]
+                params: list[Any] = []
+                for item in chunk:
+                    e = item.event
+                    room_id = result.device_rooms.get((e.site, e.device_id), (None, ""))[0]
+                    params += [
+                        e.event_id,
+                        e.site,
+                        e.device_id,
+                        room_id,
+                        e.seq,
+                        e.window_start_ms,
+                        e.window_end_ms,
+                        item.received_ms,
+                        item.payload.decode(),
+                    ]
+                rows = c.fetchall(
+                    "INSERT INTO events (event_id, site, device_id, room_id, seq, window_start_ms, window_end_ms, "
+                    "received_ms, payload) VALUES "
+                    + ", ".join([placeholders(9)] * len(chunk))
+                    + " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                    params,
+                )
+                result.inserted.update(r[0] for r in rows)
+            result.duplicates += len(batch) - len(result.inserted)
+            stored = []
+            for item in batch:
+                e = item.event
+                room_id = result.device_rooms.get((e.site, e.device_id), (None, ""))[0]
+                if room_id is not None and e.event_id in result.inserted:
+                    stored.append((room_id, e))
+            add_aggregates(c, accumulate(stored))
+            c.executemany(
+                "UPDATE devices SET state = ?, state_reason = ?, paused = ?, last_status = ? "
+                "WHERE site = ? AND device_id = ?",
+                [(s.state.value, s.reason, int(s.paused), p.decode(), site, dev) for site, dev, s, p in statuses],
+            )
+            c.executemany(
+                "UPDATE devices SET last_health = ? WHERE site = ? AND device_id = ?",
+                [(p.decode(), site, dev) for site, dev, p in healths],
+            )
+        return result
+
+    @staticmethod
+    def _touch_devices(c: Connection, devices: list[DeviceTouch]) -> dict[tuple[str, str], tuple[int | None, str]]:
+        """Insert devices seen for the first time, move last_seen on, and return every device's room."""
+        latest: dict[tuple[str, str], DeviceTouch] = {}
+        for d in devices:
+            key = (d.site, d.device_id)
+            prev = latest.get(key)
+            if prev is None or d.seen_ms >= prev.seen_ms:
+                room_id = d.room_id if d.room_id is not None else (prev.room_id if prev else None)
+                latest[key] = DeviceTouch(d.site, d.device_id, d.reported_room, d.seen_ms, room_id)
+            elif d.room_id is not None:
+                prev.room_id = d.room_id
+        out: dict[tuple[str, str], tuple[int | None, str]] = {}
+        touches = sorted(latest.values(), key=lambda d: (d.site, d.device_id))  # one lock order: no deadlocks
+        for start in range(0, len(touches), 500):
+            chunk = touches[start : start + 500]
+            params: list[Any] = []
+            for d in chunk:
+                status = "new" if d.room_id is None else "assigned"
+                params += [d.site, d.device_id, d.reported_room, d.room_id, status, d.seen_ms, d.seen_ms]
+            rows = c.fetchall(
+                "INSERT INTO devices (site, device_id, reported_room, room_id, status, first_seen_ms, last_seen_ms) "
+                "VALUES "
+                + ", ".join([placeholders(7)] * len(chunk))
+                + " ON CONFLICT (site, device_id) DO UPDATE SET reported_room = excluded.reported_room, "
+                "last_seen_ms = CASE WHEN excluded.last_seen_ms > devices.last_seen_ms "
+                "THEN excluded.last_seen_ms ELSE devices.last_seen_ms END "
+                "RETURNING site, device_id, room_id, reported_room",
+                params,
+            )
+            for site, device_id, room_id, reported in rows:
+                out[(site, device_id)] = (None if room_id is None else int(room_id), reported)
+        return out
+
+    def count_events(self) -> int:
+        """How many raw events are stored."""
+        return int(self.c.fetchone("SELECT COUNT(*) FROM events")[0])
