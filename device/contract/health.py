@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from device.contract.messages import DeviceState
+from device.contract.messages import DeviceState, check_state
 from device.contract.schema import (
     Message,
     SchemaError,
@@ -75,22 +75,14 @@ class HealthMessage(Message):
     host: dict[str, Any] | None = None  # CPU load and temperature, memory (device/system_metrics.py)
     vision: dict[str, Any] | None = None  # the vision stage's counters and timings
     audio: dict[str, Any] | None = None  # the audio stage's counters
-    mqtt: dict[str, Any] | None = None  # the publisher's counters (device/mqtt/stats.py)
+    mqtt: dict[str, Any] | None = None  # the publisher's counters (device/mqtt/publisher.py: PublisherStats)
     provider_error: str | None = None  # set when the device could not gather its figures
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        data["state"] = self.state.value
-        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> HealthMessage:
         cls._header(data)
         cls._known_fields(data)
-        try:
-            state = DeviceState(data.get("state"))
-        except ValueError:
-            raise SchemaError(f"state must be one of {', '.join(s.value for s in DeviceState)}") from None
+        state = check_state(data)
         windows, late = data.get("windows_emitted"), data.get("late_results")
         for name, value in (("windows_emitted", windows), ("late_results", late)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from device.contract.schema import (
     Message,
@@ -23,6 +23,13 @@ class DeviceState(str, Enum):
     OFFLINE = "offline"
     STOPPED = "stopped"
     DEGRADED = "degraded"
+
+
+def check_state(data: dict) -> DeviceState:
+    try:
+        return DeviceState(data.get("state"))
+    except ValueError:
+        raise SchemaError(f"state must be one of {', '.join(s.value for s in DeviceState)}") from None
 
 
 def _id(data: dict, name: str, max_len: int = 64) -> str:
@@ -53,19 +60,11 @@ class StatusMessage(Message):
     reason: str | None = None
     paused: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        data["state"] = self.state.value
-        return data
-
     @classmethod
     def from_dict(cls, data: dict) -> StatusMessage:
         cls._header(data)
         cls._known_fields(data)
-        try:
-            state = DeviceState(data.get("state"))
-        except ValueError:
-            raise SchemaError(f"state must be one of {', '.join(s.value for s in DeviceState)}") from None
+        state = check_state(data)
         reason = check_reason(data)
         if state is DeviceState.DEGRADED and not reason:
             raise SchemaError("a degraded status needs a reason")
@@ -87,11 +86,6 @@ class Command(Message):
 
     id: str
     command: CommandName
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        data["command"] = self.command.value
-        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Command:

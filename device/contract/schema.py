@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields
+from enum import Enum
 from functools import cache
 from typing import Any, ClassVar
 
@@ -165,7 +166,7 @@ class Message:
 
     def to_dict(self) -> dict[str, Any]:
         data = {"type": self.type_tag, "schema": SCHEMA_VERSION}
-        data.update(asdict(self))
+        data.update((k, v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items())
         return data
 
     def to_payload(self) -> bytes:
