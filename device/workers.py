@@ -300,6 +300,7 @@ class AudioWorker(StageWorker):
         self.audio_dropped_s = 0.0
         self.buffer_unread = 0
         self.speech_ms: deque[float] = deque(maxlen=200)
+        self._gate = None
 
     def _segment(self, seg) -> None:
         probs = None
@@ -349,6 +350,9 @@ class AudioWorker(StageWorker):
     def health(self) -> dict:
         return {
             "speech_segments": self.segments,
+            "voice_detector": self._gate.detector.name if self._gate is not None else None,
+            "voiced_share": None if self._gate is None or self._gate.voiced_share is None
+            else round(self._gate.voiced_share, 3),
             "audio_dropped_s": round(self.audio_dropped_s, 3),
             "audio_buffer_unread": self.buffer_unread,
             "speech_emotion_ms_p50": percentile(self.speech_ms, 50),

@@ -1,9 +1,11 @@
-"""Loudness gate: cut a 16 kHz stream into speech segments, keeping a pre-roll so each utterance starts whole.
+"""Voice gate: cut a 16 kHz stream into speech segments, keeping a pre-roll so each utterance starts whole.
 
-Per frame (default 30 ms) the level is the RMS in dBFS. The noise floor is the quietest frame of the last
-noise_window_s seconds (minimum statistics): pauses between words keep it low during speech, and a steady noise
-(a projector fan) becomes the floor once it has lasted that long. A frame is voiced when it is louder than both
-floor + margin_db and min_level_dbfs. A segment opens on a voiced frame, with up to pre_roll_s of audio before it,
+A voice-activity detector (device/audio/speech_detectors.py, chosen by `detector`) judges each frame. The
+loudness detector, the default and the fallback, measures each frame's RMS level in dBFS against a noise floor:
+the quietest frame of the last noise_window_s seconds (minimum statistics). Pauses between words keep the floor
+low during speech, and a steady noise (a projector fan) becomes the floor once it has lasted that long; a frame
+is voiced when it is louder than both floor + margin_db and min_level_dbfs. Silero VAD and WebRTC VAD judge
+frames by a trained model instead. A segment opens on a voiced frame, with up to pre_roll_s of audio before it,
 and closes after hangover_s without a voiced frame; segments whose voiced span is shorter than min_speech_s are
 discarded as clicks, and long ones are split at max_segment_s. Times are the sources' time.monotonic stamps.
 """
@@ -15,24 +17,41 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from device.audio.base import SAMPLE_RATE, AudioChunk
+from device.audio.speech_detectors import (
+    SILENCE_DBFS,
+    LoudnessDetector,
+    SpeechDetector,
+    build_detector,
+    frame_levels,
+)
 from device.common.config_loader import StrictModel
 
-logger = logging.getLogger(__name__)
+__all__ = ["SILENCE_DBFS", "SpeechSegment", "VoiceGate", "VoiceGateConfig", "frame_levels"]
 
-SILENCE_DBFS = -120.0  # level reported for digital silence (log of 0)
+logger = logging.getLogger(__name__)
 # A chunk that starts further than this from where the last one ended is a gap in the audio: close what is open.
 _GAP_S = 0.05
 
 
 class VoiceGateConfig(StrictModel):
-    """Settings of the loudness gate in front of the speech models."""
+    """Settings of the voice gate in front of the speech models."""
 
-    frame_ms: int = Field(30, ge=10, le=100, description="Analysis frame length in milliseconds.")
+    detector: Literal["loudness", "silero", "webrtc"] = Field(
+        "loudness",
+        description="Voice-activity detector: loudness (no dependencies), silero (Silero VAD on ONNX Runtime, "
+        "32 ms frames) or webrtc (webrtcvad-wheels); a missing one is reported and replaced by loudness.",
+    )
+    silero_threshold: float = Field(0.5, gt=0, lt=1, description="silero: speech probability that counts as voiced.")
+    webrtc_aggressiveness: int = Field(2, ge=0, le=3, description="webrtc: 0 lets most through, 3 is strictest.")
+    frame_ms: int = Field(
+        30, ge=10, le=100, description="Frame length in milliseconds (loudness; webrtc takes 10, 20 or 30)."
+    )
     margin_db: float = Field(10.0, gt=0, le=40, description="How far above the noise floor a frame must be to count.")
     min_level_dbfs: float = Field(
         -50.0, le=0, description="Frames quieter than this never count as speech, however quiet the room."
@@ -75,40 +94,43 @@ class SpeechSegment:
         return len(self.samples) / self.sample_rate
 
 
-def frame_levels(samples: np.ndarray, frame: int) -> np.ndarray:
-    """Return the RMS level in dBFS of each whole frame of int16 samples."""
-    n = len(samples) // frame
-    x = samples[: n * frame].astype(np.float32).reshape(n, frame) / 32768.0
-    rms = np.sqrt((x * x).mean(axis=1))
-    with np.errstate(divide="ignore"):
-        return np.maximum(20.0 * np.log10(rms), SILENCE_DBFS)
-
-
 class VoiceGate:
     """Feed AudioChunks in order with process(); get SpeechSegments back as they close."""
 
-    def __init__(self, config: VoiceGateConfig | None = None, sample_rate: int = SAMPLE_RATE):
+    def __init__(self, config: VoiceGateConfig | None = None, sample_rate: int = SAMPLE_RATE,
+                 detector: SpeechDetector | None = None):
         self.config = config or VoiceGateConfig()
         self.sample_rate = sample_rate
-        self.frame = sample_rate * self.config.frame_ms // 1000
+        self.detector = detector or build_detector(self.config)
+        self.frame = self.detector.frame_samples
         frame_s = self.frame / sample_rate
-        self._noise: deque[float] = deque(maxlen=max(1, round(self.config.noise_window_s / frame_s)))
-        self._warmup_frames = round(self.config.warmup_s / frame_s)
         self._pre_roll: deque[tuple[np.ndarray, float]] = deque(maxlen=math.ceil(self.config.pre_roll_s / frame_s))
         self._hangover_frames = math.ceil(self.config.hangover_s / frame_s)
         self._max_frames = max(2, int(self.config.max_segment_s / frame_s))
         self._min_voiced_frames = math.ceil(round(self.config.min_speech_s / frame_s, 6))
         self._pending = np.zeros(0, np.int16)
         self._pending_t: float | None = None
-        self._frames_seen = 0
         self._segment: list[np.ndarray] | None = None  # frames of the open segment
         self._segment_t = 0.0
         self._voiced = 0  # frames from the first to the last voiced frame of the open segment
         self._since_voiced = 0
-        self.level_dbfs = SILENCE_DBFS
-        self.noise_floor_dbfs = SILENCE_DBFS
         self.segments = 0
         self.discarded = 0
+        self.frames = 0
+        self.voiced_frames = 0
+
+    @property
+    def voiced_share(self) -> float | None:
+        """Share of the frames seen that the detector called speech (None before the first frame)."""
+        return self.voiced_frames / self.frames if self.frames else None
+
+    @property
+    def level_dbfs(self) -> float:
+        return self.detector.level_dbfs if isinstance(self.detector, LoudnessDetector) else SILENCE_DBFS
+
+    @property
+    def noise_floor_dbfs(self) -> float:
+        return self.detector.noise_floor_dbfs if isinstance(self.detector, LoudnessDetector) else SILENCE_DBFS
 
     @property
     def in_speech(self) -> bool:
@@ -130,10 +152,9 @@ class VoiceGate:
         n = len(self._pending) // self.frame
         if n == 0:
             return out
-        levels = frame_levels(self._pending, self.frame)
         for i in range(n):
             frame = self._pending[i * self.frame : (i + 1) * self.frame]
-            seg = self._step(frame, float(levels[i]), self._pending_t + i * self.frame / self.sample_rate)
+            seg = self._step(frame, self._pending_t + i * self.frame / self.sample_rate)
             if seg is not None:
                 out.append(seg)
         self._pending = self._pending[n * self.frame :].copy()
@@ -158,18 +179,14 @@ class VoiceGate:
 
     def _close_for_gap(self) -> list[SpeechSegment]:
         seg = self.flush()
+        self.detector.reset()
         return [seg] if seg is not None else []
 
-    def _step(self, frame: np.ndarray, level: float, t: float) -> SpeechSegment | None:
+    def _step(self, frame: np.ndarray, t: float) -> SpeechSegment | None:
         """Advance the state machine by one frame; return a segment if this frame closed one."""
-        cfg = self.config
-        self.level_dbfs = level
-        # Judge against the floor of the frames before this one; then let this one teach the floor.
-        floor = min(self._noise) if self._noise else level
-        self._noise.append(level)
-        self.noise_floor_dbfs = min(self._noise)
-        self._frames_seen += 1
-        voiced = self._frames_seen > self._warmup_frames and level > max(floor + cfg.margin_db, cfg.min_level_dbfs)
+        voiced = self.detector.is_speech(frame)
+        self.frames += 1
+        self.voiced_frames += voiced
 
         if self._segment is None:
             if not voiced:
