@@ -39,6 +39,7 @@ from device.errors import BackendUnavailable, ConfigError, SourceError
 from tests.fake_pyaudio import FakeDevice, make_fake_pyaudio
 from tests.system_deps import missing_system_dep, require_system_dep
 
+LOUDNESS = VoiceGateConfig(detector="loudness")  # these tests check the loudness gate itself
 SR = SAMPLE_RATE
 
 
@@ -459,7 +460,7 @@ def test_frame_levels_in_dbfs():
 
 
 def test_gate_finds_tone_bursts_with_pre_roll_and_hangover():
-    cfg = VoiceGateConfig(pre_roll_s=0.3, hangover_s=0.3, frame_ms=30)
+    cfg = VoiceGateConfig(detector="loudness", pre_roll_s=0.3, hangover_s=0.3, frame_ms=30)
     x, bursts = burst_signal()
     t0 = 100.0
     segs = list(VoiceGate(cfg).segments_from(chunks_of(x, ms=20, t0=t0)))
@@ -482,7 +483,7 @@ def test_gate_result_does_not_depend_on_chunk_size():
     x, _ = burst_signal()
     results = []
     for ms in (10, 30, 64, 500, 4000):
-        segs = list(VoiceGate().segments_from(chunks_of(x, ms=ms)))
+        segs = list(VoiceGate(LOUDNESS).segments_from(chunks_of(x, ms=ms)))
         results.append([(round(s.t_start, 6), round(s.t_end, 6), len(s.samples)) for s in segs])
     assert all(r == results[0] for r in results)
 
@@ -490,14 +491,14 @@ def test_gate_result_does_not_depend_on_chunk_size():
 def test_gate_drops_clicks_shorter_than_min_speech():
     x = noise(2.0, -70.0)
     x[SR : SR + 800] += tone(0.05, dbfs=-10)
-    gate = VoiceGate(VoiceGateConfig(min_speech_s=0.25))
+    gate = VoiceGate(VoiceGateConfig(detector="loudness", min_speech_s=0.25))
     assert list(gate.segments_from(chunks_of(x))) == [] and gate.discarded == 1
 
 
 def test_gate_hears_speech_over_steady_noise_and_learns_the_floor():
     x = noise(5.0, -40.0)
     x[2 * SR : 3 * SR] = x[2 * SR : 3 * SR] + tone(1.0, dbfs=-15)
-    gate = VoiceGate()
+    gate = VoiceGate(LOUDNESS)
     segs = list(gate.segments_from(chunks_of(x)))
     assert len(segs) == 1 and segs[0].voiced_s == pytest.approx(1.0, abs=0.06)
     assert gate.noise_floor_dbfs == pytest.approx(-40, abs=3)
@@ -506,7 +507,7 @@ def test_gate_hears_speech_over_steady_noise_and_learns_the_floor():
 def test_gate_adapts_when_a_fan_starts():
     # A steady noise 35 dB above a quiet room first opens the gate, then becomes the floor and closes it.
     x = np.concatenate([noise(1.0, -75.0), noise(7.0, -40.0, seed=1)])
-    gate = VoiceGate(VoiceGateConfig(noise_window_s=2.0, max_segment_s=10.0))
+    gate = VoiceGate(VoiceGateConfig(detector="loudness", noise_window_s=2.0, max_segment_s=10.0))
     segs = list(gate.segments_from(chunks_of(x, t0=0.0)))
     assert len(segs) == 1 and segs[0].t_end < 1.0 + 2.0 + 0.5
     assert not gate.in_speech
@@ -514,7 +515,7 @@ def test_gate_adapts_when_a_fan_starts():
 
 def test_gate_splits_long_speech_at_max_segment():
     x = np.concatenate([noise(1.0, -70.0), tone(4.0, dbfs=-20), noise(1.0, -70.0, seed=2)])
-    segs = list(VoiceGate(VoiceGateConfig(max_segment_s=1.5)).segments_from(chunks_of(x, t0=0.0)))
+    segs = list(VoiceGate(VoiceGateConfig(detector="loudness", max_segment_s=1.5)).segments_from(chunks_of(x, t0=0.0)))
     assert len(segs) == 3
     assert all(s.duration <= 1.5 + 1e-9 for s in segs)
     for a, b in itertools.pairwise(segs):
@@ -522,7 +523,7 @@ def test_gate_splits_long_speech_at_max_segment():
 
 
 def test_a_gap_in_the_audio_closes_the_segment():
-    gate = VoiceGate(VoiceGateConfig(hangover_s=0.3))
+    gate = VoiceGate(VoiceGateConfig(detector="loudness", hangover_s=0.3))
     out = []
     for chunk in chunks_of(np.concatenate([noise(1.0, -70.0), tone(0.5, dbfs=-20)]), t0=0.0):
         out += gate.process(chunk)
@@ -533,9 +534,9 @@ def test_a_gap_in_the_audio_closes_the_segment():
 
 def test_gate_config_is_strict():
     with pytest.raises(ValidationError):
-        VoiceGateConfig(threshold=-30)
+        VoiceGateConfig(detector="loudness", threshold=-30)
     with pytest.raises(ValidationError):
-        VoiceGateConfig(max_segment_s=0.2, pre_roll_s=0.3)
+        VoiceGateConfig(detector="loudness", max_segment_s=0.2, pre_roll_s=0.3)
 
 
 # --- real speech ------------------------------------------------------------------------------------------------
@@ -565,7 +566,7 @@ def test_gate_on_real_speech_from_espeak(espeak_wav, tmp_path):
     room = np.concatenate([noise(1.0, -65.0), speech + noise(len(speech) / SR, -65.0, seed=3), noise(1.0, -65.0, 4)])
     active = np.flatnonzero(np.abs(speech) > 300)
     onset, offset = 1.0 + active[0] / SR, 1.0 + active[-1] / SR
-    segs = list(VoiceGate().segments_from(chunks_of(room, t0=0.0)))
+    segs = list(VoiceGate(LOUDNESS).segments_from(chunks_of(room, t0=0.0)))
     assert 1 <= len(segs) <= 2  # "hello" and "class" may or may not be bridged by the hangover
     assert segs[0].t_start <= onset - 0.2 and segs[-1].t_end >= offset
     assert sum(s.voiced_s for s in segs) > 0.5 * (offset - onset)

@@ -43,16 +43,21 @@ class VoiceGateConfig(StrictModel):
     """Settings of the voice gate in front of the speech models."""
 
     detector: Literal["loudness", "silero", "webrtc"] = Field(
-        "loudness",
-        description="Voice-activity detector: loudness (no dependencies), silero (Silero VAD on ONNX Runtime, "
-        "32 ms frames) or webrtc (webrtcvad-wheels); a missing one is reported and replaced by loudness.",
+        "silero",
+        description="Voice-activity detector: silero (Silero VAD on ONNX Runtime, 32 ms frames; the default: on "
+        "RAVDESS test actors and classroom non-speech it lets no fan, chair, door or music time through, where the "
+        "loudness detector lets 29-49% of chairs, doors and music through, docs/benchmarks.md), webrtc "
+        "(webrtcvad-wheels) or loudness (no dependencies); one that cannot be built is reported and replaced by "
+        "loudness.",
     )
     silero_threshold: float = Field(0.5, gt=0, lt=1, description="silero: speech probability that counts as voiced.")
     webrtc_aggressiveness: int = Field(2, ge=0, le=3, description="webrtc: 0 lets most through, 3 is strictest.")
     frame_ms: int = Field(
         30, ge=10, le=100, description="Frame length in milliseconds (loudness; webrtc takes 10, 20 or 30)."
     )
-    margin_db: float = Field(10.0, gt=0, le=40, description="How far above the noise floor a frame must be to count.")
+    margin_db: float = Field(
+        10.0, gt=0, le=40, description="loudness: how far above the noise floor a frame must be to count."
+    )
     min_level_dbfs: float = Field(
         -50.0, le=0, description="Frames quieter than this never count as speech, however quiet the room."
     )
