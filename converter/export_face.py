@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import numpy as np
 from converter.datasets import REPO_ROOT, load_fer2013
 from converter.face_card import history_summary
 from converter.face_net import INPUT_SIZE, build_face_net
+from converter.tflite_export import convert, onnx_export, saved_model
 from converter.train_face import architecture_of, face_splits, load_best_net
 from device.contract.labels import LABELS, NUM_LABELS
 
@@ -80,12 +78,6 @@ def _select_net(work_dir: Path, x_train: np.ndarray, xva: np.ndarray, yva: np.nd
     return choice
 
 
-def _saved_model(net, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    net.export(str(out), format="tf_saved_model", verbose=False)
-
-
 def _calibration_faces(x_train: np.ndarray, y_train: np.ndarray, n: int, seed: int = 3) -> np.ndarray:
     """Return n real training faces, stratified by class, as float32 (n, 48, 48, 1) in [0, 1]."""
     rng = np.random.default_rng(seed)
@@ -96,29 +88,6 @@ def _calibration_faces(x_train: np.ndarray, y_train: np.ndarray, n: int, seed: i
     )
     rng.shuffle(idx)
     return (x_train[idx].astype(np.float32) / 255.0)[..., None]
-
-
-def _convert(saved_model: Path, calibration: np.ndarray | None) -> bytes:
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    if calibration is not None:
-        def representative():
-            for face in calibration:
-                yield [face[None]]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    return converter.convert()
-
-
-def _onnx(saved_model: Path, out: Path) -> None:
-    cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model), "--output", str(out),
-           "--opset", "17"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
 def _plot_confusion(cm: np.ndarray, title: str, out: Path) -> None:
@@ -156,13 +125,13 @@ def export_face(
     (xtr, ytr), (xva, yva) = face_splits()
     net, selection = _select_net(work_dir, xtr, xva, yva, swa_last, soup_with)
     saved = work_dir / "saved_model"
-    _saved_model(net, saved)
+    saved_model(net, saved)
     xte, yte = load_fer2013("test")
 
     MODELS.mkdir(exist_ok=True)
-    (MODELS / FLOAT_FILE).write_bytes(_convert(saved, None))
-    (MODELS / INT8_FILE).write_bytes(_convert(saved, _calibration_faces(xtr, ytr, CALIBRATION_SAMPLES)))
-    _onnx(saved, MODELS / ONNX_FILE)
+    (MODELS / FLOAT_FILE).write_bytes(convert(saved, None))
+    (MODELS / INT8_FILE).write_bytes(convert(saved, _calibration_faces(xtr, ytr, CALIBRATION_SAMPLES)))
+    onnx_export(saved, MODELS / ONNX_FILE)
 
     models = {
         "int8": FaceEmotionModel(open_backend(MODELS / INT8_FILE)),
