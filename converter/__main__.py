@@ -94,7 +94,37 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--work-dir", type=Path)
     av.add_argument("--last", type=int, default=8)
     av.add_argument("--out", type=Path, required=True)
+
+    ts = sub.add_parser("train-speech", help="train the speech-emotion CNN on RAVDESS actors 1-18 "
+                                              "(--cv: the 5-fold actor-grouped cross-validation instead)")
+    ts.add_argument("--cv", action="store_true", help="cross-validate over actors 1-18 instead of the final run")
+    ts.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    ts.add_argument("--threads", type=int, default=1)
+    es = sub.add_parser("export-speech", help="quantise, evaluate and register the trained speech model")
+    es.add_argument("--model", type=Path, help="trained Keras file (default: the final run's in the cache)")
+    sub.add_parser("evaluate-speech", help="evaluate the committed speech models on RAVDESS test actors 19-24")
     return parser
+
+
+def _speech(args) -> int:
+    from converter.datasets import cache_dir
+
+    final = cache_dir() / "speech_cnn_final.json"
+    if args.command == "train-speech":
+        from converter.train_speech import main as train_main
+
+        extra = ["--epochs", str(args.epochs)] if args.epochs else []
+        mode = ["--cv", "--out", str(cache_dir() / "speech_cv.json")] if args.cv else ["--final", "--out", str(final)]
+        return train_main([*mode, *extra, "--threads", str(args.threads)])
+    if args.command == "export-speech":
+        from converter.export_speech import export_speech
+
+        export_speech(args.model or final.with_suffix(".keras"), final)
+        return 0
+    from converter.export_speech import evaluate_committed
+
+    evaluate_committed()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
         register(args.folder)
         return 0
+    if args.command.endswith("-speech"):
+        return _speech(args)
 
     from converter.train_face import default_work_dir
 
