@@ -1,0 +1,63 @@
+"""Speech training data: RAVDESS names and the actor-independent folds, and the augmentation's building blocks."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converter import ravdess
+from converter.speech_augment import Augmenter, crop, mix_at_snr, voiced_range
+from device.contract.labels import LABELS
+
+
+def test_names_map_to_canonical_labels_with_calm_as_neutral():
+    calm = ravdess.parse_name(Path("03-01-02-01-01-01-12.wav"))
+    assert LABELS[calm.label] == "neutral" and calm.actor == 12 and calm.female
+    fear = ravdess.parse_name(Path("03-01-06-02-02-01-07.wav"))
+    assert LABELS[fear.label] == "fear" and fear.intensity == 2 and fear.statement == 2 and not fear.female
+    with pytest.raises(ValueError, match="not a RAVDESS"):
+        ravdess.parse_name(Path("01-01-02-01-01-01-12.wav"))  # 01: audio-video, not audio-only
+
+
+def test_folds_are_grouped_by_actor_cover_the_training_actors_and_hold_both_sexes():
+    actors = np.repeat(np.arange(1, 25), 60)
+    folds = ravdess.actor_folds(actors, 5)
+    seen = []
+    for train, val in folds:
+        val_actors, train_actors = set(actors[val]), set(actors[train])
+        assert not val_actors & train_actors
+        assert not (val_actors | train_actors) & ravdess.TEST_ACTORS
+        assert {a % 2 for a in val_actors} == {0, 1}
+        seen += sorted(val_actors)
+    assert sorted(seen) == sorted(ravdess.TRAIN_ACTORS)
+
+
+def test_noise_is_mixed_at_the_asked_snr():
+    rng = np.random.default_rng(0)
+    speech = rng.standard_normal(16000).astype(np.float32) * 0.1
+    noise = rng.standard_normal(8000).astype(np.float32)
+    mixed = mix_at_snr(speech, noise, 10.0, rng)
+    snr = 10 * np.log10(np.mean(speech**2) / np.mean((mixed - speech) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.05)
+
+
+def test_a_crop_before_the_start_is_shifted_and_each_band_loses_its_mean():
+    raw = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)
+    out = crop(raw, -10, 20)
+    assert np.all(out[:10] == 0) and np.allclose(out[10:].mean(axis=0), 0)
+    assert np.allclose(np.diff(out[10:, 0]), 4)  # rows in order
+
+
+def test_the_augmenter_makes_finite_2_s_crops_of_the_voiced_part():
+    rng = np.random.default_rng(1)
+    t = np.arange(48000) / 16000
+    wave = np.where((t > 1) & (t < 2.5), 0.2 * np.sin(2 * np.pi * 220 * t), 0.0).astype(np.float32)
+    wave += rng.standard_normal(len(wave)).astype(np.float32) * 1e-4
+    pool = [rng.standard_normal(16000).astype(np.float32) * 0.1 for _ in range(5)]
+    aug = Augmenter(pool, seed=3)
+    crops = [aug(wave) for _ in range(20)]
+    assert all(c.shape == (200, 64) and np.isfinite(c).all() for c in crops)
+    from device.models.log_mel import log_mel
+
+    start, end = voiced_range(log_mel(wave, normalise=False))
+    assert 95 <= start <= 105 and 245 <= end <= 255  # the tone from 1 s to 2.5 s
