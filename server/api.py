@@ -162,7 +162,21 @@ def rooms(who: Who, c: Ctx) -> list[dict[str, Any]]:
     return c.storage.rooms.list(who.rooms)
 
 
-@router.get("/api/rooms/{room_id}/live", summary="Recent 10 s buckets, the current state and the devices of a room")
+_MEANS = (
+    "`distribution` (the fused mood: mean probability per label), `dominant`, `valence`, `arousal`, `faces` "
+    "(mean group size); `face`: the faces' own mood, `{distribution, dominant, valence, arousal, windows}`, and "
+    "`voices`: the mood of the voices the microphone hears (mostly the teacher's; not what was said), "
+    "`{distribution, dominant, valence, arousal, windows, segments}`, each null where no window had that modality "
+    "(and for data stored before the server kept it); `speech_segments`: stretches of speech counted."
+)
+
+
+@router.get(
+    "/api/rooms/{room_id}/live",
+    summary="Recent 10 s buckets, the current state and the devices of a room",
+    description="`buckets`: the 10 s buckets of the last `minutes`, oldest first, each with `t_ms`, `windows` and "
+    f"the means: {_MEANS} `current`: the same means over the last `current_window_s` (null without windows).",
+)
 def live(room_id: int, who: Who, c: Ctx, minutes: int = Query(10, ge=1, le=1440)) -> dict[str, Any]:
     room = room_for(c, who, room_id)
     now = now_ms()
@@ -178,7 +192,13 @@ def live(room_id: int, who: Who, c: Ctx, minutes: int = Query(10, ge=1, le=1440)
     return {"room": room, "buckets": buckets, "current": current, "devices": devices}
 
 
-@router.get("/api/rooms/{room_id}/stream", summary="Server-Sent Events: window and status events of a room")
+@router.get(
+    "/api/rooms/{room_id}/stream",
+    summary="Server-Sent Events: window and status events of a room",
+    description="`window`: one device window, `{t_ms, device_id, distribution, dominant, valence, arousal, faces, "
+    "face, voices, speech_segments}`, with `face` and `voices` as in the buckets of `/live`. "
+    "`status`: `{device_id, state, reason, last_seen_ms}`.",
+)
 async def stream(room_id: int, request: Request, who: Who, c: Ctx) -> StreamingResponse:
     await run_in_threadpool(room_for, c, who, room_id)
     hub = c.hub
@@ -236,7 +256,12 @@ def stop_segment(room_id: int, segment_id: int, who: Who, c: Ctx) -> dict[str, A
         raise HTTPException(404, str(exc)) from None
 
 
-@router.get("/api/rooms/{room_id}/segments", summary="Segments of a room with their emotion summary")
+@router.get(
+    "/api/rooms/{room_id}/segments",
+    summary="Segments of a room with their emotion summary",
+    description="Oldest first: `{id, name, start_ms, end_ms, windows, distribution, dominant, valence, arousal, "
+    "faces_mean, face, voices}`, with `face` and `voices` as in the buckets of `/live`.",
+)
 def segments(room_id: int, who: Who, c: Ctx) -> list[dict[str, Any]]:
     room_for(c, who, room_id)
     return c.storage.segments.list(room_id)

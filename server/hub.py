@@ -59,6 +59,10 @@ class LiveHub:
                 if not subs:
                     del self._rooms[sub.room_id]
 
+    def watched(self, room_id: int) -> bool:
+        """Whether a stream follows the room now (so a frame for it is worth building)."""
+        return self._loop is not None and room_id in self._rooms
+
     def publish(self, room_id: int, event: str, data: dict[str, Any]) -> None:
         """Send `event` to the room's streams; cheap when nobody watches the room."""
         loop = self._loop

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from device.contract import faces_of
 from device.contract.topics import EVENTS, STATUS
+from server.aggregates import MODALITIES, Sums
 from server.devices import DeviceRegistry
 from server.hub import LiveHub
 from server.metrics import IngestStats
@@ -62,9 +63,12 @@ class RecentIds:
 
 
 def window_view(incoming: Incoming) -> dict:
-    """The stream's `window` event for one emotion event."""
+    """The stream's `window` event for one emotion event: the fused window, and each modality as in the buckets."""
     e = incoming.event
     assert e is not None
+    sums = Sums()
+    sums.add_event(e)
+    summary = sums.summary()
     return {
         "t_ms": e.window_start_ms,
         "device_id": e.device_id,
@@ -73,6 +77,8 @@ def window_view(incoming: Incoming) -> dict:
         "valence": e.valence,
         "arousal": e.arousal,
         "faces": faces_of(e),
+        **{m.summary_key: summary[m.summary_key] for m in MODALITIES},
+        **{key: summary[key] for key in sums.count_sums},
     }
 
 
@@ -139,7 +145,7 @@ class Ingestor:
         touch, live = self.registry.touch(incoming.site, incoming.device_id, incoming.room, now)
         room_id = live.room_id
         if room_id is not None and self.live_events:
-            if self.hub is not None:
+            if self.hub is not None and self.hub.watched(room_id):
                 self.hub.publish(room_id, "window", window_view(incoming))
             if self.summaries is not None:
                 self.summaries.add(room_id, event)

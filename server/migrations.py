@@ -18,6 +18,20 @@ class Migration:
 
 _PROB_COLUMNS = ", ".join(f"p_{label} {{real}} NOT NULL DEFAULT 0" for label in LABELS)
 
+
+def modality_columns(name: str, count_key: str | None = None) -> tuple[str, ...]:
+    """Statements adding one modality's sums to the aggregates (server/aggregates.py: ModalitySums.columns).
+
+    One column per statement, as SQLite's ALTER TABLE needs. The defaults make rows written before read as
+    "no windows had this modality". A later modality gets its own migration with these statements.
+    """
+    columns = [f"{name}_n INTEGER NOT NULL DEFAULT 0"]
+    columns += [f"{name}_p_{label} {{real}} NOT NULL DEFAULT 0" for label in LABELS]
+    if count_key:
+        columns.append(f"{count_key}_sum {{bigint}} NOT NULL DEFAULT 0")
+    return tuple(f"ALTER TABLE aggregates ADD COLUMN {column}" for column in columns)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -59,5 +73,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             "name TEXT NOT NULL, start_ms {bigint} NOT NULL, end_ms {bigint}, created_by TEXT)",
             "CREATE INDEX segments_room ON segments (room_id, start_ms)",
         ),
+    ),
+    Migration(
+        2,
+        "face and speech sums in aggregates",
+        (*modality_columns("face"), *modality_columns("speech", count_key="speech_segments")),
     ),
 )

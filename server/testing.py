@@ -36,11 +36,25 @@ def make_event(
     p: float = 0.7,
     faces: int = 4,
     event_id: str | None = None,
+    speech: dict[str, float] | None = None,
+    speech_segments: int | None = None,
 ) -> EmotionEvent:
-    """A valid 2 s emotion window, built with the device's own EmotionEvent."""
+    """A valid 2 s emotion window, built with the device's own EmotionEvent.
+
+    The fused distribution and the face modality are `distribution(label, p)`. `speech` is the speech modality's
+    distribution (None: no speech in the window), and `speech_segments` its count (1 when speech is given).
+    """
     start = int(time.time() * 1000) - 2000 if start_ms is None else start_ms
     dist = distribution(label, p)
     valence, arousal = valence_arousal(dist)
+    modalities: dict[str, dict[str, float] | None] = {"face": dist}
+    counts = {"faces": faces}
+    models = {"face": "face_emotion_int8@1"}
+    if speech is not None:
+        modalities["speech"] = speech
+        models["speech"] = "speech_emotion_int8@1"
+    if speech is not None or speech_segments is not None:
+        counts["speech_segments"] = (1 if speech is not None else 0) if speech_segments is None else speech_segments
     return EmotionEvent(
         device_id=device_id,
         site=site,
@@ -52,9 +66,9 @@ def make_event(
         dominant=label,
         valence=valence,
         arousal=arousal,
-        modalities={"face": dist},
-        counts={"faces": faces},
-        models={"face": "face_emotion_int8@1"},
+        modalities=modalities,
+        counts=counts,
+        models=models,
         event_id=event_id or uuid.uuid4().hex,
     )
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from server.testing import ServerHarness, SseReader, make_event, wait_for
+from server.testing import ServerHarness, SseReader, distribution, make_event, wait_for
 from tests.mosquitto import (  # noqa: F401 (pytest fixtures)
     broker_factory_fixture,
     device_simulator_fixture,
@@ -202,8 +202,12 @@ def test_live_view_and_stream_deliver_within_a_second(harness, device):
             latencies.append(got.received - sent)
         assert max(latencies) < 1.0, latencies
         window = stream.of("window")[-1].data
-        assert set(window) == {"t_ms", "device_id", "distribution", "dominant", "valence", "arousal", "faces"}
+        assert set(window) == {
+            *("t_ms", "device_id", "distribution", "dominant", "valence", "arousal", "faces"),
+            *("face", "voices", "speech_segments"),
+        }
         assert window["device_id"] == "pi-101" and window["dominant"] == "sad"
+        assert window["face"]["dominant"] == "sad" and window["voices"] is None
         device.status("school1", "room101", "pi-101", "degraded", "camera: no frames for 10 s")
         assert wait_for(lambda: any(m.data["state"] == "degraded" for m in stream.of("status")), 2)
         status = next(m.data for m in stream.of("status") if m.data["state"] == "degraded")
@@ -215,6 +219,52 @@ def test_live_view_and_stream_deliver_within_a_second(harness, device):
         assert all(m.data["device_id"] == "pi-101" for m in stream.of("window"))
     finally:
         stream.close()
+
+
+def test_live_and_stream_carry_the_voices_mood(harness, device):
+    client, _ = harness.login("ana", TEACHER_PW)
+    room_id = harness.rooms["room101"]
+    stream = SseReader(f"{harness.base_url}/api/rooms/{room_id}/stream", cookies=client.cookies)
+    try:
+        assert stream.connected.wait(5) and stream.status_code == 200
+        calm = distribution("neutral", 0.8)
+        now = int(time.time() * 1000)
+        events = [
+            make_event(device_id="pi-101", seq=1, start_ms=now - 6000, label="happy"),  # nobody spoke
+            make_event(device_id="pi-101", seq=2, start_ms=now - 4000, label="happy", speech=calm, speech_segments=2),
+            make_event(device_id="pi-101", seq=3, start_ms=now - 2000, label="happy", speech=calm, speech_segments=1),
+        ]
+        for event in events:
+            device.event(event)
+        assert wait_for(lambda: harness.stat("events_ingested") == 3)
+        assert wait_for(lambda: len(stream.of("window")) == 3, 5)
+        quiet, first, second = (m.data for m in stream.of("window"))
+        assert quiet["voices"] is None and quiet["face"]["dominant"] == "happy" and quiet["speech_segments"] == 0
+        assert first["voices"]["dominant"] == "neutral" and first["voices"]["segments"] == 2
+        assert first["voices"]["distribution"]["neutral"] == pytest.approx(0.8)
+        assert first["voices"]["windows"] == 1 and first["speech_segments"] == 2
+        assert first["dominant"] == "happy" and first["face"]["dominant"] == "happy"  # the fused mood stays
+        assert second["voices"]["segments"] == 1 and second["speech_segments"] == 1
+    finally:
+        stream.close()
+    live = client.get(f"/api/rooms/{room_id}/live?minutes=5").json()
+    current = live["current"]
+    assert current["dominant"] == "happy" and current["face"]["dominant"] == "happy"
+    assert current["face"]["windows"] == 3
+    voices = current["voices"]
+    assert voices["dominant"] == "neutral" and voices["windows"] == 2 and voices["segments"] == 3
+    assert voices["distribution"]["neutral"] == pytest.approx(0.8) and voices["arousal"] < current["face"]["arousal"]
+    assert set(voices) == {"distribution", "dominant", "valence", "arousal", "windows", "segments"}
+    assert current["speech_segments"] == 3
+    assert sum(b["voices"]["windows"] for b in live["buckets"] if b["voices"]) == 2
+    assert all(b["face"] is not None for b in live["buckets"])
+    # A room where nobody spoke: no voices, and no mood for them.
+    device.event(make_event(room="room102", device_id="pi-102"))
+    assert wait_for(lambda: harness.stat("events_ingested") == 4)
+    ben, _ = harness.login("ben", TEACHER_PW)
+    other = ben.get(f"/api/rooms/{harness.rooms['room102']}/live").json()
+    assert other["current"]["voices"] is None and other["current"]["face"]["dominant"] == "happy"
+    assert all(b["voices"] is None for b in other["buckets"])
 
 
 def test_segments_and_csv_report(harness, device):
@@ -248,8 +298,11 @@ def test_segments_and_csv_report(harness, device):
         "valence",
         "arousal",
         "faces_mean",
+        "face",
+        "voices",
     }
     assert row["windows"] >= 3 and row["dominant"] == "happy"
+    assert row["face"]["dominant"] == "happy" and row["voices"] is None
     report = client.get(f"/api/rooms/{room_id}/report.csv")
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/csv")
     assert "attachment" in report.headers["content-disposition"]

@@ -225,6 +225,7 @@ def test_shared_subscription_splits_the_load(tmp_path, mosquitto, device, databa
             assert server.live_feed is not None and server.live_feed.wait_subscribed(10)
         seen = {id(s): [] for s in (server_a, server_b)}
         for server in (server_a, server_b):  # count what each instance would stream, without HTTP
+            server.hub.watched = lambda room_id: True
             server.hub.publish = lambda room_id, kind, data, s=server: seen[id(s)].append(data)
         events = [make_event(device_id=f"pi-{i % 4}", seq=i) for i in range(200)]
         for e in events:

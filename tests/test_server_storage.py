@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from server.aggregates import BUCKET_MS, Sums, bucket_of
+from server.aggregates import BUCKET_MS, SUM_COLUMNS, Sums, bucket_of
 from server.config import DatabaseConfig
 from server.db import Database, DatabaseError
 from server.migrations import MIGRATIONS
@@ -14,7 +14,7 @@ from server.passwords import hash_password, verify_password
 from server.storage import Storage
 from server.storage.base import Conflict, NotFound
 from server.storage.ingest import DeviceTouch, IncomingEvent
-from server.testing import make_event
+from server.testing import distribution, make_event
 from tests.postgres import postgres_server_fixture, postgres_url_fixture  # noqa: F401 (pytest fixtures)
 
 DAY_MS = 86_400_000
@@ -102,6 +102,119 @@ def test_sums_merge_by_addition():
     assert both.summary()["faces"] == 4.0
     empty = Sums().summary()
     assert empty["distribution"] is None and empty["dominant"] is None and empty["valence"] is None
+
+
+def test_sums_keep_each_modality_apart_and_merge_by_addition():
+    calm, sad = distribution("neutral", 0.8), distribution("sad", 0.6)
+    windows = [
+        make_event(label="happy", speech=calm, speech_segments=2),
+        make_event(label="happy", speech=sad),
+        make_event(label="surprise"),  # nobody spoke
+        make_event(label="happy", speech=calm, speech_segments=3),
+    ]
+    a, b, both = Sums(), Sums(), Sums()
+    for i, event in enumerate(windows):
+        (a if i % 2 else b).add_event(event)
+        both.add_event(event)
+    merged = Sums.from_row(tuple(x + y for x, y in zip(a.values(), b.values(), strict=True)))
+    assert merged.values() == pytest.approx(both.values())  # equal up to the order of float additions
+    assert {k: merged.summary()[k]["dominant"] for k in ("face", "voices")} == {"face": "happy", "voices": "neutral"}
+    summary = both.summary()
+    assert summary["windows"] == 4 and summary["speech_segments"] == 6
+    voices = summary["voices"]
+    assert voices["windows"] == 3 and voices["segments"] == 6 and voices["dominant"] == "neutral"
+    assert voices["distribution"]["neutral"] == pytest.approx((0.8 + 0.8 + 0.4 / 6) / 3, abs=1e-4)
+    assert voices["distribution"]["sad"] == pytest.approx((0.2 / 6 + 0.6 + 0.2 / 6) / 3, abs=1e-4)
+    assert sum(voices["distribution"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert voices["arousal"] < summary["face"]["arousal"]  # calm voices beside happy faces
+    face = summary["face"]
+    assert face["windows"] == 4 and face["dominant"] == "happy" and "segments" not in face
+    assert face["distribution"]["happy"] == pytest.approx((0.7 * 3 + 0.05) / 4, abs=1e-4)
+    # Face windows without speech: no voices at all, not a mood of silence.
+    quiet = Sums()
+    quiet.add_event(make_event(label="sad"))
+    assert quiet.summary()["voices"] is None and quiet.summary()["face"]["dominant"] == "sad"
+    empty = Sums().summary()
+    assert empty["face"] is None and empty["voices"] is None and empty["speech_segments"] == 0
+
+
+def test_aggregates_sum_speech_across_batches_and_buckets(storage):
+    room = storage.rooms.create("school1", "room101", "Room 101")
+    start = bucket_of(int(time.time() * 1000)) - 60_000
+    _write(storage, [make_event(device_id="pi-1", seq=0, start_ms=start - 30_000)])
+    storage.devices.assign("school1", "pi-1", room["id"])
+    angry, calm = distribution("angry", 0.7), distribution("neutral", 0.9)
+    # Two batches into the same bucket (each an upsert adding to the row), and a bucket without speech.
+    _write(storage, [make_event(device_id="pi-1", seq=1, start_ms=start, speech=angry, speech_segments=2)])
+    _write(
+        storage,
+        [
+            make_event(device_id="pi-1", seq=2, start_ms=start + 2000, speech=angry),
+            make_event(device_id="pi-1", seq=3, start_ms=start + 4000, speech=calm),
+            make_event(device_id="pi-1", seq=4, start_ms=start + 6000),
+        ],
+    )
+    _write(storage, [make_event(device_id="pi-1", seq=5, start_ms=start + BUCKET_MS, label="sad")])
+    first, second = storage.aggregates.buckets(room["id"], start)
+    assert first["t_ms"] == start and first["windows"] == 4 and first["speech_segments"] == 4
+    assert first["voices"]["windows"] == 3 and first["voices"]["segments"] == 4
+    assert first["voices"]["dominant"] == "angry"
+    assert first["voices"]["distribution"]["angry"] == pytest.approx((0.7 * 2 + 0.1 / 6) / 3, abs=1e-4)
+    assert first["face"]["dominant"] == "happy" and first["face"]["windows"] == 4
+    assert second["voices"] is None and second["face"]["dominant"] == "sad" and second["speech_segments"] == 0
+    merged = storage.aggregates.merged(room["id"], start).summary()
+    assert merged["voices"] == first["voices"] and merged["face"]["windows"] == 5
+    expected = Sums()
+    for e in [make_event(speech=angry, speech_segments=2), make_event(speech=angry), make_event(speech=calm)]:
+        expected.add_event(e)
+    assert merged["voices"] == expected.summary()["voices"]
+    # The report carries them too.
+    storage.segments.start(room["id"], "Debate", "ana", at_ms=start)
+    (segment,) = storage.segments.list(room["id"])
+    assert segment["voices"] == merged["voices"] and segment["face"] == merged["face"]
+
+
+def test_aggregates_table_has_the_sum_columns(storage):
+    cursor = storage.db.conn().execute("SELECT * FROM aggregates WHERE 1 = 0")
+    assert tuple(col[0] for col in cursor.description) == ("room_id", "bucket_ms", *SUM_COLUMNS)
+
+
+def test_migration_adds_modality_sums_in_place(database_url, monkeypatch):
+    """A database of the first schema with data upgrades in place; rows written before have no modality data."""
+    import server.db
+
+    monkeypatch.setattr(server.db, "MIGRATIONS", MIGRATIONS[:1])
+    db = Database(DatabaseConfig(url=database_url))
+    try:
+        assert db.migrate() == [1]
+        c = db.conn()
+        room_id = c.fetchone(
+            "INSERT INTO rooms (site, room, name, created_ms) VALUES ('school1', 'room101', 'Room 101', 0) RETURNING id"
+        )[0]
+        bucket = bucket_of(int(time.time() * 1000)) - 30_000
+        # Two happy windows of four faces each, as the first schema stored them.
+        probs = [1.4 if label == "happy" else 0.1 for label in distribution()]
+        c.execute(
+            "INSERT INTO aggregates (room_id, bucket_ms, windows, dist_n, p_angry, p_disgust, p_fear, p_happy, "
+            "p_neutral, p_sad, p_surprise, valence_n, valence_sum, arousal_n, arousal_sum, faces_n, faces_sum) "
+            "VALUES (?, ?, 2, 2, ?, ?, ?, ?, ?, ?, ?, 2, 0.88, 2, 0.9, 2, 8)",
+            (room_id, bucket, *probs),
+        )
+        monkeypatch.setattr(server.db, "MIGRATIONS", MIGRATIONS)
+        assert db.migrate() == [m.version for m in MIGRATIONS[1:]]
+        storage = Storage(db)
+        old = storage.aggregates.merged(room_id, bucket).summary()
+        assert old["windows"] == 2 and old["dominant"] == "happy" and old["faces"] == 4.0
+        assert old["face"] is None and old["voices"] is None and old["speech_segments"] == 0
+        # New windows into the same bucket: the modalities show only what was measured with them.
+        _write(storage, [make_event(device_id="pi-1", seq=0, start_ms=bucket - 60_000)])
+        storage.devices.assign("school1", "pi-1", room_id)
+        _write(storage, [make_event(device_id="pi-1", seq=1, start_ms=bucket + 1000, speech=distribution("sad"))])
+        (row,) = storage.aggregates.buckets(room_id, bucket)
+        assert row["windows"] == 3 and row["face"]["windows"] == 1 and row["voices"]["windows"] == 1
+        assert row["voices"]["dominant"] == "sad" and row["voices"]["segments"] == 1
+    finally:
+        db.close()
 
 
 def test_retention_deletes_raw_events_and_keeps_aggregates(storage):

@@ -57,6 +57,8 @@ class SegmentRepository(Repository):
                     "valence": summary["valence"],
                     "arousal": summary["arousal"],
                     "faces_mean": summary["faces"],
+                    "face": summary["face"],
+                    "voices": summary["voices"],
                 }
             )
         return out
