@@ -440,3 +440,79 @@ def test_dashboard_live_in_chromium(server, browser):
         print(f"dashboard browser test: {time.monotonic() - t_start:.1f} s, update lags (ms): {lags}")
     finally:
         device.stop()
+
+
+def test_voices_mood_beside_the_faces_in_chromium(server, browser):
+    """The live room view shows the faces' and the voices' moods as two lines: "No voices heard" while the windows
+    carry no speech, then the voices' mood word once windows with `modalities.speech` arrive, live and after a reload.
+    A screenshot goes to artifacts/dashboard-voices.png."""
+    import itertools
+
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from server.testing import DeviceSimulator, distribution, make_event
+
+    base, broker_port, server_log = server
+    api = Api(base)
+    api.login(*ADMIN)
+    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101 (Science)"})
+    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
+    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+    device = DeviceSimulator(broker_port)
+    seqs = itertools.count()
+
+    def send(n: int, **kwargs) -> None:
+        for _ in range(n):
+            device.event(make_event(site=SITE, room=ROOM, device_id=DEVICE, seq=next(seqs), faces=12, **kwargs))
+
+    driver = browser
+    wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
+
+    def text(element_id: str) -> str:
+        return driver.find_element(By.ID, element_id).text
+
+    try:
+        send(1)
+        deadline = time.monotonic() + 30
+        while not any(d.get("device_id") == DEVICE for d in api.ok("GET", "/api/devices")):
+            assert time.monotonic() < deadline, f"no device in /api/devices\n{server_log.read_text()[-3000:]}"
+            time.sleep(0.3)
+        api.ok("POST", f"/api/devices/{SITE}/{DEVICE}/assign", {"room_id": room["id"]})
+        _login(driver, wait, base, TEACHER, f"/rooms/{room['id']}")
+        wait.until(lambda d: d.find_element(By.ID, "conn").text == "live")
+
+        # Faces only: the faces' mood is shown, and the voices' line says that no voices were heard.
+        send(2, label="happy")
+        wait.until(lambda d: text("face-line") == "Faces in view: happy")
+        assert text("voices-line") == "No voices heard in the last 2 minutes"
+        assert driver.find_element(By.ID, "voices-source").get_attribute("data-dominant") == ""
+        explanation = text("voices-source")
+        assert "the microphone hears, usually mostly the teacher's; not the class, and not what was said" in explanation
+
+        # Windows with speech arrive on the stream: the voices' mood word, beside the faces' one.
+        send(3, label="happy", speech=distribution("sad", 0.8), speech_segments=2)
+        wait.until(lambda d: text("voices-line") == "Voices in the room: sad")
+        assert text("face-line") == "Faces in view: happy"
+        assert text("mood-word") == "Happy"  # the fused mood is what the device fused, as before
+        detail = text("voices-detail")
+        assert detail.startswith("Sounding ") and "80% of the mix" in detail, detail
+        assert "6 stretches of speech in the last 2 minutes" in detail, detail
+        assert driver.find_element(By.CSS_SELECTOR, "#voices-bar svg.distbar")
+        assert "pupil" not in text("voices-source").lower()
+        ARTIFACTS.mkdir(exist_ok=True)
+        _screenshot(driver, ARTIFACTS / "dashboard-voices.png", 1280)
+
+        # A reload reads the same from /live's buckets.
+        driver.refresh()
+        wait.until(lambda d: d.find_element(By.ID, "conn").text == "live")
+        wait.until(lambda d: text("voices-line") == "Voices in the room: sad")
+        assert "6 stretches of speech" in text("voices-detail")
+        assert text("face-line") == "Faces in view: happy"
+
+        logs = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        unexpected = [m for m in logs if not re.search(r"/api/me .*401|favicon", m)]
+        assert not unexpected, unexpected
+    finally:
+        device.close()

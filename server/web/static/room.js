@@ -1,4 +1,5 @@
-// Aula dashboard: the live room view (current mood, gauges, faces, chart, devices, lesson segments).
+// Aula dashboard: the live room view (current mood, gauges, faces, faces' and voices' moods apart, chart, devices,
+// lesson segments).
 "use strict";
 
 (function () {
@@ -10,6 +11,8 @@
   const DEVICE_LATE_MS = 45000;  // an online device not heard from for this long is flagged
   const RESYNC_MS = 60000;       // full reload of /live (health figures, gaps), besides the event stream
   const SEGMENTS_MS = 30000;
+  const VOICES_MS = 120000;      // the voices' line pools the speech heard this recently (speech comes and goes)
+  const VOICES_MINUTES = Math.round(VOICES_MS / 60000);
 
   const roomId = A.roomIdFromPath();
   const state = {
@@ -24,6 +27,8 @@
     denied: false,
     segments: [],
     busy: false,
+    voices: [],         // {t_ms, n, dist, valence, arousal, segments}: recent buckets and windows with speech
+    voicesShown: null,  // what the voices' line shows now, so the clock tick redraws it only when it changes
   };
 
   // ---- current mood, gauges, faces ----------------------------------------------------------------------------
@@ -64,9 +69,7 @@
       const d = A.normaliseDistribution(c.distribution);
       moodWord.textContent = A.moodWord(c.dominant);
       moodWord.className = `big-word mood-${c.dominant}`;
-      const second = A.LABELS.filter((k) => k !== c.dominant).sort((a, b) => d[b] - d[a])[0];
-      detail.textContent = `${A.pct(d[c.dominant])} of the mix` +
-        (second && d[second] >= 0.1 ? `, then ${A.moodWord(second).toLowerCase()} ${A.pct(d[second])}` : "");
+      detail.textContent = mixDetail(d, c.dominant);
       bar.append(A.distributionBar(d, { label: "Current mood mix" }));
     }
     setGauge("#valence-gauge", c ? c.valence : NaN, A.valenceWord(c ? c.valence : NaN));
@@ -78,7 +81,119 @@
     $("#faces-detail").textContent = faces === null
       ? "people facing the camera"
       : faces === 1 ? "person facing the camera" : "people facing the camera";
+    renderFace();
     renderStale();
+  }
+
+  function mixDetail(d, dominant) {
+    const second = A.LABELS.filter((k) => k !== dominant).sort((a, b) => d[b] - d[a])[0];
+    return `${A.pct(d[dominant])} of the mix` +
+      (second && d[second] >= 0.1 ? `, then ${A.moodWord(second).toLowerCase()} ${A.pct(d[second])}` : "");
+  }
+
+  // ---- faces and voices apart ---------------------------------------------------------------------------------
+
+  // "Voices in the room: calm"-style line: `text` alone, or `text` followed by the mood word of `label`.
+  function sourceLine(id, text, label) {
+    const line = clear($(id));
+    line.className = label ? "source-line" : "source-line is-empty";
+    line.append(text);
+    if (label) line.append(h("span", { class: `source-word mood-${label}` }, A.moodWord(label).toLowerCase()));
+  }
+
+  function renderFace() {
+    const c = state.current;
+    const f = c && c.face;
+    const d = f ? A.normaliseDistribution(f.distribution) : null;
+    const detail = $("#face-detail");
+    const bar = clear($("#face-bar"));
+    $("#face-source").dataset.dominant = d && f.dominant ? f.dominant : "";
+    if (d && f.dominant) {
+      sourceLine("#face-line", "Faces in view: ", f.dominant);
+      detail.textContent = mixDetail(d, f.dominant);
+      bar.append(A.distributionBar(d, { label: "Mood mix of the faces" }));
+    } else if (!c) {
+      sourceLine("#face-line", "Faces in view: no reading yet");
+      detail.textContent = "";
+    } else if (Number.isFinite(c.faces) && c.faces < state.minFaces) {
+      sourceLine("#face-line", "Faces in view: not shown");
+      detail.textContent = `Fewer than ${state.minFaces} faces are seen, so their mood is not shown (privacy).`;
+    } else {
+      sourceLine("#face-line", "Faces in view: no clear reading");
+      detail.textContent = "No mood of the faces in the latest window.";
+    }
+  }
+
+  // One bucket (from /live) or one window (from the stream) as a voices sample; n = windows with a speech mood.
+  function voiceSample(t_ms, v, segments) {
+    const d = v ? A.normaliseDistribution(v.distribution) : null;
+    return {
+      t_ms,
+      n: d ? (Number.isFinite(v.windows) && v.windows > 0 ? v.windows : 1) : 0,
+      dist: d,
+      valence: v ? v.valence : null,
+      arousal: v ? v.arousal : null,
+      segments: Number.isFinite(segments) ? segments : 0,
+    };
+  }
+
+  function setVoicesFromBuckets(buckets) {
+    state.voices = buckets.filter((b) => b && Number.isFinite(b.t_ms))
+      .map((b) => voiceSample(b.t_ms, b.voices, b.speech_segments))
+      .filter((s) => s.n || s.segments);
+    renderVoices();
+  }
+
+  function addVoicesWindow(w) {
+    const sample = voiceSample(w.t_ms, w.voices, w.speech_segments);
+    if (sample.n || sample.segments) state.voices.push(sample);
+    renderVoices();
+  }
+
+  // The voices of the last VOICES_MS pooled: each window with a speech mood counts once.
+  function mergedVoices(now = Date.now()) {
+    state.voices = state.voices.filter((s) => s.t_ms >= now - VOICES_MS);
+    const dist = Object.fromEntries(A.LABELS.map((k) => [k, 0]));
+    let n = 0, segments = 0, vSum = 0, vN = 0, aSum = 0, aN = 0;
+    for (const s of state.voices) {
+      segments += s.segments;
+      if (!s.n) continue;
+      n += s.n;
+      for (const k of A.LABELS) dist[k] += s.dist[k] * s.n;
+      if (Number.isFinite(s.valence)) { vSum += s.valence * s.n; vN += s.n; }
+      if (Number.isFinite(s.arousal)) { aSum += s.arousal * s.n; aN += s.n; }
+    }
+    if (!n) return { n, segments };
+    for (const k of A.LABELS) dist[k] /= n;
+    const dominant = A.LABELS.reduce((best, k) => (dist[k] > dist[best] ? k : best), A.LABELS[0]);
+    return { n, segments, dist, dominant, valence: vN ? vSum / vN : NaN, arousal: aN ? aSum / aN : NaN };
+  }
+
+  function renderVoices() {
+    const v = mergedVoices();
+    const shown = JSON.stringify(v);
+    if (shown === state.voicesShown) return;
+    state.voicesShown = shown;
+    const detail = $("#voices-detail");
+    const bar = clear($("#voices-bar"));
+    const span = `in the last ${VOICES_MINUTES} minutes`;
+    $("#voices-source").dataset.dominant = v.n ? v.dominant : "";
+    if (v.n) {
+      sourceLine("#voices-line", "Voices in the room: ", v.dominant);
+      const parts = [];
+      if (Number.isFinite(v.arousal)) parts.push(`Sounding ${A.arousalWord(v.arousal)}`);
+      parts.push(mixDetail(v.dist, v.dominant));
+      if (v.segments) parts.push(`${v.segments} ${v.segments === 1 ? "stretch" : "stretches"} of speech ${span}`);
+      else parts.push(span);
+      detail.textContent = parts.join(" · ");
+      bar.append(A.distributionBar(v.dist, { label: "Mood mix of the voices" }));
+    } else if (v.segments) {
+      sourceLine("#voices-line", "Voices heard, but no reading of their mood");
+      detail.textContent = `The device sent no mood for the voices ${span}.`;
+    } else {
+      sourceLine("#voices-line", `No voices heard ${span}`);
+      detail.textContent = "";
+    }
   }
 
   function renderStale() {
@@ -166,6 +281,7 @@
       el.textContent = el.dataset.ms === "" ? "never" : A.ago(ms, now);
     }
     renderStale();
+    renderVoices();
     renderRunningClock();
   }
 
@@ -180,6 +296,7 @@
     state.current = data.current || null;
     state.devices = new Map((data.devices || []).map((d) => [d.device_id, d]));
     state.chart.setBuckets(data.buckets || []);
+    setVoicesFromBuckets(data.buckets || []);
     renderCurrent();
     renderDevices();
   }
@@ -205,6 +322,7 @@
       renderCurrent();
     }
     state.chart.addWindow(w);
+    addVoicesWindow(w);
     if (w.device_id) {
       const d = state.devices.get(w.device_id) || { device_id: w.device_id, state: "online", health: null };
       d.last_seen_ms = Math.max(d.last_seen_ms || 0, w.t_ms);
@@ -398,6 +516,7 @@
     }
     state.chart = new A.EmotionChart($("#chart"), { minutes: MINUTES, title: "Class mood mix" });
     renderCurrent();
+    renderVoices();
     renderSegments();
     $("#seg-form").addEventListener("submit", startSegment);
     try {
