@@ -78,9 +78,15 @@ class VisionConfig(StrictModel):
 
 
 class SpeechConfig(StrictModel):
-    """The microphone path: voice gate now; speech and text emotion models plug in here."""
+    """The microphone path: the voice gate, then the speech-emotion model on each stretch of speech."""
 
-    enabled: bool = Field(True, description="Capture audio and run the voice gate (and speech models, when set).")
+    enabled: bool = Field(True, description="Capture audio and run the voice gate (and the speech model, if set).")
+    emotion_model: str | None = Field(
+        None,
+        description="Manifest name of the speech-emotion model; null counts speech segments without classifying "
+        "them. Its distribution describes the voices in the room (mostly the teacher's), not the class.",
+    )
+    runtime: Literal["auto", "litert", "onnxruntime"] = Field("auto", description="Inference runtime.")
 
 
 class PrivacyConfig(StrictModel):

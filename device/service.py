@@ -60,6 +60,7 @@ class DeviceService:
         self._lock = threading.RLock()
         self._reload_requested: DeviceConfig | None = None
         self._stage = None
+        self._speech_model = None
         self.workers: list[StageWorker] = []
         self.publisher = None
         self.buckets: WindowBuckets | None = None
@@ -81,6 +82,14 @@ class DeviceService:
                 "full" if v.detector == "full" else "short")
             # The loaded model's own temperature: it follows the mirror gate in force (config may turn it off).
             temps[Modality.FACE] = self._stage.classifier.temperature
+        self._speech_model = None
+        s = self.config.speech
+        if s.enabled and s.emotion_model and self.config.microphone is not None:
+            from device.models.speech_emotion import SpeechEmotionModel
+
+            self._speech_model = SpeechEmotionModel.load(s.emotion_model, runtime=s.runtime)
+            self.model_versions["speech_emotion"] = str(self._speech_model.version)
+            temps[Modality.SPEECH] = self._speech_model.temperature
         self.fusion = LateFusion(self.config.fusion, temps)
 
     def _make_workers(self) -> list[StageWorker]:
@@ -91,7 +100,7 @@ class DeviceService:
             workers.append(VisionWorker(self.buckets, self.paused, cfg.camera, self._stage,
                                         AnalysisRate(v.analysis_fps, v.min_analysis_fps, v.max_duty)))
         if cfg.speech.enabled and cfg.microphone is not None:
-            workers.append(AudioWorker(self.buckets, self.paused, cfg.microphone, cfg.voice_gate))
+            workers.append(AudioWorker(self.buckets, self.paused, cfg.microphone, cfg.voice_gate, self._speech_model))
         return workers
 
     def _paced(self) -> bool:

@@ -22,6 +22,7 @@ from device.window_buckets import WindowBuckets
 logger = logging.getLogger(__name__)
 
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+MIN_SPEECH_S = 0.5  # shorter segments are counted but not classified (SpeechEmotionModel's minimum)
 
 
 def percentile(values, q: float) -> float | None:
@@ -294,22 +295,29 @@ class AudioWorker(StageWorker):
         super().__init__(buckets, paused)
         self.audio_config = audio_config
         self.gate_config = gate_config
-        self.speech_model = speech_model  # anything with predict(samples) -> 7 probabilities
+        self.speech_model = speech_model  # a SpeechEmotionModel (window_probs), or None to count segments only
         self.buffer_s = buffer_s
         self.segments = 0
         self.audio_dropped_s = 0.0
         self.buffer_unread = 0
-        self.speech_ms: deque[float] = deque(maxlen=200)
+        self.speech_ms: deque[float] = deque(maxlen=200)  # per 2 s window
+        self.windows_classified = 0
         self._gate = None
 
     def _segment(self, seg) -> None:
-        probs = None
-        if self.speech_model is not None:
-            t = time.perf_counter()
-            probs = self.speech_model.predict(seg.samples)
-            self.speech_ms.append((time.perf_counter() - t) * 1000)
+        """One closed speech segment: classify its 2 s windows (1 s apart), counted in the window where the
+        segment ends (earlier windows may already be published; nothing is dropped as late)."""
         self.segments += 1
-        self.buckets.add_speech(seg.t_end, probs, seg.voiced_s)
+        model = self.speech_model
+        if model is None or seg.duration < MIN_SPEECH_S:
+            self.buckets.add_speech(seg.t_end, None, seg.voiced_s)
+            return
+        t = time.perf_counter()
+        probs, _ = model.window_probs(seg.samples.astype(np.float32) / 32768.0)
+        self.speech_ms.append((time.perf_counter() - t) * 1000 / len(probs))
+        self.windows_classified += len(probs)
+        for p in probs:
+            self.buckets.add_speech(seg.t_end, p, seg.voiced_s / len(probs))
 
     what = "microphone"
 
@@ -355,6 +363,7 @@ class AudioWorker(StageWorker):
             else round(self._gate.voiced_share, 3),
             "audio_dropped_s": round(self.audio_dropped_s, 3),
             "audio_buffer_unread": self.buffer_unread,
+            "speech_windows": self.windows_classified,
             "speech_emotion_ms_p50": percentile(self.speech_ms, 50),
             "speech_emotion_ms_p95": percentile(self.speech_ms, 95),
         }

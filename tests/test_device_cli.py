@@ -32,6 +32,21 @@ def test_demo_runs_the_device_service_and_prints_its_events_on_the_bundled_sampl
     summary = json.loads(out.stderr.strip().splitlines()[-1])["summary"]
     assert summary["vision"]["frames_dropped"] == 0 and summary["vision"]["frames_analysed"] >= 50
     assert summary["publisher"]["printed"] == len(events)
+    assert summary["audio"]["voice_detector"] == "silero" and summary["audio"]["speech_segments"] >= 3
+
+
+def test_with_the_speech_model_on_the_events_carry_the_voices(tmp_path):
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text("speech:\n  emotion_model: speech_emotion_int8\n")
+    out = _run("demo", "--fast", "--summary", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    events = [EmotionEvent.from_payload(line) for line in out.stdout.splitlines()]
+    # The sample's three spoken phrases reach the speech model through Silero VAD, and the events carry them.
+    with_voices = [e for e in events if e.modalities.get("speech")]
+    assert with_voices and all(e.counts["speech_segments"] > 0 for e in with_voices)
+    assert all(e.models["speech_emotion"] for e in events)
+    summary = json.loads(out.stderr.strip().splitlines()[-1])["summary"]
+    assert summary["audio"]["speech_windows"] >= 3 and summary["audio"]["speech_emotion_ms_p50"] > 0
 
 
 def test_validate_config_names_file_line_and_key(tmp_path, capsys):

@@ -1,0 +1,96 @@
+"""Speech-emotion classifier: 16 kHz mono float32 speech in, probabilities over the 7 labels out.
+
+The model sees 2 s of normalised log-mel (device/models/log_mel.py). Longer speech is cut into 2 s windows 1 s
+apart and their probabilities are averaged; shorter speech (at least 0.5 s) is padded with the band means.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from device.contract.labels import LABELS
+from device.errors import ModelError
+from device.model_store import ModelEntry, entry_for_file, model_entry
+from device.models.face_emotion import softmax
+from device.models.log_mel import LogMelConfig, log_mel
+from device.runtime import InferenceBackend, open_backend
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "speech_emotion_int8"
+MIN_SECONDS = 0.5
+
+
+def window_features(wave: np.ndarray, frames: int, hop: int, config: LogMelConfig) -> np.ndarray:
+    """(n, frames, n_mels) normalised log-mel windows covering `wave`: every `hop` frames, at least one."""
+    raw = log_mel(wave, config, normalise=False)
+    starts = [0] if len(raw) <= frames else list(range(0, len(raw) - frames + 1, hop))
+    out = np.zeros((len(starts), frames, config.n_mels), np.float32)
+    for i, s in enumerate(starts):
+        piece = raw[s : s + frames]
+        out[i, : len(piece)] = piece - piece.mean(axis=0, keepdims=True)
+    return out
+
+
+class SpeechEmotionModel:
+    """A loaded speech-emotion model; load once, then call predict per stretch of speech."""
+
+    def __init__(self, backend: InferenceBackend, entry: ModelEntry | None = None):
+        self.backend = backend
+        self.entry = entry
+        meta = entry.meta if entry else {}
+        self.labels: tuple[str, ...] = tuple(meta.get("labels", LABELS))
+        if self.labels != LABELS:
+            raise ModelError(f"{backend.path}: labels {self.labels} are not the canonical {LABELS}")
+        self.version = meta.get("version", Path(backend.path).stem)
+        self.temperature = float(meta.get("calibration_temperature", 1.0))
+        front = meta.get("front_end", {})
+        self.config = LogMelConfig(**{k: v for k, v in front.items() if k in LogMelConfig.__dataclass_fields__})
+        self._in = backend.inputs[0]
+        self._out = backend.outputs[0]
+        shape = self._in.shape
+        if len(shape) != 4 or shape[2] != self.config.n_mels or shape[3] != 1 or self._out.shape[-1] != len(LABELS):
+            raise ModelError(
+                f"{backend.path}: expected input (n, frames, {self.config.n_mels}, 1) and 7 outputs, "
+                f"got {shape}, {self._out.shape}"
+            )
+        self.frames = int(shape[1])
+        self.hop = int(front.get("window_hop_frames", self.frames // 2))
+
+    @classmethod
+    def load(cls, name: str = DEFAULT_MODEL, runtime: str = "auto", threads: int = 1,
+             path: str | Path | None = None) -> SpeechEmotionModel:
+        """Load a manifest model by name, or a file by path (checked against its folder's manifest)."""
+        if path is not None:
+            entry = entry_for_file(Path(path))
+            backend = entry.open(runtime, threads) if entry else open_backend(Path(path), runtime, threads)
+            return cls(backend, entry)
+        entry = model_entry(name)
+        return cls(entry.open(runtime, threads), entry)
+
+    def logits(self, wave: np.ndarray) -> np.ndarray:
+        """(n_windows, 7) float32 logits of the 2 s windows of `wave`."""
+        wave = np.asarray(wave)
+        if wave.ndim != 1 or wave.dtype.kind != "f":
+            raise ValueError(f"speech must be 1-D float samples in [-1, 1], got {wave.dtype} {wave.shape}")
+        if len(wave) < MIN_SECONDS * self.config.sample_rate:
+            raise ValueError(f"speech must be at least {MIN_SECONDS} s long, got {len(wave) / 16000:.2f} s")
+        x = window_features(wave.astype(np.float32), self.frames, self.hop, self.config)[..., None]
+        (raw,) = self.backend.run(self._in.quantize(x))
+        return np.array(self._out.dequantize(raw), dtype=np.float32)
+
+    def window_probs(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 7) calibrated probabilities of each 2 s window, and each window's end in seconds from the start."""
+        probs = softmax(self.logits(wave), self.temperature)
+        hop_s = self.hop * self.config.hop / self.config.sample_rate
+        span_s = self.frames * self.config.hop / self.config.sample_rate
+        duration = len(wave) / self.config.sample_rate
+        ends = np.minimum(np.arange(len(probs)) * hop_s + span_s, duration)
+        return probs, ends
+
+    def predict(self, wave: np.ndarray) -> np.ndarray:
+        """The 7 calibrated probabilities of a stretch of speech (mean over its 2 s windows)."""
+        return softmax(self.logits(wave), self.temperature).mean(axis=0)

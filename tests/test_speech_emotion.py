@@ -1,0 +1,83 @@
+"""The committed speech-emotion model: its public API, clear errors, and the card's figures reproduced."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from device.contract.labels import LABELS
+from device.errors import ModelError
+from device.model_store import model_entry, models_dir
+from device.models import SpeechEmotionModel
+
+SR = 16000
+
+
+def _voice(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 180 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    x = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / SR) / k for k in range(1, 10))
+    return (0.1 * x * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t) ** 2)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model() -> SpeechEmotionModel:
+    return SpeechEmotionModel.load()
+
+
+def test_predict_gives_seven_probabilities(model):
+    assert model.labels == LABELS
+    for seconds in (0.5, 2.0, 5.3):
+        p = model.predict(_voice(seconds))
+        assert p.shape == (7,) and abs(p.sum() - 1) < 1e-5 and (p >= 0).all()
+
+
+def test_windows_are_2_s_one_second_apart(model):
+    probs, ends = model.window_probs(_voice(5.3))
+    assert len(probs) == 4 and np.allclose(ends, [2, 3, 4, 5])
+
+
+def test_the_level_of_the_recording_barely_matters(model):
+    x = _voice(3.0)
+    quiet, loud = model.predict(x * np.float32(10 ** (-12 / 20))), model.predict(np.clip(x * 4, -1, 1))
+    assert np.abs(quiet - model.predict(x)).max() < 0.05 and np.abs(loud - model.predict(x)).max() < 0.1
+
+
+@pytest.mark.parametrize(
+    ("wave", "message"),
+    [
+        (np.zeros(4000, np.float32), "at least 0.5 s"),
+        (np.zeros((16000, 2), np.float32), "1-D float"),
+        (np.zeros(16000, np.int16), "1-D float"),
+    ],
+)
+def test_bad_input_is_refused_with_the_reason(model, wave, message):
+    with pytest.raises(ValueError, match=message):
+        model.predict(wave)
+
+
+def test_a_corrupt_model_file_is_a_clear_error(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    shutil.copytree(models_dir(), folder)
+    (folder / "speech_emotion_int8.tflite").write_bytes(b"\x00" * 256)
+    monkeypatch.setenv("AULA_MODELS_DIR", str(folder))
+    with pytest.raises(ModelError, match=r"speech_emotion_int8\.tflite.*corrupt"):
+        SpeechEmotionModel.load()
+
+
+def test_the_card_figures_reproduce_on_the_test_actors():
+    from converter import ravdess
+    from converter.export_speech import evaluate
+
+    try:
+        clips = [c for c in ravdess.clips() if c.actor in ravdess.TEST_ACTORS]
+    except FileNotFoundError as exc:
+        pytest.skip(f"RAVDESS not available: {exc}")
+    waves = [ravdess.read_wave(c.path) for c in clips]
+    labels = np.array([c.label for c in clips])
+    actors = np.array([c.actor for c in clips])
+    for name in ("speech_emotion_int8", "speech_emotion_float"):
+        expected = model_entry(name).meta["metrics"]
+        got = evaluate(SpeechEmotionModel.load(name), waves, labels, actors, robustness=False)["clean"]
+        assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=0.003)
+        assert got["macro_f1"] == pytest.approx(expected["macro_f1"], abs=0.003)
