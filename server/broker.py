@@ -11,7 +11,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from device.common.credentials import install_redaction, resolve_password
-from device.common.paho_client import new_client
+from device.common.paho_client import bind_callbacks, new_client
 from device.contract.topics import ALL_EVENTS, ALL_HEALTH, ALL_STATUS
 from server.config import ServerMqttConfig
 from server.mqtt_transport import IntakeClient
@@ -77,11 +77,7 @@ class BrokerClient:
             manual_ack=self.manual_ack,
         )
         client.max_inflight_messages_set(100)  # summaries are the only QoS 1 publishes
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
+        bind_callbacks(client, self, "connect", "disconnect", "connect_fail", "message", "subscribe")
         return client
 
     def start(self) -> None:

@@ -92,3 +92,9 @@ def new_client(
             raise ConfigError(f"MQTT TLS files cannot be loaded: {exc}") from None
         client.tls_insecure_set(tls.insecure)
     return client
+
+
+def bind_callbacks(client: mqtt.Client, owner: object, *names: str) -> None:
+    """Set `client.on_<name>` to `owner._on_<name>` for each name (connect, disconnect, message, ...)."""
+    for name in names:
+        setattr(client, f"on_{name}", getattr(owner, f"_on_{name}"))

@@ -11,8 +11,9 @@ import numpy as np
 
 from device.contract.labels import LABELS
 from device.errors import ModelError
-from device.model_store import ModelEntry, entry_for_file, model_entry
-from device.runtime import InferenceBackend, TensorSpec, open_backend
+from device.model_store import ModelEntry
+from device.models.classifier import EmotionClassifier, open_model
+from device.runtime import InferenceBackend, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +47,13 @@ def _uint8_fast_path(spec: TensorSpec) -> bool:
     return spec.dtype == np.int8 and spec.zero_point == -128 and abs(spec.scale * 255.0 - 1.0) < 1e-3
 
 
-class FaceEmotionModel:
+class FaceEmotionModel(EmotionClassifier):
     """A loaded face-emotion model; load once, then call predict per face or per batch."""
 
     def __init__(self, backend: InferenceBackend, entry: ModelEntry | None = None,
                  mirror_below: float | None = None):
-        self.backend = backend
-        self.entry = entry
-        meta = entry.meta if entry else {}
-        self.labels: tuple[str, ...] = tuple(meta.get("labels", LABELS))
-        if self.labels != LABELS:
-            raise ModelError(f"{backend.path}: labels {self.labels} are not the canonical {LABELS}")
-        self.version = meta.get("version", Path(backend.path).stem)
-        self._meta = meta
+        super().__init__(backend, entry)
+        meta = self._meta
         # The mirror gate fitted on validation data (manifest), unless the caller sets one (0 = single pass).
         self.mirror_below = meta.get("mirror_below_confidence") if mirror_below is None else mirror_below
         self.reset_counts()
@@ -112,12 +107,7 @@ class FaceEmotionModel:
 
         `mirror_below` overrides the manifest's mirror gate (see `mirror_gate`); 0 gives one pass per face.
         """
-        if path is not None:
-            entry = entry_for_file(Path(path))
-            backend = entry.open(runtime, threads) if entry else open_backend(Path(path), runtime, threads)
-            return cls(backend, entry, mirror_below)
-        entry = model_entry(name)
-        return cls(entry.open(runtime, threads), entry, mirror_below)
+        return cls(*open_model(name, runtime, threads, path), mirror_below)
 
     def preprocess(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Resize crops to the input size and convert them to the input tensor's dtype."""

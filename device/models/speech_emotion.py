@@ -13,10 +13,11 @@ import numpy as np
 
 from device.contract.labels import LABELS
 from device.errors import ModelError
-from device.model_store import ModelEntry, entry_for_file, model_entry
+from device.model_store import ModelEntry
+from device.models.classifier import EmotionClassifier, open_model
 from device.models.face_emotion import softmax
 from device.models.log_mel import LogMelConfig, log_mel
-from device.runtime import InferenceBackend, open_backend
+from device.runtime import InferenceBackend
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +36,12 @@ def window_features(wave: np.ndarray, frames: int, hop: int, config: LogMelConfi
     return out
 
 
-class SpeechEmotionModel:
+class SpeechEmotionModel(EmotionClassifier):
     """A loaded speech-emotion model; load once, then call predict per stretch of speech."""
 
     def __init__(self, backend: InferenceBackend, entry: ModelEntry | None = None):
-        self.backend = backend
-        self.entry = entry
-        meta = entry.meta if entry else {}
-        self.labels: tuple[str, ...] = tuple(meta.get("labels", LABELS))
-        if self.labels != LABELS:
-            raise ModelError(f"{backend.path}: labels {self.labels} are not the canonical {LABELS}")
-        self.version = meta.get("version", Path(backend.path).stem)
+        super().__init__(backend, entry)
+        meta = self._meta
         self.temperature = float(meta.get("calibration_temperature", 1.0))
         front = meta.get("front_end", {})
         self.config = LogMelConfig(**{k: v for k, v in front.items() if k in LogMelConfig.__dataclass_fields__})
@@ -64,12 +60,7 @@ class SpeechEmotionModel:
     def load(cls, name: str = DEFAULT_MODEL, runtime: str = "auto", threads: int = 1,
              path: str | Path | None = None) -> SpeechEmotionModel:
         """Load a manifest model by name, or a file by path (checked against its folder's manifest)."""
-        if path is not None:
-            entry = entry_for_file(Path(path))
-            backend = entry.open(runtime, threads) if entry else open_backend(Path(path), runtime, threads)
-            return cls(backend, entry)
-        entry = model_entry(name)
-        return cls(entry.open(runtime, threads), entry)
+        return cls(*open_model(name, runtime, threads, path))
 
     def logits(self, wave: np.ndarray) -> np.ndarray:
         """(n_windows, 7) float32 logits of the 2 s windows of `wave`."""

@@ -13,7 +13,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device.common.paho_client import new_client
+from device.common.paho_client import bind_callbacks, new_client
 from device.contract import DeviceState, DeviceTopics, StatusMessage, short_reason
 from device.mqtt.config import MqttConfig
 
@@ -141,11 +141,7 @@ class DeviceConnection:
         client.max_inflight_messages_set(cfg.max_inflight + 16)
         will = StatusMessage(device_id=cfg.device_id, state=DeviceState.OFFLINE, ts_ms=now_ms())
         client.will_set(self.topics.status, will.to_payload(), qos=1, retain=True)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
+        bind_callbacks(client, self, "connect", "connect_fail", "disconnect", "publish", "message")
         return client
 
     def note_error(self, message: str) -> None:
