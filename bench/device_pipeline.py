@@ -1,4 +1,6 @@
-"""Whole-device benchmark: `python -m device run --fast` on one core over a 640x480 30 fps replay with 4 faces.
+"""Whole-device benchmark: `python -m device run --fast` on one core over a 640x480 30 fps replay with 4 faces
+and 60 s of the sample's speech, with the speech-emotion model on (faces and speech together), and the same run
+without the speech-emotion model (faces and the voice detector) as the in-run comparison.
 
 Measures windows per second, frames analysed per CPU second, CPU seconds per minute of classroom input
 and peak RSS, with a decode-only pass over the same file as the in-run baseline. Writes
@@ -22,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import banner, describe  # noqa: E402
 from device.config import SAMPLE_AUDIO  # noqa: E402
 from tests.classroom import make_classroom_frame  # noqa: E402
 
@@ -66,17 +69,43 @@ def one_core(cmd: list[str]) -> list[str]:
     return ["taskset", "-c", "0", *cmd] if shutil.which("taskset") else cmd
 
 
+def make_audio(path: Path) -> None:
+    """The sample's speech (three teacher phrases in 12 s) repeated to the video's length."""
+    import wave
+
+    with wave.open(str(SAMPLE_AUDIO)) as w:
+        params, frames = w.getparams(), w.readframes(w.getnframes())
+    with wave.open(str(path), "wb") as out:
+        out.setparams(params)
+        for _ in range(SECONDS // 12):
+            out.writeframes(frames)
+
+
+def _device_run(work: Path, cfg: Path, video: Path, audio: Path, broker_url: str, tag: str) -> tuple:
+    device = [sys.executable, "-m", "device", "run", "--config", str(cfg), "--video", str(video), "--audio",
+              str(audio), "--fast", "--broker", broker_url, "--state-dir", str(work / f"state-{tag}"), "--summary"]
+    wall, cpu, rss, err = run_measured(one_core(device))
+    summary = json.loads(next(line for line in reversed(err.splitlines()) if line.startswith('{"summary"')))
+    return wall, cpu, rss, summary["summary"]
+
+
 def main() -> int:
+    print(banner(describe()))
     work = Path(tempfile.mkdtemp(prefix="aula-bench-"))
     try:
         video = work / "bench_640x480_30fps_4faces.mp4"
         make_video(video)
+        audio = work / "speech_60s.wav"
+        make_audio(audio)
         decode = [sys.executable, "-c", "import cv2,sys; c=cv2.VideoCapture(sys.argv[1]);\n"
                   "while c.read()[0]: pass", str(video)]
         d_wall, d_cpu, d_rss, _ = run_measured(one_core(decode))
         cfg = work / "bench.yaml"
-        cfg.write_text(f"vision:\n  analysis_fps: {ANALYSIS_FPS}\n  min_analysis_fps: {ANALYSIS_FPS}\n"
-                       "  threads: 1\nmqtt:\n  health_interval_s: 3600\n")
+        base = (f"vision:\n  analysis_fps: {ANALYSIS_FPS}\n  min_analysis_fps: {ANALYSIS_FPS}\n"
+                "  threads: 1\nmqtt:\n  health_interval_s: 3600\n")
+        cfg.write_text(base + "speech:\n  emotion_model: speech_emotion_int8\n")
+        faces_only = work / "faces.yaml"
+        faces_only.write_text(base)
         broker_url = "mqtt://127.0.0.1:9"  # no broker: events stay in the durable queue, as during an outage
         broker = None
         try:
@@ -88,13 +117,10 @@ def main() -> int:
                 broker_url = broker.url
         except Exception as exc:
             print(f"no broker ({exc}); events are queued on disk instead")
-        device = [sys.executable, "-m", "device", "run", "--config", str(cfg), "--video", str(video), "--audio",
-                  str(SAMPLE_AUDIO), "--fast", "--broker", broker_url, "--state-dir", str(work / "state"), "--summary"]
-        wall, cpu, rss, err = run_measured(one_core(device))
+        wall, cpu, rss, summary = _device_run(work, cfg, video, audio, broker_url, "speech")
+        f_wall, f_cpu, f_rss, _ = _device_run(work, faces_only, video, audio, broker_url, "faces")
         if broker is not None:
             broker.stop()
-        summary = json.loads(next(line for line in reversed(err.splitlines()) if line.startswith('{"summary"')))
-        summary = summary["summary"]
         vision = summary["vision"]
         media_s = vision["frames_captured"] / FPS
         result = {
@@ -112,10 +138,15 @@ def main() -> int:
             "baseline_decode_wall_s": d_wall,
             "baseline_decode_cpu_s_per_min_input": d_cpu / (media_s / 60),
             "baseline_decode_peak_rss_mb": d_rss,
+            "speech_windows": summary["audio"].get("speech_windows"),
+            "speech_emotion_ms_p50": summary["audio"].get("speech_emotion_ms_p50"),
+            "faces_only": {"wall_s": f_wall, "realtime_factor": media_s / f_wall,
+                           "cpu_s_per_min_input": f_cpu / (media_s / 60), "peak_rss_mb": f_rss},
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("\n== device pipeline, replay at full speed on one core (640x480, 30 fps, 4 faces, analysed at 10 fps) ==")
+    print("\n== device pipeline, replay at full speed on one core (640x480, 30 fps, 4 faces, analysed at 10 fps; "
+          "60 s of speech through Silero VAD and the speech-emotion model) ==")
     print(f"media {result['media_s']:.0f} s in {result['wall_s']:.1f} s wall: "
           f"{result['realtime_factor']:.1f}x real time (target >= {TARGET_REALTIME}x)")
     print(f"windows per second {result['windows_per_s']:.2f}; frames analysed per CPU second "
@@ -125,6 +156,10 @@ def main() -> int:
           f"{result['cpu_s_per_min_input'] / result['baseline_decode_cpu_s_per_min_input']:.2f}x)")
     print(f"peak RSS {result['peak_rss_mb']:.0f} MiB (target <= {TARGET_RSS_MB:.0f}; decode alone "
           f"{result['baseline_decode_peak_rss_mb']:.0f} MiB); events acknowledged: {result['events_acked']}")
+    fo = result["faces_only"]
+    print(f"speech windows classified {result['speech_windows']} ({result['speech_emotion_ms_p50']} ms each); "
+          f"without the speech model in the same run: {fo['realtime_factor']:.1f}x real time, "
+          f"{fo['cpu_s_per_min_input']:.2f} CPU s per minute, peak RSS {fo['peak_rss_mb']:.0f} MiB")
     ok = result["realtime_factor"] >= TARGET_REALTIME and result["peak_rss_mb"] <= TARGET_RSS_MB
     print(f"{'PASS' if ok else 'MISS'}  device pipeline targets")
     out = ROOT / "artifacts"
