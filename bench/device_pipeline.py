@@ -157,7 +157,8 @@ def main() -> int:
     print(f"peak RSS {result['peak_rss_mb']:.0f} MiB (target <= {TARGET_RSS_MB:.0f}; decode alone "
           f"{result['baseline_decode_peak_rss_mb']:.0f} MiB); events acknowledged: {result['events_acked']}")
     fo = result["faces_only"]
-    print(f"speech windows classified {result['speech_windows']} ({result['speech_emotion_ms_p50'] or 0:.2f} ms each, median); "
+    print(f"speech windows classified {result['speech_windows']} "
+          f"({result['speech_emotion_ms_p50'] or 0:.2f} ms each, median); "
           f"without the speech model in the same run: {fo['realtime_factor']:.1f}x real time, "
           f"{fo['cpu_s_per_min_input']:.2f} CPU s per minute, peak RSS {fo['peak_rss_mb']:.0f} MiB")
     ok = result["realtime_factor"] >= TARGET_REALTIME and result["peak_rss_mb"] <= TARGET_RSS_MB
