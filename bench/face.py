@@ -249,7 +249,10 @@ def targets(results: dict) -> bool:
 
 def main() -> int:
     cv2.setNumThreads(1)
-    results: dict = {"machine": {"cpu_count": __import__("os").cpu_count()}}
+    from bench.machine import banner, describe
+
+    results: dict = {"machine": describe()}
+    print(banner(results["machine"]))
     classifiers(results)
     compute(results)
     vision(results)

@@ -214,6 +214,9 @@ class SteadyPublisher:
 
 
 def main() -> int:
+    from bench.machine import banner, describe
+
+    print(banner(describe()))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1000, help="simulated devices at one event per second")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the steady phase")

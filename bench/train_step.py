@@ -44,6 +44,9 @@ def _ms_per_image(net, steps: int = 8) -> float:
 def main() -> int:
     import tensorflow as tf
 
+    from bench.machine import banner, describe
+
+    print(banner(describe()))
     tf.config.threading.set_intra_op_parallelism_threads(2)
     tf.config.threading.set_inter_op_parallelism_threads(2)
     import keras
