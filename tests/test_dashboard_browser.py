@@ -516,3 +516,24 @@ def test_voices_mood_beside_the_faces_in_chromium(server, browser):
         assert not unexpected, unexpected
     finally:
         device.close()
+
+
+@pytest.mark.parametrize("target", ["/%09/evil.example", "//evil.example", "/%5C/evil.example", "/%0A/evil.example",
+                                    "https://evil.example/"])
+def test_login_never_sends_the_browser_to_another_site(server, browser, target):
+    """A crafted ?next= must not turn the login page into an open redirect; the browser stays on the dashboard."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _, _ = server
+    driver = browser
+    driver.delete_all_cookies()
+    driver.get(f"{base}/login?next={target}")
+    wait = WebDriverWait(driver, 15)
+    wait.until(lambda d: d.find_elements(By.ID, "username"))
+    driver.find_element(By.ID, "username").send_keys(ADMIN[0])
+    driver.find_element(By.ID, "password").send_keys(ADMIN[1])
+    driver.find_element(By.ID, "login-submit").click()
+    wait.until(lambda d: "/login" not in d.current_url)
+    assert driver.current_url.startswith(base + "/"), driver.current_url
+    assert "evil.example" not in driver.current_url

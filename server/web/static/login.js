@@ -5,13 +5,24 @@
   const A = window.Aula;
   const { $ } = A;
 
-  // Only same-site paths are followed after login (no "//host" or absolute URLs: no open redirects).
+  // Only same-site paths are followed after login: no "//host", no absolute URLs, and no tabs, newlines or
+  // backslashes, which browsers drop or rewrite ("/%09/evil.example" becomes "//evil.example"). The path is
+  // resolved the way the browser will resolve it, and kept only if it stays on this origin.
   function nextPath() {
     const next = new URLSearchParams(location.search).get("next");
-    if (next && next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") && !next.startsWith("/login")) {
-      return next;
+    if (!next || !next.startsWith("/") || /[\u0000-\u0020\u007f\\]/.test(next)) {
+      return "/";
     }
-    return "/";
+    let url;
+    try {
+      url = new URL(next, location.origin);
+    } catch (e) {
+      return "/";
+    }
+    if (url.origin !== location.origin || url.pathname.startsWith("/login")) {
+      return "/";
+    }
+    return url.pathname + url.search + url.hash;
   }
 
   async function submit(ev) {
