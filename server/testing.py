@@ -41,13 +41,14 @@ def make_event(
 ) -> EmotionEvent:
     """A valid 2 s emotion window, built with the device's own EmotionEvent.
 
-    The fused distribution and the face modality are `distribution(label, p)`. `speech` is the speech modality's
+    The fused distribution and the face modality are `distribution(label, p)`; below 3 faces the face modality is
+    withheld (null), as the device withholds it and the server requires. `speech` is the speech modality's
     distribution (None: no speech in the window), and `speech_segments` its count (1 when speech is given).
     """
     start = int(time.time() * 1000) - 2000 if start_ms is None else start_ms
     dist = distribution(label, p)
     valence, arousal = valence_arousal(dist)
-    modalities: dict[str, dict[str, float] | None] = {"face": dist}
+    modalities: dict[str, dict[str, float] | None] = {"face": dist if faces >= 3 else None}
     counts = {"faces": faces}
     models = {"face": "face_emotion_int8@1"}
     if speech is not None:

@@ -25,7 +25,12 @@ REASONS = (
     "schema",
     "topic",
     "topic_mismatch",
+    "privacy",
 )
+
+# The smallest group whose face distribution the server stores: below it a distribution describes individuals.
+# Devices withhold it themselves (fusion.min_faces, default 3); the server does not trust them to.
+MIN_FACES = 3
 
 
 class Rejected(ValueError):
@@ -80,6 +85,15 @@ def _decode(payload: bytes) -> dict:
         raise Rejected("not_json", "payload nests too deeply") from None
 
 
+def _check_privacy(event: EmotionEvent) -> None:
+    """Refuse what no device may send: a transcript, or a face distribution of fewer than MIN_FACES faces."""
+    if event.transcript is not None:
+        raise Rejected("privacy", "events must not carry a transcript; no text leaves the device")
+    faces = event.counts.get("faces")
+    if event.modalities.get("face") is not None and (faces is None or faces < MIN_FACES):
+        raise Rejected("privacy", f"a face distribution needs a group of at least {MIN_FACES} faces, got {faces}")
+
+
 def validate_message(topic: str, payload: bytes) -> Incoming:
     """Return the typed message, or raise Rejected with a reason code."""
     site, room, device, leaf = parse_topic(topic)
@@ -89,6 +103,7 @@ def validate_message(topic: str, payload: bytes) -> Incoming:
             event = EmotionEvent.from_dict(data)
             if (event.site, event.room, event.device_id) != (site, room, device):
                 raise Rejected("topic_mismatch", "site, room or device_id differs from the topic")
+            _check_privacy(event)
             return Incoming(leaf, site, room, device, event=event, payload=payload)
         if leaf == STATUS:
             status = StatusMessage.from_dict(data)

@@ -278,7 +278,7 @@ def test_segments_and_csv_report(harness, device):
     segment = started.json()
     assert set(segment) == {"id", "name", "start_ms"}
     for seq in range(1, 4):
-        device.event(make_event(device_id="pi-101", seq=seq, start_ms=segment["start_ms"] + 1, faces=2))
+        device.event(make_event(device_id="pi-101", seq=seq, start_ms=segment["start_ms"] + 1, faces=3))
     assert wait_for(lambda: harness.stat("events_ingested") == 4)
     stopped = client.post(f"/api/rooms/{room_id}/segments/{segment['id']}/stop", json={}, headers=h)
     assert stopped.status_code == 200 and stopped.json()["id"] == segment["id"] and stopped.json()["end_ms"] >= 0

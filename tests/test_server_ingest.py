@@ -77,14 +77,21 @@ def test_invalid_messages_are_counted_by_reason_and_never_stored(harness, device
     bad_range["valence"] = 7
     device.publish(topic("school1", "room101", "pi-101", "events"), json.dumps(bad_range).encode())
     device.publish(topic("school1", "room101", "pi-101", "status"), b'{"type":"status","schema":1}')
+    few_faces = json.loads(good.to_payload())
+    few_faces["counts"]["faces"] = 2  # a face distribution of two pupils describes individuals
+    device.publish(topic("school1", "room101", "pi-101", "events"), json.dumps(few_faces).encode())
+    with_text = json.loads(good.to_payload())
+    with_text["transcript"] = "what the teacher said"
+    device.publish(topic("school1", "room101", "pi-101", "events"), json.dumps(with_text).encode())
     wrong_device = b'{"type":"health","schema":1,"device_id":"x","ts_ms":1,"state":"online"}'
     device.publish(topic("school1", "room101", "pi-101", "health"), wrong_device)
     device.event(good)
-    assert wait_for(lambda: harness.stat("events_ingested") == 1 and harness.stat("events_invalid") == 7)
+    assert wait_for(lambda: harness.stat("events_ingested") == 1 and harness.stat("events_invalid") == 9)
     reasons = harness.client().get("/healthz").json()["invalid_by_reason"]
     assert reasons["topic_mismatch"] == 2  # the event and the health report
     assert reasons["not_utf8"] == 1 and reasons["not_json"] == 1 and reasons["oversized"] == 1
     assert reasons["schema"] == 2
+    assert reasons["privacy"] == 2  # the two-face distribution and the transcript
     assert harness.server.storage.ingest.count_events() == 1
 
 
