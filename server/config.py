@@ -157,6 +157,19 @@ class HttpConfig(StrictModel):
         return parse_listen(self.listen)
 
 
+class IntakeConfig(StrictModel):
+    """Which event times the server believes: a device's clock can be wrong, or a sender can lie."""
+
+    max_age_s: float = Field(
+        3 * 24 * 3600.0, gt=0, description="Events whose window started longer ago than this are refused (too_old); "
+        "a device's offline queue keeps events as long by default (mqtt.queue.max_age_s)."
+    )
+    max_ahead_s: float = Field(
+        300.0, ge=0, le=24 * 3600, description="Events whose window ends further in the future than this are "
+        "refused (future): they would pin a room's current mood and escape retention."
+    )
+
+
 class RetentionConfig(StrictModel):
     """How long raw events are kept; aggregates are what the dashboard reads."""
 
@@ -196,6 +209,7 @@ class ServerConfig(StrictModel):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig, description="Storage.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="Dashboard and API.")
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="Raw event retention.")
+    intake: IntakeConfig = Field(default_factory=IntakeConfig, description="Which event times are believed.")
     devices: DevicesConfig = Field(default_factory=DevicesConfig, description="Device registration.")
     summaries: SummaryConfig = Field(default_factory=SummaryConfig, description="Room summaries over MQTT.")
     current_window_s: float = Field(

@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from device.contract import faces_of
+from device.contract import faces_of, topic
 from device.contract.topics import EVENTS, STATUS
 from server.aggregates import MODALITIES, Sums
 from server.devices import DeviceRegistry
@@ -82,6 +82,10 @@ def window_view(incoming: Incoming) -> dict:
     }
 
 
+def _topic_of(incoming: Incoming) -> str:
+    return topic(incoming.site, incoming.room, incoming.device_id, incoming.leaf)
+
+
 class Ingestor:
     """The MQTT message callback's logic; `store` feeds the writer, `live` feeds streams and summaries."""
 
@@ -95,6 +99,8 @@ class Ingestor:
         acker: Callable[[list], None] | None = None,
         recent_ids: int = 200_000,
         live_events: bool = True,
+        max_age_s: float = 3 * 24 * 3600.0,
+        max_ahead_s: float = 300.0,
     ):
         self.stats = stats
         self.registry = registry
@@ -104,6 +110,8 @@ class Ingestor:
         self.acker = acker
         self.live_events = live_events  # False when a separate live-feed client follows all events
         self._recent = RecentIds(recent_ids)
+        self.max_age_ms = int(max_age_s * 1000)
+        self.max_ahead_ms = int(max_ahead_s * 1000)
         self._log = RateLimitedLog()
 
     def _ack_now(self, token) -> None:
@@ -135,6 +143,13 @@ class Ingestor:
     def _event(self, incoming: Incoming, now: int, token) -> str:
         event = incoming.event
         assert event is not None
+        if event.window_end_ms > now + self.max_ahead_ms:
+            ahead = (event.window_end_ms - now) / 1000
+            detail = f"window ends {ahead:.0f} s after the server's clock"
+            return self._reject(_topic_of(incoming), "future", detail, token)
+        if event.window_start_ms < now - self.max_age_ms:
+            age = (now - event.window_start_ms) / 1000
+            return self._reject(_topic_of(incoming), "too_old", f"window started {age:.0f} s ago", token)
         if self._recent.seen(event.event_id):
             if self.writer is not None:
                 self.stats.add("events_duplicate")

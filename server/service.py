@@ -124,8 +124,9 @@ class AulaServer:
         )
         self.writer.start()
         shared = cfg.mqtt.shared_group is not None
+        window = {"max_age_s": cfg.intake.max_age_s, "max_ahead_s": cfg.intake.max_ahead_s}
         self.ingestor = Ingestor(
-            self.stats, self.registry, self.writer, self.hub, None, acker=self._ack, live_events=not shared
+            self.stats, self.registry, self.writer, self.hub, None, acker=self._ack, live_events=not shared, **window
         )
         self._intake_open.set()
         self.broker = BrokerClient(cfg.mqtt, self._on_message, subscriptions(cfg.mqtt))
@@ -135,7 +136,7 @@ class AulaServer:
             self.summaries.start()
         if shared:
             # The shared subscription gives this instance only part of the events; its dashboards need all.
-            live = Ingestor(self.stats, self.registry, None, self.hub, self.summaries)
+            live = Ingestor(self.stats, self.registry, None, self.hub, self.summaries, **window)
             self.live_feed = BrokerClient(
                 cfg.mqtt,
                 lambda t, p, r, tok: live.handle(t, p, r, tok),

@@ -26,6 +26,8 @@ REASONS = (
     "topic",
     "topic_mismatch",
     "privacy",
+    "too_old",
+    "future",
 )
 
 # The smallest group whose face distribution the server stores: below it a distribution describes individuals.

@@ -185,6 +185,7 @@ def test_summaries_are_rate_limited_per_room(tmp_path, mosquitto, device):
 
 def test_retention_sweep_keeps_aggregates(harness, device):
     harness.overrides["retention.raw_days"] = 30
+    harness.overrides["intake.max_age_s"] = 60 * 86_400  # let 45-day-old windows in, to see retention remove them
     server = harness.start()
     room = server.storage.rooms.create("school1", "room101", "Room 101")
     server.registry.add_room("school1", "room101", room["id"])
@@ -245,3 +246,19 @@ def test_shared_subscription_splits_the_load(tmp_path, mosquitto, device, databa
     finally:
         second.stop()
         first.stop()
+
+
+def test_event_times_are_checked_against_the_server_clock(harness, device):
+    """A future-dated window would pin the room's current mood and escape retention; a very old one would rewrite
+    old lesson reports. Both are refused and counted; a backlog within the window (a device back online) is kept."""
+    harness.start()
+    now = int(time.time() * 1000)
+    day = 24 * 3600 * 1000
+    device.event(make_event(device_id="pi-101", seq=1, start_ms=now + 3600 * 1000))  # an hour ahead
+    device.event(make_event(device_id="pi-101", seq=2, start_ms=now - 4 * day))  # older than 3 days
+    device.event(make_event(device_id="pi-101", seq=3, start_ms=now - 2 * day))  # a backlog: kept
+    device.event(make_event(device_id="pi-101", seq=4, start_ms=now + 60 * 1000))  # a clock a minute fast: kept
+    assert wait_for(lambda: harness.stat("events_ingested") == 2 and harness.stat("events_invalid") == 2)
+    reasons = harness.client().get("/healthz").json()["invalid_by_reason"]
+    assert reasons["future"] == 1 and reasons["too_old"] == 1
+    assert harness.server.storage.ingest.count_events() == 2
