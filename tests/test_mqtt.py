@@ -640,6 +640,27 @@ def test_events_the_broker_refuses_stay_queued(broker_factory, tmp_path, publish
     assert "refused event seq 3: Not authorized" in stats.last_error
 
 
+def test_refused_events_are_sent_again_once_the_broker_takes_them(broker_factory, tmp_path, publishers):
+    """A refusal is a setup problem someone fixes (here: the ACL); the events go out then, without a restart."""
+    import signal
+
+    acl = tmp_path / "acl"
+    acl.write_text("topic read aula/#\npattern write aula/v1/+/+/%c/status\n")  # events not allowed
+    broker = broker_factory(listener_options=f"acl_file {acl}")
+    broker.start()
+    collector = Collector(broker)
+    pub = publishers(build_config(broker.url, tmp_path / "q.sqlite3", refused_retry_s=0.5))
+    pub.start()
+    for i in range(3):
+        pub.publish_event(_event(i))
+    assert wait_for(lambda: pub.stats().rejected >= 3)
+    acl.write_text("topic read aula/#\npattern write aula/v1/+/+/%c/#\n")  # the technician fixes the ACL
+    broker.process.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL file
+    assert wait_for(lambda: pub.stats().backlog == 0, 15), pub.stats()
+    assert sorted({e.seq for e in collector.events(pub.topics)}) == [1, 2, 3]
+    collector.close()
+
+
 def test_commands_are_acked_and_malformed_ones_counted(mosquitto, tmp_path, publishers):
     collector = Collector(mosquitto)
     pub = publishers(build_config(mosquitto.url, tmp_path / "q.sqlite3"))

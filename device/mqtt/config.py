@@ -52,6 +52,11 @@ class MqttConfig(BrokerConnection):
     max_inflight: int = Field(
         20, ge=1, le=1000, description="Most events sent and not yet acknowledged; more waits in the queue."
     )
+    refused_retry_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="An event the broker refused (an ACL or quota not yet fixed) stays queued and is sent again after "
+        "this long, doubling up to ten times as long while it keeps being refused.",
+    )
     health_interval_s: float = Field(30.0, gt=0, le=3600, description="Seconds between health messages.")
     health_qos: Literal[0, 1] = Field(0, description="QoS of health messages; they are never queued while offline.")
     stop_timeout_s: float = Field(

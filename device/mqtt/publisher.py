@@ -30,7 +30,7 @@ class PublisherStats:
     queued: int  # events enqueued since start
     sent: int  # events handed to the network (first sends; paho's resends after a reconnect not counted)
     acked: int  # PUBACKs for events
-    rejected: int  # events the broker refused (MQTT 5 reason >= 0x80); kept on disk, re-sent after a restart
+    rejected: int  # refusals by the broker (MQTT 5 reason >= 0x80); the event stays on disk and is sent again later
     in_flight: int
     backlog: int  # events on disk not yet acknowledged, in flight included
     backlog_bytes: int

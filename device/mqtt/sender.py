@@ -47,6 +47,9 @@ class EventSender:
         self._hold_until = 0.0
         self._seen_epoch = 0
         self._next_slot = 0.0
+        self._refused: set[int] = set()  # seqs the broker refused, sent again at _retry_at
+        self._retry_at = 0.0
+        self._retry_s = config.refused_retry_s
         self.queued = 0  # events enqueued since start
         self.sent = 0  # first sends; paho's resends after a reconnect are not counted
         self.acked = 0
@@ -93,12 +96,19 @@ class EventSender:
                 continue  # a status, ack or health message
             self._hold.discard(seq)
             if reason.is_failure:
-                # Kept on disk: a broker that refuses (ACL, quota) is a setup problem; re-sent after a restart.
+                # Kept on disk: a broker that refuses (ACL, quota) is a setup problem that someone will fix, so the
+                # event is sent again later, with backoff, instead of waiting for a restart.
                 self.rejected += 1
                 self.connection.last_error = f"broker refused event seq {seq}: {reason}"
-                logger.warning("MQTT: broker refused event seq %s (%s); it stays queued", seq, reason)
+                if not self._refused:
+                    self._retry_at = time.monotonic() + self._retry_s
+                self._refused.add(seq)
+                logger.warning("MQTT: broker refused event seq %s (%s); it stays queued and is sent again in %.0f s",
+                               seq, reason, max(0.0, self._retry_at - time.monotonic()))
                 continue
             self.acked += 1
+            self._refused.discard(seq)
+            self._retry_s = self.config.refused_retry_s  # the broker takes events again
             self.queue.ack(seq)
 
     # ---- the sender thread ----------------------------------------------------------------------------------
@@ -146,10 +156,22 @@ class EventSender:
             self._hold.clear()
         return bool(self._hold)
 
+    def _retry_refused(self) -> None:
+        """Once the retry time has come, go back to the oldest refused event and send on from there."""
+        if not self._refused or time.monotonic() < self._retry_at:
+            return
+        oldest = min(self._refused)
+        self._refused.clear()
+        self._last_sent_seq = min(self._last_sent_seq, oldest - 1)
+        self._retry_s = min(self._retry_s * 2, self.config.refused_retry_s * 10)
+        self._retry_at = time.monotonic() + self._retry_s
+        logger.info("MQTT: sending refused events again from seq %s", oldest)
+
     def _drain(self) -> None:
         conn = self.connection
         while conn.connected and not conn.stopping.is_set():
             self.settle_pubacks()
+            self._retry_refused()
             if self._held():
                 return
             room = self.config.max_inflight - len(self.inflight)
