@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hmac
 import io
+import ipaddress
 import json
 import logging
+import os
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -389,6 +392,20 @@ def metrics_text(c: AppContext) -> str:
     return prometheus_text(data)
 
 
-@router.get("/metrics", summary="The same counters in Prometheus text format")
-def metrics(c: Ctx) -> Response:
+def metrics_allowed(request: Request, token: str | None) -> bool:
+    """A loopback client, or one that sends the metrics token: the counters describe the school's fleet."""
+    if token and hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
+        return True
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@router.get("/metrics", summary="The same counters in Prometheus text format (loopback, or with the metrics token)")
+def metrics(request: Request, c: Ctx) -> Response:
+    env = c.config.http.metrics_token_env
+    if not metrics_allowed(request, os.environ.get(env) if env else None):
+        raise HTTPException(403, "metrics are served to loopback clients, or with http.metrics_token_env's token")
     return Response(metrics_text(c), media_type="text/plain; version=0.0.4; charset=utf-8")

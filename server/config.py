@@ -131,6 +131,11 @@ class HttpConfig(StrictModel):
     forwarded_allow_ips: str = Field(
         "127.0.0.1", description="Proxies whose X-Forwarded-For/-Proto headers are trusted (uvicorn's option)."
     )
+    metrics_token_env: str | None = Field(
+        None,
+        description="Environment variable holding a token for /metrics (sent as `Authorization: Bearer <token>`); "
+        "without one, /metrics answers loopback clients only (a Prometheus on the same host).",
+    )
     session_hours: float = Field(12.0, gt=0, le=24 * 30, description="Login sessions expire after this many hours.")
     login_max_failures: int = Field(
         5, ge=1, le=1000, description="Failed logins per user name or client address before a lockout."

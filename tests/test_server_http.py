@@ -355,3 +355,23 @@ def test_stream_ends_when_the_server_stops(tmp_path, mosquitto):
     stream.close()
     with pytest.raises(httpx.HTTPError):
         client.get("/healthz")
+
+
+def test_metrics_answer_loopback_or_the_token_only(tmp_path, mosquitto, monkeypatch):
+    """The counters describe a school's fleet: behind a proxy, a remote client needs the metrics token."""
+    from server.testing import ServerHarness
+
+    monkeypatch.setenv("AULA_TEST_METRICS_TOKEN", "s3cret-metrics")
+    made = ServerHarness(tmp_path / "m", mosquitto.url, **{"http.metrics_token_env": "AULA_TEST_METRICS_TOKEN"})
+    made.start()
+    try:
+        client = made.client()
+        assert client.get("/metrics").status_code == 200  # a Prometheus on the same host
+        remote = {"X-Forwarded-For": "203.0.113.5"}  # through the trusted reverse proxy, from outside
+        assert client.get("/metrics", headers=remote).status_code == 403
+        wrong = client.get("/metrics", headers={**remote, "Authorization": "Bearer guess"})
+        assert wrong.status_code == 403
+        right = client.get("/metrics", headers={**remote, "Authorization": "Bearer s3cret-metrics"})
+        assert right.status_code == 200 and "aula_events_ingested_total" in right.text
+    finally:
+        made.stop()
