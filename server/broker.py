@@ -12,11 +12,14 @@ from paho.mqtt.properties import Properties
 
 from device.common.credentials import install_redaction, resolve_password
 from device.common.paho_client import bind_callbacks, new_client
+from device.contract import MAX_PAYLOAD_BYTES
 from device.contract.topics import ALL_EVENTS, ALL_HEALTH, ALL_STATUS
 from server.config import ServerMqttConfig
 from server.mqtt_transport import IntakeClient
 
 logger = logging.getLogger(__name__)
+
+MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 1024  # room for the fixed header, the topic (<= 6 levels of 64) and properties
 
 # handler(topic, payload, retained, ack_token or None)
 MessageHandler = Callable[[str, bytes, bool, tuple | None], None]
@@ -90,6 +93,8 @@ class BrokerClient:
             if self.persistent and cfg.session_expiry_s:
                 props.SessionExpiryInterval = cfg.session_expiry_s
             props.ReceiveMaximum = cfg.receive_maximum
+            # The broker then drops anything larger than a valid payload plus its topic, before paho reads it.
+            props.MaximumPacketSize = MAX_PACKET_BYTES
             kwargs = {"clean_start": not self.persistent, "properties": props}
         self._client.connect_async(address.host, address.port, keepalive=cfg.keepalive, **kwargs)
         self._client.loop_start()
