@@ -34,8 +34,8 @@ def _ms(fn, repeats: int = 50, warmup: int = 5) -> float:
 def main() -> int:
     from converter import ravdess
     from converter.export_speech import voiced_part
+    from converter.metrics import accuracy_and_macro_f1
     from converter.speech_baseline import fit_svm, mfcc_stats
-    from converter.train_speech import accuracy_and_macro_f1
     from device.audio.base import AudioChunk
     from device.audio.voice_gate import VoiceGate, VoiceGateConfig
     from device.models.speech_emotion import SpeechEmotionModel
@@ -52,7 +52,6 @@ def main() -> int:
     clips = ravdess.clips()
     test = [c for c in clips if c.actor in ravdess.TEST_ACTORS]
     train = [c for c in clips if c.actor in ravdess.TRAIN_ACTORS]
-    t = time.perf_counter()
     x_train = np.stack([mfcc_stats(voiced_part(ravdess.read_wave(c.path))) for c in train])
     svm = fit_svm(x_train, np.array([c.label for c in train]))
     test_waves = [voiced_part(ravdess.read_wave(c.path)) for c in test]

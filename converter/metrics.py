@@ -24,6 +24,12 @@ def per_class_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return precision, recall, f1
 
 
+def accuracy_and_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n: int = 7) -> tuple[float, float]:
+    """Accuracy and macro-F1 of predicted class indices (n classes)."""
+    cm = confusion_matrix(y_true, y_pred, n)
+    return float((y_true == y_pred).mean()), float(per_class_f1(cm)[2].mean())
+
+
 def summarize(y_true: np.ndarray, probs: np.ndarray, labels: tuple[str, ...]) -> dict:
     """Return accuracy, macro-F1, per-class scores and the confusion matrix."""
     y_pred = probs.argmax(axis=1)

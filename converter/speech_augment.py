@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from device.models.log_mel import LogMelConfig, log_mel
+from device.models.log_mel import LogMelConfig, log_mel, normalised_crop
 
 FRAMES_PER_S = 100  # 10 ms hop
 DEFAULT_CONFIG = LogMelConfig()
@@ -83,22 +83,11 @@ def spec_augment(x: np.ndarray, rng: np.random.Generator, freq_masks: int = 2, t
     return x
 
 
-def crop(raw_db: np.ndarray, start: int, frames: int) -> np.ndarray:
-    """`frames` rows of un-normalised log-mel from `start` (may be negative), each band's mean over the real rows
-    removed as the device's front end does, and zeros (that mean) where the crop runs past either end."""
-    out = np.zeros((frames, raw_db.shape[1]), np.float32)
-    lo, hi = max(0, start), min(len(raw_db), start + frames)
-    if hi > lo:
-        piece = raw_db[lo:hi]
-        out[lo - start : hi - start] = piece - piece.mean(axis=0, keepdims=True)
-    return out
-
-
 def windows(raw_db: np.ndarray, frames: int, hop: int) -> np.ndarray:
     """Every `frames`-long window of the voiced part, `hop` apart (at least one), as the device takes them."""
     start, end = voiced_range(raw_db)
     starts = [start] if end - start <= frames else list(range(start, end - frames + 1, hop))
-    return np.stack([crop(raw_db, s, frames) for s in starts])
+    return np.stack([normalised_crop(raw_db, s, frames) for s in starts])
 
 
 class Augmenter:
@@ -118,16 +107,18 @@ class Augmenter:
             x = change_speed(x, rng.uniform(0.9, 1.1))
         raw = log_mel(x, self.config, normalise=False)
         start, end = voiced_range(raw)
+        feats = raw  # the voiced range comes from the clean clip; features are computed again only if noise is added
         r = rng.random()
         if r < 0.25 and len(self.pool) >= 4:
             x = mix_at_snr(x, babble(self.pool, len(x), int(rng.integers(2, 5)), rng), rng.uniform(5, 20), rng)
+            feats = log_mel(x, self.config, normalise=False)
         elif r < 0.5:
             kind = ("white", "pink", "fan")[rng.integers(0, 3)]
             x = mix_at_snr(x, coloured_noise(len(x), kind, rng), rng.uniform(5, 25), rng)
-        feats = log_mel(x, self.config, normalise=False)
+            feats = log_mel(x, self.config, normalise=False)
         span = end - start
         if span > self.frames:
             s = int(rng.integers(start, end - self.frames + 1))
         else:
             s = start - int(rng.integers(0, self.frames - span + 1))
-        return spec_augment(crop(feats, s, self.frames), rng)
+        return spec_augment(normalised_crop(feats, s, self.frames), rng)

@@ -12,17 +12,12 @@ import numpy as np
 
 from converter import ravdess
 from converter.datasets import cache_dir
-from converter.metrics import confusion_matrix, per_class_f1
+from converter.metrics import accuracy_and_macro_f1
 from converter.speech_augment import Augmenter, windows
 from converter.speech_net import FRAMES, build_speech_net
 from device.models.log_mel import log_mel
 
 logger = logging.getLogger(__name__)
-
-
-def accuracy_and_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
-    cm = confusion_matrix(y_true, y_pred, 7)
-    return float((y_true == y_pred).mean()), float(per_class_f1(cm)[2].mean())
 
 RECIPE = {"epochs": 30, "lr": 3e-3, "batch_size": 32, "crops_per_clip": 2, "eval_every": 2, "folds": 5}
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from converter import ravdess
 from converter.datasets import cache_dir
-from converter.train_speech import accuracy_and_macro_f1
+from converter.metrics import accuracy_and_macro_f1
 
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 

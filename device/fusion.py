@@ -51,8 +51,6 @@ __all__ = [
 ]
 
 
-
-
 class ModalityWeights(StrictModel):
     """Reliability weight per modality (relative; only their ratios matter)."""
 

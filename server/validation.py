@@ -11,6 +11,7 @@ from device.contract import (
     SchemaError,
     StatusMessage,
     decode_json,
+    faces_of,
     parse_device_topic,
 )
 from device.contract.topics import EVENTS, STATUS
@@ -91,7 +92,7 @@ def _check_privacy(event: EmotionEvent) -> None:
     """Refuse what no device may send: a transcript, or a face distribution of fewer than MIN_FACES faces."""
     if event.transcript is not None:
         raise Rejected("privacy", "events must not carry a transcript; no text leaves the device")
-    faces = event.counts.get("faces")
+    faces = faces_of(event)
     if event.modalities.get("face") is not None and (faces is None or faces < MIN_FACES):
         raise Rejected("privacy", f"a face distribution needs a group of at least {MIN_FACES} faces, got {faces}")
 

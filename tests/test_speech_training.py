@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from converter import ravdess
-from converter.speech_augment import Augmenter, crop, mix_at_snr, voiced_range
+from converter.speech_augment import Augmenter, mix_at_snr, voiced_range
 from device.contract.labels import LABELS
+from device.models.log_mel import normalised_crop
 
 
 def test_names_map_to_canonical_labels_with_calm_as_neutral():
@@ -43,7 +44,7 @@ def test_noise_is_mixed_at_the_asked_snr():
 
 def test_a_crop_before_the_start_is_shifted_and_each_band_loses_its_mean():
     raw = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)
-    out = crop(raw, -10, 20)
+    out = normalised_crop(raw, -10, 20)
     assert np.all(out[:10] == 0) and np.allclose(out[10:].mean(axis=0), 0)
     assert np.allclose(np.diff(out[10:, 0]), 4)  # rows in order
 

@@ -77,7 +77,6 @@ class StatusMessage(Message):
         )
 
 
-
 @dataclass
 class Command(Message):
     """A command from the server on `.../cmd`; `id` correlates it with its ack."""
@@ -99,7 +98,6 @@ class Command(Message):
                 f"command must be one of {', '.join(c.value for c in CommandName)}, got {data.get('command')!r}"
             ) from None
         return cls(id=command_id, command=name)
-
 
 
 def extract_command_id(payload: bytes | str) -> str | None:

@@ -89,3 +89,14 @@ def log_mel(wave: np.ndarray, config: LogMelConfig = LogMelConfig(), normalise: 
     if normalise:
         db -= db.mean(axis=0, keepdims=True)
     return db.astype(np.float32)
+
+
+def normalised_crop(raw_db: np.ndarray, start: int, frames: int) -> np.ndarray:
+    """`frames` rows of un-normalised log-mel from `start` (may be negative), each band's mean over the real rows
+    removed, and zeros (that mean) where the crop runs past either end: the model's input window."""
+    out = np.zeros((frames, raw_db.shape[1]), np.float32)
+    lo, hi = max(0, start), min(len(raw_db), start + frames)
+    if hi > lo:
+        piece = raw_db[lo:hi]
+        out[lo - start : hi - start] = piece - piece.mean(axis=0, keepdims=True)
+    return out

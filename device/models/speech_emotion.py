@@ -16,7 +16,7 @@ from device.errors import ModelError
 from device.model_store import ModelEntry
 from device.models.classifier import EmotionClassifier, open_model
 from device.models.face_emotion import softmax
-from device.models.log_mel import LogMelConfig, log_mel
+from device.models.log_mel import LogMelConfig, log_mel, normalised_crop
 from device.runtime import InferenceBackend
 
 logger = logging.getLogger(__name__)
@@ -29,11 +29,7 @@ def window_features(wave: np.ndarray, frames: int, hop: int, config: LogMelConfi
     """(n, frames, n_mels) normalised log-mel windows covering `wave`: every `hop` frames, at least one."""
     raw = log_mel(wave, config, normalise=False)
     starts = [0] if len(raw) <= frames else list(range(0, len(raw) - frames + 1, hop))
-    out = np.zeros((len(starts), frames, config.n_mels), np.float32)
-    for i, s in enumerate(starts):
-        piece = raw[s : s + frames]
-        out[i, : len(piece)] = piece - piece.mean(axis=0, keepdims=True)
-    return out
+    return np.stack([normalised_crop(raw, s, frames) for s in starts])
 
 
 class SpeechEmotionModel(EmotionClassifier):
