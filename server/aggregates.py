@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from device.contract import EmotionEvent, faces_of, valence_arousal
+from device.contract import COUNT_KEYS, EmotionEvent, Modality, faces_of, valence_arousal
 from device.contract.labels import LABELS
 
 BUCKET_MS = 10_000
@@ -28,8 +28,8 @@ class ModalitySums:
 
 # Each needs its columns in a migration (server/migrations.py: modality_columns); text would follow the same way.
 MODALITIES: tuple[ModalitySums, ...] = (
-    ModalitySums("face", "face"),
-    ModalitySums("speech", "voices", count_key="speech_segments", count_field="segments"),
+    ModalitySums(Modality.FACE.value, "face"),
+    ModalitySums(Modality.SPEECH.value, "voices", count_key=COUNT_KEYS[Modality.SPEECH], count_field="segments"),
 )
 
 # Column order of the aggregates table after (room_id, bucket_ms); also the order of Sums.values().
