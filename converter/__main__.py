@@ -103,7 +103,37 @@ def build_parser() -> argparse.ArgumentParser:
     es = sub.add_parser("export-speech", help="quantise, evaluate and register the trained speech model")
     es.add_argument("--model", type=Path, help="trained Keras file (default: the final run's in the cache)")
     sub.add_parser("evaluate-speech", help="evaluate the committed speech models on RAVDESS test actors 19-24")
+
+    tt = sub.add_parser("train-text", help="fine-tune all-MiniLM-L6-v2 on GoEmotions (Ekman) for the 7 labels, "
+                                           "resuming if interrupted, then run export-text")
+    tt.add_argument("--work-dir", type=Path, help="checkpoint folder (default: ~/.cache/aula/train_text)")
+    tt.add_argument("--epochs", type=int, help="default: the recipe's (converter/train_text.py)")
+    tt.add_argument("--threads", type=int, default=2)
+    tt.add_argument("--limit", type=int, help="train on the first N rows only (a smoke run)")
+    tt.add_argument("--float32", action="store_true", help="train in float32 instead of bfloat16")
+    tt.add_argument("--no-export", action="store_true", help="train only")
+    et = sub.add_parser("export-text", help="quantise, evaluate and register the fine-tuned text model")
+    et.add_argument("--work-dir", type=Path, help="the training run (default: ~/.cache/aula/train_text)")
+    sub.add_parser("evaluate-text", help="evaluate the committed text models on the GoEmotions test split")
     return parser
+
+
+def _text(args) -> int:
+    from converter import train_text
+
+    work_dir = getattr(args, "work_dir", None) or train_text.default_work_dir()
+    if args.command == "train-text":
+        recipe = dict(train_text.RECIPE, **({"epochs": args.epochs} if args.epochs else {}))
+        train_text.train(work_dir, recipe, threads=args.threads, limit=args.limit, bf16=not args.float32)
+        if args.no_export:
+            return 0
+    from converter import export_text
+
+    if args.command == "evaluate-text":
+        export_text.evaluate_committed()
+    else:
+        export_text.export_text(work_dir)
+    return 0
 
 
 def _speech(args) -> int:
@@ -139,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command.endswith("-speech"):
         return _speech(args)
+    if args.command.endswith("-text"):
+        return _text(args)
 
     from converter.train_face import default_work_dir
 

@@ -111,7 +111,6 @@ class LiteRTBackend(InferenceBackend):
             raise ModelError(f"{self.path}: not a loadable TFLite model ({exc})") from exc
         self._in = self._interp.get_input_details()
         self._out = self._interp.get_output_details()
-        self._batch = int(self._in[0]["shape"][0])
 
     @classmethod
     def available(cls) -> bool:
@@ -130,18 +129,18 @@ class LiteRTBackend(InferenceBackend):
     def outputs(self) -> list[TensorSpec]:
         return [self._spec(d) for d in self._out]
 
-    def _ensure_batch(self, n: int) -> None:
-        if n == self._batch:
+    def _ensure_shapes(self, arrays: tuple[np.ndarray, ...]) -> None:
+        """Resize the inputs to these arrays' shapes (a new batch size, or a new sequence length) when they differ."""
+        if all(tuple(d["shape"]) == a.shape for d, a in zip(self._in, arrays, strict=True)):
             return
-        for d in self._in:
-            self._interp.resize_tensor_input(d["index"], [n, *d["shape"][1:]])
+        for d, a in zip(self._in, arrays, strict=True):
+            self._interp.resize_tensor_input(d["index"], list(a.shape))
         self._interp.allocate_tensors()
         self._in = self._interp.get_input_details()
         self._out = self._interp.get_output_details()
-        self._batch = n
 
     def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        self._ensure_batch(int(arrays[0].shape[0]))
+        self._ensure_shapes(arrays)
         for d, a in zip(self._in, arrays, strict=True):
             self._interp.set_tensor(d["index"], a)
         self._interp.invoke()
@@ -180,7 +179,8 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     @staticmethod
     def _spec(node) -> TensorSpec:
-        dtype = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}.get(
+        dtype = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+                 "tensor(int32)": np.int32, "tensor(int64)": np.int64}.get(
             node.type, np.float32
         )
         shape = tuple(s if isinstance(s, int) else -1 for s in node.shape)

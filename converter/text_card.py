@@ -1,0 +1,88 @@
+"""The text-emotion model card (models_tflite/cards/text_emotion.md), written from export-text's report."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from device.contract.labels import LABELS
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def write_text_card(report: dict, path: Path) -> None:
+    m = report["models"]
+    i8, base = m["text_emotion_int8"], report["tfidf_baseline"]
+    rows = "\n".join(
+        f"| {name} | {report['bytes'][name] / 1e6:.1f} MB | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
+        f"{r['ms_per_sentence']:.2f} |" for name, r in m.items())
+    per_class = "\n".join(
+        f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+        for c, v in report["per_class_int8"].items())
+    epochs = "\n".join(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['dev_accuracy']:.4f} | {h['dev_macro_f1']:.4f} |"
+                       f" {h['seconds']:.0f} |" for h in report["training"]["history"])
+    confusion = "\n".join(f"| {LABELS[i]} | " + " | ".join(str(v) for v in row) + " |"
+                          for i, row in enumerate(report["confusion_int8"]))
+    text = f"""# Text-emotion model card: `{report['version']}`
+
+all-MiniLM-L6-v2 (6 layers, 384 wide, 22.7 M parameters) with a mean-pooled 7-way head, every weight fine-tuned
+on GoEmotions' Ekman grouping for Aula's labels ({', '.join(LABELS)}). It runs on the device as TFLite
+(dynamic-range int8 by default) behind the `tokenizers` library's WordPiece tokenizer
+(`models_tflite/text_tokenizer.json`); no torch or TensorFlow on the device.
+
+## Figures (GoEmotions test, {report['test_rows']} single-label rows; {_cpu()}, one thread)
+
+| model | size | accuracy | macro-F1 | ms per sentence |
+|---|---|---|---|---|
+{rows}
+| TF-IDF word + char n-grams, logistic regression (same run) | - | {base['accuracy']:.4f} | \
+{base['macro_f1']:.4f} | {base['ms_per_sentence']:.2f} |
+
+- int8 minus float macro-F1: {report['int8_minus_float_macro_f1_points']:+.2f} points; the two agree on
+  {100 * report['int8_float_agreement']:.1f}% of the rows.
+- Words that carry no emotion: RAVDESS's two sentences ("Kids are talking by the door", "Dogs are sitting by the
+  door") come out neutral {i8['neutral_sentences_neutral']} of 2 times (int8). The check on their transcripts,
+  clip by clip, is in docs/fusion.md when the fusion measurement has run.
+- Reproduce: `python -m converter evaluate-text` (the committed files); `python -m converter train-text` then
+  `export-text` (the whole recipe).
+
+## Training
+- Data: GoEmotions train (43,410 Reddit comments, Apache-2.0). A row with several labels (3,855 rows) has its
+  target shared equally among them; the loss weights class c by (largest class count / count of c) ^ 0.5.
+- Recipe: {report['training']['recipe']}; AdamW with linear warm-up and decay, bfloat16 on the CPU, rows
+  bucketed by length. The epoch with the best dev macro-F1 is kept (epoch {report['epoch']}).
+- Calibration on dev only (the test split chose nothing): per-class logit offsets that maximise dev macro-F1
+  {report['dev']['offsets']}, folded into the classifier's bias, and a softmax temperature
+  {report['dev']['temperature']} that minimises dev NLL. Dev after both: accuracy {report['dev']['accuracy']:.4f},
+  macro-F1 {report['dev']['macro_f1']:.4f}.
+
+| epoch | train loss | dev accuracy | dev macro-F1 | seconds |
+|---|---|---|---|---|
+{epochs}
+
+## Per class (int8, test)
+| label | precision | recall | F1 | support |
+|---|---|---|---|---|
+{per_class}
+
+Confusion (rows true, columns predicted, order {', '.join(LABELS)}):
+
+| | {' | '.join(LABELS)} |
+|---|{'---|' * len(LABELS)}
+{confusion}
+
+## Limits
+- Reddit comments are not classroom speech: transcripts are shorter, spoken, and mostly the teacher's. The words'
+  mood is shown as its own line and says whose words they mostly are.
+- English only. Labels are single annotators' readings of short texts; GoEmotions' raters often disagree.
+- Licence: weights Apache-2.0 (all-MiniLM-L6-v2 and GoEmotions are both Apache-2.0).
+"""
+    path.write_text(text)

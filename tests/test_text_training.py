@@ -1,0 +1,80 @@
+"""Text training: GoEmotions as the 7 labels, the Keras MiniLM against sentence-transformers' published
+similarities, length buckets, class weights, dev-fitted offsets and a resumable smoke run."""
+
+import numpy as np
+import pytest
+
+from converter import goemotions
+from converter.export_text import fit_offsets
+from converter.train_text import batches, class_weights
+from device.contract.labels import LABELS
+
+
+def test_goemotions_rows_map_to_canonical_labels_and_multi_label_targets_share_their_mass():
+    train = goemotions.load("train")
+    assert len(train.texts) == 43410 and train.targets.shape == (43410, len(LABELS))
+    assert np.allclose(train.targets.sum(axis=1), 1.0)
+    assert int((~train.single).sum()) == 3855
+    multi = train.targets[~train.single][0]
+    assert sorted(set(np.round(multi[multi > 0], 4))) in ([0.5], [0.3333], [0.25])
+    assert LABELS[train.labels()[2]] == "angry"  # "WHY THE FUCK IS BAYLESS ISOING": anger
+
+
+def test_length_buckets_cover_every_row_once_with_similar_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 64, 1000)
+    plan = batches(lengths, 32, rng)
+    rows = np.concatenate(plan)
+    assert sorted(rows.tolist()) == list(range(1000))
+    assert np.median([np.ptp(lengths[b]) for b in plan]) <= 4
+
+
+def test_class_weights_favour_rare_classes_and_average_one():
+    targets = np.eye(7, dtype=np.float32)[np.r_[np.zeros(900, int), np.arange(1, 7).repeat(20)]]
+    w = class_weights(targets, 0.5)
+    assert w[1] > w[0] and np.isclose((targets @ w).mean(), 1.0)
+
+
+def test_offsets_fitted_on_one_split_raise_its_macro_f1():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 7, 2000)
+    logits = rng.normal(size=(2000, 7)).astype(np.float32)
+    logits[np.arange(2000), y] += 1.0
+    logits[:, 4] += 1.5  # a model that over-predicts neutral
+    from converter.metrics import accuracy_and_macro_f1
+
+    before = accuracy_and_macro_f1(y, logits.argmax(1))[1]
+    after = accuracy_and_macro_f1(y, (logits + fit_offsets(y, logits, rounds=1)).argmax(1))[1]
+    assert after > before + 0.05
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("tensorflow")
+    from converter.pretrained import MINILM, model_folder
+    from converter.text_net import build_text_model, load_minilm, read_safetensors
+
+    folder = model_folder(MINILM)
+    model = build_text_model()
+    load_minilm(model, read_safetensors(folder / "model.safetensors"))
+    return model, folder
+
+
+def test_keras_minilm_reproduces_the_published_sentence_similarities(minilm):
+    """sentence-transformers' README: cosine similarities of these three sentences' embeddings are
+    0.6660 (1, 2), 0.1046 (1, 3) and 0.1411 (2, 3) with all-MiniLM-L6-v2."""
+    import keras
+
+    from device.models.text_tokens import encode, load_tokenizer
+
+    model, folder = minilm
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    ids, mask = encode(tokenizer, ["The weather is lovely today.", "It's so sunny outside!",
+                                   "He drove to the stadium."])
+    pooled = keras.Model(model.inputs, model.get_layer("mean_pool").output)([ids, mask])
+    e = np.asarray(pooled, np.float64)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    sims = e @ e.T
+    assert sims[0, 1] == pytest.approx(0.6660, abs=2e-3)
+    assert sims[0, 2] == pytest.approx(0.1046, abs=2e-3)
+    assert sims[1, 2] == pytest.approx(0.1411, abs=2e-3)
