@@ -26,10 +26,12 @@ class ModalitySums:
         return (f"{self.name}_n", *(f"{self.name}_p_{label}" for label in LABELS), *sums)
 
 
-# Each needs its columns in a migration (server/migrations.py: modality_columns); text would follow the same way.
+# Each needs its columns in a migration (server/migrations.py: modality_columns), appended in migration order.
+# `words` is the mood of the words the microphone hears (mostly the teacher's); the words stay on the device.
 MODALITIES: tuple[ModalitySums, ...] = (
     ModalitySums(Modality.FACE.value, "face"),
     ModalitySums(Modality.SPEECH.value, "voices", count_key=COUNT_KEYS[Modality.SPEECH], count_field="segments"),
+    ModalitySums(Modality.TEXT.value, "words", count_key=COUNT_KEYS[Modality.TEXT], count_field="utterances"),
 )
 
 # Column order of the aggregates table after (room_id, bucket_ms); also the order of Sums.values().
@@ -71,7 +73,7 @@ class Sums:
     # Per modality: windows that carried its distribution, and its per-label probability sums.
     modality_n: dict[str, int] = field(default_factory=lambda: {m.name: 0 for m in MODALITIES})
     modality_probs: dict[str, list[float]] = field(default_factory=_zeros)
-    # Per summed `counts` key (speech_segments): the total over all windows.
+    # Per summed `counts` key (speech_segments, text_utterances): the total over all windows.
     count_sums: dict[str, int] = field(default_factory=lambda: {m.count_key: 0 for m in MODALITIES if m.count_key})
 
     def add_event(self, event: EmotionEvent) -> None:
@@ -185,7 +187,8 @@ class Sums:
 
     def summary(self) -> dict[str, Any]:
         """Means: distribution, dominant label, valence, arousal and faces (None where nothing was measured);
-        per modality (`face`, `voices`) its own means, or None; `speech_segments` as a total."""
+        per modality (`face`, `voices`, `words`) its own means, or None; `speech_segments` and `text_utterances` as
+        totals."""
         distribution = None
         dominant = None
         if self.dist_n:

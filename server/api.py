@@ -169,8 +169,11 @@ _MEANS = (
     "`distribution` (the fused mood: mean probability per label), `dominant`, `valence`, `arousal`, `faces` "
     "(mean group size); `face`: the faces' own mood, `{distribution, dominant, valence, arousal, windows}`, and "
     "`voices`: the mood of the voices the microphone hears (mostly the teacher's; not what was said), "
-    "`{distribution, dominant, valence, arousal, windows, segments}`, each null where no window had that modality "
-    "(and for data stored before the server kept it); `speech_segments`: stretches of speech counted."
+    "`{distribution, dominant, valence, arousal, windows, segments}`, and `words`: the mood of the words it hears "
+    "(mostly the teacher's; the device turns them into a mood and never sends them), "
+    "`{distribution, dominant, valence, arousal, windows, utterances}`, each null where no window had that modality "
+    "(and for data stored before the server kept it); `speech_segments`: stretches of speech counted; "
+    "`text_utterances`: utterances whose words were read."
 )
 
 
@@ -199,7 +202,8 @@ def live(room_id: int, who: Who, c: Ctx, minutes: int = Query(10, ge=1, le=1440)
     "/api/rooms/{room_id}/stream",
     summary="Server-Sent Events: window and status events of a room",
     description="`window`: one device window, `{t_ms, device_id, distribution, dominant, valence, arousal, faces, "
-    "face, voices, speech_segments}`, with `face` and `voices` as in the buckets of `/live`. "
+    "face, voices, words, speech_segments, text_utterances}`, with `face`, `voices` and `words` as in the buckets "
+    "of `/live`. "
     "`status`: `{device_id, state, reason, last_seen_ms}`.",
 )
 async def stream(room_id: int, request: Request, who: Who, c: Ctx) -> StreamingResponse:
@@ -263,7 +267,7 @@ def stop_segment(room_id: int, segment_id: int, who: Who, c: Ctx) -> dict[str, A
     "/api/rooms/{room_id}/segments",
     summary="Segments of a room with their emotion summary",
     description="Oldest first: `{id, name, start_ms, end_ms, windows, distribution, dominant, valence, arousal, "
-    "faces_mean, face, voices}`, with `face` and `voices` as in the buckets of `/live`.",
+    "faces_mean, face, voices, words}`, with `face`, `voices` and `words` as in the buckets of `/live`.",
 )
 def segments(room_id: int, who: Who, c: Ctx) -> list[dict[str, Any]]:
     room_for(c, who, room_id)

@@ -79,4 +79,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         "face and speech sums in aggregates",
         (*modality_columns("face"), *modality_columns("speech", count_key="speech_segments")),
     ),
+    Migration(
+        4,
+        "api token expiry",
+        (
+            "ALTER TABLE api_tokens ADD COLUMN expires_ms {bigint}",
+            # Tokens made before expiry existed get the default lifetime of 90 days from their creation.
+            "UPDATE api_tokens SET expires_ms = created_ms + 7776000000 WHERE expires_ms IS NULL",
+        ),
+    ),
+    Migration(5, "disabled users", ("ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",)),
+    Migration(3, "text sums in aggregates", modality_columns("text", count_key="text_utterances")),
 )

@@ -38,12 +38,15 @@ def make_event(
     event_id: str | None = None,
     speech: dict[str, float] | None = None,
     speech_segments: int | None = None,
+    text: dict[str, float] | None = None,
+    text_utterances: int | None = None,
 ) -> EmotionEvent:
     """A valid 2 s emotion window, built with the device's own EmotionEvent.
 
     The fused distribution and the face modality are `distribution(label, p)`; below 3 faces the face modality is
     withheld (null), as the device withholds it and the server requires. `speech` is the speech modality's
-    distribution (None: no speech in the window), and `speech_segments` its count (1 when speech is given).
+    distribution (None: no speech in the window), and `speech_segments` its count (1 when speech is given); `text` and
+    `text_utterances` are the same for the words' mood (the device sends the mood, never the words).
     """
     start = int(time.time() * 1000) - 2000 if start_ms is None else start_ms
     dist = distribution(label, p)
@@ -56,6 +59,11 @@ def make_event(
         models["speech"] = "speech_emotion_int8@1"
     if speech is not None or speech_segments is not None:
         counts["speech_segments"] = (1 if speech is not None else 0) if speech_segments is None else speech_segments
+    if text is not None:
+        modalities["text"] = text
+        models["text"] = "text_emotion_int8@1"
+    if text is not None or text_utterances is not None:
+        counts["text_utterances"] = (1 if text is not None else 0) if text_utterances is None else text_utterances
     return EmotionEvent(
         device_id=device_id,
         site=site,

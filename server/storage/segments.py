@@ -59,6 +59,7 @@ class SegmentRepository(Repository):
                     "faces_mean": summary["faces"],
                     "face": summary["face"],
                     "voices": summary["voices"],
+                    "words": summary["words"],
                 }
             )
         return out
