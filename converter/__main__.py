@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     rd = sub.add_parser("register-detector", help="write the BlazeFace detectors' manifest entries "
                                                   "(converter/register_detector.py)")
     rd.add_argument("--folder", type=Path, help="model folder (default: models_tflite/)")
+    rw = sub.add_parser("register-whisper", help="copy Whisper tiny.en (CTranslate2) into the model folder and write "
+                                                 "its manifest entry (converter/register_whisper.py)")
+    rw.add_argument("--folder", type=Path, help="model folder (default: models_tflite/)")
 
     tf_ = sub.add_parser("train-face", help="train the face model, then export it (docs/training.md)",
                          description="Train the face-emotion network on FER2013 (resuming if interrupted), then "
@@ -166,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         from converter.register_detector import register
 
         register(args.folder)
+        return 0
+    if args.command == "register-whisper":
+        from converter.register_whisper import register as register_whisper
+
+        register_whisper(args.folder)
         return 0
     if args.command.endswith("-speech"):
         return _speech(args)

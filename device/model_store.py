@@ -58,17 +58,23 @@ class ModelEntry:
         return self.meta["sha256"]
 
     def verify(self) -> None:
-        """Raise ModelError unless the file exists and matches the manifest's sha256."""
-        if not self.path.is_file():
+        """Raise ModelError unless the file, and each companion file beside it, matches the manifest's sha256."""
+        self._check(self.path, self.sha256)
+        # A model of several files (Whisper: weights, config, tokenizer) lists the others as companions.
+        for name, meta in self.meta.get("companions", {}).items():
+            self._check(self.path.parent / name, meta["sha256"])
+
+    def _check(self, path: Path, expected: str) -> None:
+        if not path.is_file():
             raise ModelError(
-                f"model file {self.path} for '{self.name}' is missing; "
+                f"model file {path} for '{self.name}' is missing; "
                 "restore it with `git checkout -- models_tflite` or rebuild it with `python -m converter`"
             )
-        actual = sha256_of(self.path)
-        if actual != self.sha256:
+        actual = sha256_of(path)
+        if actual != expected:
             raise ModelError(
-                f"model file {self.path} for '{self.name}' is corrupt or replaced: sha256 {actual[:12]}... "
-                f"does not match the manifest's {self.sha256[:12]}...; restore it with "
+                f"model file {path} for '{self.name}' is corrupt or replaced: sha256 {actual[:12]}... "
+                f"does not match the manifest's {expected[:12]}...; restore it with "
                 "`git checkout -- models_tflite`, or update models_tflite/manifest.json if you replaced it on purpose"
             )
 
