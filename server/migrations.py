@@ -79,6 +79,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "face and speech sums in aggregates",
         (*modality_columns("face"), *modality_columns("speech", count_key="speech_segments")),
     ),
+    Migration(3, "text sums in aggregates", modality_columns("text", count_key="text_utterances")),
     Migration(
         4,
         "api token expiry",
@@ -89,5 +90,4 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(5, "disabled users", ("ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",)),
-    Migration(3, "text sums in aggregates", modality_columns("text", count_key="text_utterances")),
 )
