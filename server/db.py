@@ -203,7 +203,7 @@ class Database:
                         f"the database has schema versions {sorted(done - known)} that this server does not know; "
                         "it was migrated by a newer release"
                     )
-                for migration in MIGRATIONS:
+                for migration in sorted(MIGRATIONS, key=lambda m: m.version):  # ascending, gaps or not
                     if migration.version in done:
                         continue
                     for statement in migration.statements:

@@ -90,4 +90,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(5, "disabled users", ("ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",)),
+    # Retention goes by the server's clock (received_ms): a sender cannot date an event out of its reach.
+    Migration(6, "events by arrival time", ("CREATE INDEX events_received ON events (received_ms)",)),
+    Migration(
+        7,
+        "quarantine of events this release cannot read",
+        (
+            "CREATE TABLE quarantine (id {id}, topic TEXT NOT NULL, payload TEXT NOT NULL, reason TEXT NOT NULL, "
+            "received_ms {bigint} NOT NULL)",
+            "CREATE INDEX quarantine_received ON quarantine (received_ms)",
+        ),
+    ),
 )
