@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.aula-installed
 EXTRAS ?= device,server,converter,dev
 
-.PHONY: help setup system-deps test lint demo bench selftest validate-models clean
+.PHONY: help setup system-deps test lint demo bench selftest validate-models vosk-model clean
 
 help:
 	@echo "make setup     - create $(VENV) with the device, server, converter and dev dependencies"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint      - ruff and the import contracts (lint-imports)"
 	@echo "make bench     - speed, accuracy and memory benchmarks with ratios against baselines"
 	@echo "make selftest  - on-device self-check (camera, models); exits non-zero on failure"
+	@echo "make vosk-model VOSK_MODEL=<archive or URL> [VOSK_DIR=$(VOSK_DIR)] - install a Vosk speech model"
 
 system-deps:
 	bash scripts/install-system-deps.sh
@@ -47,6 +48,13 @@ bench: setup
 
 selftest: setup
 	$(PY) -m device selftest
+
+# A Vosk model for text.transcribers: vosk; from a local .zip/.tar.gz or a URL (on a networked machine).
+# Safe to run again: the same archive is not installed twice, and a new one replaces the old by rename.
+VOSK_DIR ?= /var/lib/aula/vosk-model
+vosk-model:
+	@test -n "$(VOSK_MODEL)" || { echo "usage: make vosk-model VOSK_MODEL=<archive path or URL> [VOSK_DIR=$(VOSK_DIR)]" >&2; exit 2; }
+	$(PYTHON) scripts/install_vosk_model.py "$(VOSK_MODEL)" "$(VOSK_DIR)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
