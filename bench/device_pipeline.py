@@ -1,6 +1,8 @@
 """Whole-device benchmark: `python -m device run --fast` on one core over a 640x480 30 fps replay with 4 faces
-and 60 s of the sample's speech, with the speech-emotion model on (faces and speech together), and the same run
-without the speech-emotion model (faces and the voice detector) as the in-run comparison.
+and 60 s of the sample's speech, with every path on (faces, voice detector, speech emotion, speech recogniser,
+text emotion, fusion), and in the same run the pipeline without the words (faces and speech) and faces alone
+(faces and the voice detector) as the comparisons. A fourth run replays the same input at its own pace (as a
+live camera and microphone deliver it) to measure the share of speech segments the recogniser keeps up with.
 
 Measures windows per second, frames analysed per CPU second, CPU seconds per minute of classroom input
 and peak RSS, with a decode-only pass over the same file as the in-run baseline. Writes
@@ -81,9 +83,12 @@ def make_audio(path: Path) -> None:
             out.writeframes(frames)
 
 
-def _device_run(work: Path, cfg: Path, video: Path, audio: Path, broker_url: str, tag: str) -> tuple:
+def _device_run(work: Path, cfg: Path, video: Path, audio: Path, broker_url: str, tag: str,
+                fast: bool = True) -> tuple:
     device = [sys.executable, "-m", "device", "run", "--config", str(cfg), "--video", str(video), "--audio",
-              str(audio), "--fast", "--broker", broker_url, "--state-dir", str(work / f"state-{tag}"), "--summary"]
+              str(audio), "--broker", broker_url, "--state-dir", str(work / f"state-{tag}"), "--summary"]
+    if fast:
+        device.append("--fast")
     wall, cpu, rss, err = run_measured(one_core(device))
     summary = json.loads(next(line for line in reversed(err.splitlines()) if line.startswith('{"summary"')))
     return wall, cpu, rss, summary["summary"]
@@ -103,9 +108,11 @@ def main() -> int:
         cfg = work / "bench.yaml"
         base = (f"vision:\n  analysis_fps: {ANALYSIS_FPS}\n  min_analysis_fps: {ANALYSIS_FPS}\n"
                 "  threads: 1\nmqtt:\n  health_interval_s: 3600\n")
-        cfg.write_text(base + "speech:\n  emotion_model: speech_emotion_int8\n")
+        cfg.write_text(base + "speech:\n  emotion_model: speech_emotion_int8\ntext:\n  enabled: true\n")
+        no_text = work / "no_text.yaml"
+        no_text.write_text(base + "speech:\n  emotion_model: speech_emotion_int8\ntext:\n  enabled: false\n")
         faces_only = work / "faces.yaml"
-        faces_only.write_text(base)
+        faces_only.write_text(base + "text:\n  enabled: false\n")
         broker_url = "mqtt://127.0.0.1:9"  # no broker: events stay in the durable queue, as during an outage
         broker = None
         try:
@@ -117,8 +124,10 @@ def main() -> int:
                 broker_url = broker.url
         except Exception as exc:
             print(f"no broker ({exc}); events are queued on disk instead")
-        wall, cpu, rss, summary = _device_run(work, cfg, video, audio, broker_url, "speech")
+        wall, cpu, rss, summary = _device_run(work, cfg, video, audio, broker_url, "all")
+        n_wall, n_cpu, n_rss, _ = _device_run(work, no_text, video, audio, broker_url, "speech")
         f_wall, f_cpu, f_rss, _ = _device_run(work, faces_only, video, audio, broker_url, "faces")
+        _, l_cpu, l_rss, live = _device_run(work, cfg, video, audio, broker_url, "live", fast=False)
         if broker is not None:
             broker.stop()
         vision = summary["vision"]
@@ -140,13 +149,24 @@ def main() -> int:
             "baseline_decode_peak_rss_mb": d_rss,
             "speech_windows": summary["audio"].get("speech_windows"),
             "speech_emotion_ms_p50": summary["audio"].get("speech_emotion_ms_p50"),
+            "speech_segments": summary["audio"].get("speech_segments"),
+            "transcriber": summary["audio"].get("transcriber"),
+            "transcriber_rtf": summary["audio"].get("transcriber_rtf"),
+            "text_utterances": summary["audio"].get("text_utterances"),
+            "text_emotion_ms_p50": summary["audio"].get("text_emotion_ms_p50"),
+            "without_text": {"wall_s": n_wall, "realtime_factor": media_s / n_wall,
+                             "cpu_s_per_min_input": n_cpu / (media_s / 60), "peak_rss_mb": n_rss},
             "faces_only": {"wall_s": f_wall, "realtime_factor": media_s / f_wall,
                            "cpu_s_per_min_input": f_cpu / (media_s / 60), "peak_rss_mb": f_rss},
+            "live": {"cpu_s_per_min_input": l_cpu / (media_s / 60), "peak_rss_mb": l_rss,
+                     "transcribed_share": live["audio"].get("transcribed_share"),
+                     "segments_transcribed": live["audio"].get("segments_transcribed"),
+                     "segments_not_transcribed": live["audio"].get("segments_not_transcribed")},
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\n== device pipeline, replay at full speed on one core (640x480, 30 fps, 4 faces, analysed at 10 fps; "
-          "60 s of speech through Silero VAD and the speech-emotion model) ==")
+          "60 s of speech through Silero VAD, the speech-emotion model, the recogniser and the text model) ==")
     print(f"media {result['media_s']:.0f} s in {result['wall_s']:.1f} s wall: "
           f"{result['realtime_factor']:.1f}x real time (target >= {TARGET_REALTIME}x)")
     print(f"windows per second {result['windows_per_s']:.2f}; frames analysed per CPU second "
@@ -156,11 +176,18 @@ def main() -> int:
           f"{result['cpu_s_per_min_input'] / result['baseline_decode_cpu_s_per_min_input']:.2f}x)")
     print(f"peak RSS {result['peak_rss_mb']:.0f} MiB (target <= {TARGET_RSS_MB:.0f}; decode alone "
           f"{result['baseline_decode_peak_rss_mb']:.0f} MiB); events acknowledged: {result['events_acked']}")
-    fo = result["faces_only"]
+    fo, nt, lv = result["faces_only"], result["without_text"], result["live"]
     print(f"speech windows classified {result['speech_windows']} "
-          f"({result['speech_emotion_ms_p50'] or 0:.2f} ms each, median); "
-          f"without the speech model in the same run: {fo['realtime_factor']:.1f}x real time, "
-          f"{fo['cpu_s_per_min_input']:.2f} CPU s per minute, peak RSS {fo['peak_rss_mb']:.0f} MiB")
+          f"({result['speech_emotion_ms_p50'] or 0:.2f} ms each, median); speech segments "
+          f"{result['speech_segments']}, recogniser {result['transcriber']} at {result['transcriber_rtf']} s per "
+          f"second of speech, {result['text_utterances']} utterances classified "
+          f"({result['text_emotion_ms_p50'] or 0:.2f} ms each, median)")
+    for name, r in (("without the words (faces and speech)", nt), ("faces alone (and the voice detector)", fo)):
+        print(f"{name}, same run: {r['realtime_factor']:.1f}x real time, {r['cpu_s_per_min_input']:.2f} CPU s per "
+              f"minute of input, peak RSS {r['peak_rss_mb']:.0f} MiB")
+    print(f"at the input's own pace (as live): {lv['cpu_s_per_min_input']:.2f} CPU s per minute, speech segments "
+          f"transcribed {lv['segments_transcribed']}, skipped {lv['segments_not_transcribed']} "
+          f"(share {lv['transcribed_share']})")
     ok = result["realtime_factor"] >= TARGET_REALTIME and result["peak_rss_mb"] <= TARGET_RSS_MB
     print(f"{'PASS' if ok else 'MISS'}  device pipeline targets")
     out = ROOT / "artifacts"

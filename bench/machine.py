@@ -45,3 +45,14 @@ def describe() -> dict:
 def banner(info: dict) -> str:
     flags = ", ".join(info["flags"]) or "none of the int8/bf16 dot-product flags"
     return f"CPU: {info['cpu']} ({info['cores']} cores; {flags}); {info['date']}, commit {info['commit']}"
+
+
+def write_artifact(name: str, data: dict) -> Path:
+    """Write a benchmark's figures as JSON to artifacts/<name>; return the path."""
+    import json
+
+    out = ROOT / "artifacts"
+    out.mkdir(exist_ok=True)
+    path = out / name
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
