@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from device.common.broker_settings import BrokerConnection
 from device.common.config_loader import StrictModel, load_yaml_model
@@ -124,9 +124,22 @@ class DatabaseConfig(StrictModel):
 class HttpConfig(StrictModel):
     """The dashboard and JSON API."""
 
-    listen: str = Field("127.0.0.1:8080", description="HOST:PORT to serve HTTP on; put TLS in a reverse proxy.")
+    listen: str = Field(
+        "127.0.0.1:8080", description="HOST:PORT to serve on; other machines reach it through TLS (docs/server.md)."
+    )
+    tls_certfile: Path | None = Field(
+        None, description="PEM certificate chain: serve HTTPS itself (uvicorn's ssl_certfile), without a proxy."
+    )
+    tls_keyfile: Path | None = Field(None, description="PEM private key of tls_certfile (uvicorn's ssl_keyfile).")
     secure_cookies: bool = Field(
-        False, description="Mark the session cookie Secure even on plain HTTP (behind a TLS-terminating proxy)."
+        False,
+        description="Mark the session cookie Secure for loopback clients on plain HTTP too (clients on other "
+        "machines always get a Secure cookie).",
+    )
+    insecure_http_login: bool = Field(
+        False,
+        description="Allow logins over plain HTTP from other machines (a closed test network only: passwords and "
+        "cookies then cross the network readable). Off: such a login is refused with a message about TLS.",
     )
     forwarded_allow_ips: str = Field(
         "127.0.0.1", description="Proxies whose X-Forwarded-For/-Proto headers are trusted (uvicorn's option)."
@@ -137,16 +150,28 @@ class HttpConfig(StrictModel):
         "without one, /metrics answers loopback clients only (a Prometheus on the same host).",
     )
     session_hours: float = Field(12.0, gt=0, le=24 * 30, description="Login sessions expire after this many hours.")
-    login_max_failures: int = Field(
-        5, ge=1, le=1000, description="Failed logins per user name or client address before a lockout."
+    login_backoff_s: float = Field(
+        1.0, gt=0, le=60, description="After a failed login, that client address waits this long before trying the "
+        "same user name again; each further failure doubles the wait."
     )
-    login_window_s: float = Field(300.0, gt=0, description="Window and lockout length for failed logins, seconds.")
+    login_backoff_max_s: float = Field(300.0, gt=0, le=86400, description="Longest wait after failed logins.")
+    login_address_factor: int = Field(
+        10, ge=1, le=1000, description="A client address also waits (with the same doubling) after this many times "
+        "as many failures across all user names."
+    )
+    login_table_size: int = Field(
+        10_000, ge=100, le=10_000_000, description="Most (address, user name) and address entries remembered; the "
+        "least recently failed is forgotten first."
+    )
     content_security_policy: str = Field(
         "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
         "frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
         description="Content-Security-Policy header of every response; all assets are local.",
     )
-    sse_ping_s: float = Field(15.0, gt=0, le=300, description="Seconds between keep-alive comments on a stream.")
+    sse_ping_s: float = Field(
+        15.0, gt=0, le=300, description="Seconds between keep-alive comments on a stream, and between checks that "
+        "its caller may still watch (session, token, account and room access); a stream that fails one ends."
+    )
     sse_queue: int = Field(
         2000, ge=10, description="Most events buffered per stream client; a slow client loses the oldest."
     )
@@ -156,6 +181,12 @@ class HttpConfig(StrictModel):
     def _listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("http.tls_certfile and http.tls_keyfile go together")
+        return self
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -98,7 +98,7 @@ class AulaServer:
             stats=self.stats,
             hub=self.hub,
             registry=self.registry,
-            limiter=LoginLimiter(config.http.login_max_failures, config.http.login_window_s),
+            limiter=LoginLimiter.from_config(config.http),
         )
         self.app = create_app(self.ctx)
         self._http: _Uvicorn | None = None
@@ -195,6 +195,8 @@ class AulaServer:
             access_log=self.config.log_level == "debug",
             proxy_headers=True,
             forwarded_allow_ips=http.forwarded_allow_ips,
+            ssl_certfile=http.tls_certfile,
+            ssl_keyfile=http.tls_keyfile,
             timeout_graceful_shutdown=3,
             lifespan="on",
         )
@@ -206,7 +208,8 @@ class AulaServer:
         self.start_background()
         try:
             self._http = self._uvicorn(host, port)
-            logger.info("HTTP: serving on http://%s:%s", host, port)
+            scheme = "https" if self.config.http.tls_certfile else "http"
+            logger.info("HTTP: serving on %s://%s:%s", scheme, host, port)
             self._http.run()
         finally:
             self.stop_background()

@@ -537,3 +537,81 @@ def test_login_never_sends_the_browser_to_another_site(server, browser, target):
     wait.until(lambda d: "/login" not in d.current_url)
     assert driver.current_url.startswith(base + "/"), driver.current_url
     assert "evil.example" not in driver.current_url
+
+
+def test_words_mood_beside_faces_and_voices_in_chromium(server, browser):
+    """The live room view shows the words' mood as a third line: "No words heard" while the windows carry no text,
+    then "Words spoken: <mood>" once windows with `modalities.text` arrive, live and after a reload, with a note that
+    the words are mostly the teacher's and never leave the device. A screenshot: artifacts/dashboard-words.png."""
+    import itertools
+
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from server.testing import DeviceSimulator, distribution, make_event
+
+    base, broker_port, server_log = server
+    api = Api(base)
+    api.login(*ADMIN)
+    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101 (Science)"})
+    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
+    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+    device = DeviceSimulator(broker_port)
+    seqs = itertools.count()
+
+    def send(n: int, **kwargs) -> None:
+        for _ in range(n):
+            device.event(make_event(site=SITE, room=ROOM, device_id=DEVICE, seq=next(seqs), faces=12, **kwargs))
+
+    driver = browser
+    wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
+
+    def text(element_id: str) -> str:
+        return driver.find_element(By.ID, element_id).text
+
+    try:
+        send(1)
+        deadline = time.monotonic() + 30
+        while not any(d.get("device_id") == DEVICE for d in api.ok("GET", "/api/devices")):
+            assert time.monotonic() < deadline, f"no device in /api/devices\n{server_log.read_text()[-3000:]}"
+            time.sleep(0.3)
+        api.ok("POST", f"/api/devices/{SITE}/{DEVICE}/assign", {"room_id": room["id"]})
+        _login(driver, wait, base, TEACHER, f"/rooms/{room['id']}")
+        wait.until(lambda d: d.find_element(By.ID, "conn").text == "live")
+
+        # Faces only: the words' line says that no words were heard, and why the words are not the class's.
+        send(2, label="happy")
+        wait.until(lambda d: text("face-line") == "Faces in view: happy")
+        assert text("words-line") == "No words heard in the last 2 minutes"
+        assert driver.find_element(By.ID, "words-source").get_attribute("data-dominant") == ""
+        note = text("words-source")
+        assert "usually mostly the teacher's" in note and "no words leave the device" in note, note
+        assert "never sends or stores them" in note, note
+        intro = driver.find_element(By.CSS_SELECTOR, "section[aria-labelledby='now-title'] .explain").text
+        assert "their sound and their words" in intro, intro
+
+        # Windows with the words' mood (and the voices') arrive on the stream: three lines, each its own mood.
+        send(3, label="happy", speech=distribution("sad", 0.8), text=distribution("angry", 0.7), text_utterances=2)
+        wait.until(lambda d: text("words-line") == "Words spoken: angry")
+        assert text("voices-line") == "Voices in the room: sad" and text("face-line") == "Faces in view: happy"
+        assert driver.find_element(By.ID, "words-source").get_attribute("data-dominant") == "angry"
+        detail = text("words-detail")
+        assert detail.startswith("Reading as ") and "70% of the mix" in detail, detail
+        assert "6 utterances in the last 2 minutes" in detail, detail
+        assert driver.find_element(By.CSS_SELECTOR, "#words-bar svg.distbar")
+        assert "pupil" not in text("words-source").lower()
+        ARTIFACTS.mkdir(exist_ok=True)
+        _screenshot(driver, ARTIFACTS / "dashboard-words.png", 1280)
+
+        # A reload reads the same from /live's buckets.
+        driver.refresh()
+        wait.until(lambda d: d.find_element(By.ID, "conn").text == "live")
+        wait.until(lambda d: text("words-line") == "Words spoken: angry")
+        assert "6 utterances" in text("words-detail")
+
+        logs = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        unexpected = [m for m in logs if not re.search(r"/api/me .*401|favicon", m)]
+        assert not unexpected, unexpected
+    finally:
+        device.close()

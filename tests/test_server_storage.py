@@ -270,7 +270,7 @@ def test_users_sessions_and_tokens(storage):
 
 def test_password_hashes():
     stored = hash_password("hunter2hunter2")
-    assert stored.startswith("scrypt$") and "hunter2" not in stored
+    assert stored.startswith("$argon2id$") and "hunter2" not in stored
     assert verify_password("hunter2hunter2", stored)
     assert not verify_password("hunter2hunter3", stored)
     assert not verify_password("x", "garbage")

@@ -1,5 +1,5 @@
-// Aula dashboard: the live room view (current mood, gauges, faces, faces' and voices' moods apart, chart, devices,
-// lesson segments).
+// Aula dashboard: the live room view (current mood, gauges, faces, the moods of faces, voices and words apart,
+// chart, devices, lesson segments).
 "use strict";
 
 (function () {
@@ -11,8 +11,8 @@
   const DEVICE_LATE_MS = 45000;  // an online device not heard from for this long is flagged
   const RESYNC_MS = 60000;       // full reload of /live (health figures, gaps), besides the event stream
   const SEGMENTS_MS = 30000;
-  const VOICES_MS = 120000;      // the voices' line pools the speech heard this recently (speech comes and goes)
-  const VOICES_MINUTES = Math.round(VOICES_MS / 60000);
+  const HEARD_MS = 120000;       // the voices' and words' lines pool what was heard this recently
+  const HEARD_MINUTES = Math.round(HEARD_MS / 60000);
 
   const roomId = A.roomIdFromPath();
   const state = {
@@ -27,8 +27,9 @@
     denied: false,
     segments: [],
     busy: false,
-    voices: [],         // {t_ms, n, dist, valence, arousal, segments}: recent buckets and windows with speech
-    voicesShown: null,  // what the voices' line shows now, so the clock tick redraws it only when it changes
+    // Per line (voices, words): {t_ms, n, dist, valence, arousal, count} of recent buckets and windows that had it,
+    // and what the line shows now.
+    heard: { voices: { samples: [], shown: null }, words: { samples: [], shown: null } },
   };
 
   // ---- current mood, gauges, faces ----------------------------------------------------------------------------
@@ -91,7 +92,7 @@
       (second && d[second] >= 0.1 ? `, then ${A.moodWord(second).toLowerCase()} ${A.pct(d[second])}` : "");
   }
 
-  // ---- faces and voices apart ---------------------------------------------------------------------------------
+  // ---- faces, voices and words apart --------------------------------------------------------------------------
 
   // "Voices in the room: calm"-style line: `text` alone, or `text` followed by the mood word of `label`.
   function sourceLine(id, text, label) {
@@ -124,74 +125,116 @@
     }
   }
 
-  // One bucket (from /live) or one window (from the stream) as a voices sample; n = windows with a speech mood.
-  function voiceSample(t_ms, v, segments) {
+  // What the microphone hears, pooled over HEARD_MS: the voices' sound and the words' mood. Each comes and goes
+  // with speech, so its line shows the recent minutes rather than the latest window.
+  const HEARD = {
+    voices: { key: "voices", countKey: "speech_segments", countField: "segments", render: renderVoices },
+    words: { key: "words", countKey: "text_utterances", countField: "utterances", render: renderWords },
+  };
+
+  // One bucket (from /live) or one window (from the stream) as a sample; n = windows with that modality's mood.
+  function heardSample(kind, item) {
+    const v = item[kind.key];
     const d = v ? A.normaliseDistribution(v.distribution) : null;
+    const count = item[kind.countKey];
     return {
-      t_ms,
+      t_ms: item.t_ms,
       n: d ? (Number.isFinite(v.windows) && v.windows > 0 ? v.windows : 1) : 0,
       dist: d,
       valence: v ? v.valence : null,
       arousal: v ? v.arousal : null,
-      segments: Number.isFinite(segments) ? segments : 0,
+      count: Number.isFinite(count) ? count : 0,
     };
   }
 
-  function setVoicesFromBuckets(buckets) {
-    state.voices = buckets.filter((b) => b && Number.isFinite(b.t_ms))
-      .map((b) => voiceSample(b.t_ms, b.voices, b.speech_segments))
-      .filter((s) => s.n || s.segments);
-    renderVoices();
+  function setHeardFromBuckets(buckets) {
+    for (const [name, kind] of Object.entries(HEARD)) {
+      state.heard[name].samples = buckets.filter((b) => b && Number.isFinite(b.t_ms))
+        .map((b) => heardSample(kind, b))
+        .filter((s) => s.n || s.count);
+    }
+    renderHeard();
   }
 
-  function addVoicesWindow(w) {
-    const sample = voiceSample(w.t_ms, w.voices, w.speech_segments);
-    if (sample.n || sample.segments) state.voices.push(sample);
-    renderVoices();
+  function addHeardWindow(w) {
+    for (const [name, kind] of Object.entries(HEARD)) {
+      const sample = heardSample(kind, w);
+      if (sample.n || sample.count) state.heard[name].samples.push(sample);
+    }
+    renderHeard();
   }
 
-  // The voices of the last VOICES_MS pooled: each window with a speech mood counts once.
-  function mergedVoices(now = Date.now()) {
-    state.voices = state.voices.filter((s) => s.t_ms >= now - VOICES_MS);
+  // The samples of the last HEARD_MS pooled: each window with a mood counts once.
+  function mergedHeard(heard, now = Date.now()) {
+    heard.samples = heard.samples.filter((s) => s.t_ms >= now - HEARD_MS);
     const dist = Object.fromEntries(A.LABELS.map((k) => [k, 0]));
-    let n = 0, segments = 0, vSum = 0, vN = 0, aSum = 0, aN = 0;
-    for (const s of state.voices) {
-      segments += s.segments;
+    let n = 0, count = 0, vSum = 0, vN = 0, aSum = 0, aN = 0;
+    for (const s of heard.samples) {
+      count += s.count;
       if (!s.n) continue;
       n += s.n;
       for (const k of A.LABELS) dist[k] += s.dist[k] * s.n;
       if (Number.isFinite(s.valence)) { vSum += s.valence * s.n; vN += s.n; }
       if (Number.isFinite(s.arousal)) { aSum += s.arousal * s.n; aN += s.n; }
     }
-    if (!n) return { n, segments };
+    if (!n) return { n, count };
     for (const k of A.LABELS) dist[k] /= n;
     const dominant = A.LABELS.reduce((best, k) => (dist[k] > dist[best] ? k : best), A.LABELS[0]);
-    return { n, segments, dist, dominant, valence: vN ? vSum / vN : NaN, arousal: aN ? aSum / aN : NaN };
+    return { n, count, dist, dominant, valence: vN ? vSum / vN : NaN, arousal: aN ? aSum / aN : NaN };
   }
 
-  function renderVoices() {
-    const v = mergedVoices();
-    const shown = JSON.stringify(v);
-    if (shown === state.voicesShown) return;
-    state.voicesShown = shown;
+  // Redraws each line only when what it shows changed (the clock tick calls this every second).
+  function renderHeard() {
+    for (const [name, kind] of Object.entries(HEARD)) {
+      const heard = state.heard[name];
+      const v = mergedHeard(heard);
+      const shown = JSON.stringify(v);
+      if (shown === heard.shown) continue;
+      heard.shown = shown;
+      kind.render(v, `in the last ${HEARD_MINUTES} minutes`);
+    }
+  }
+
+  function renderVoices(v, span) {
     const detail = $("#voices-detail");
     const bar = clear($("#voices-bar"));
-    const span = `in the last ${VOICES_MINUTES} minutes`;
     $("#voices-source").dataset.dominant = v.n ? v.dominant : "";
     if (v.n) {
       sourceLine("#voices-line", "Voices in the room: ", v.dominant);
       const parts = [];
       if (Number.isFinite(v.arousal)) parts.push(`Sounding ${A.arousalWord(v.arousal)}`);
       parts.push(mixDetail(v.dist, v.dominant));
-      if (v.segments) parts.push(`${v.segments} ${v.segments === 1 ? "stretch" : "stretches"} of speech ${span}`);
+      if (v.count) parts.push(`${v.count} ${v.count === 1 ? "stretch" : "stretches"} of speech ${span}`);
       else parts.push(span);
       detail.textContent = parts.join(" · ");
       bar.append(A.distributionBar(v.dist, { label: "Mood mix of the voices" }));
-    } else if (v.segments) {
+    } else if (v.count) {
       sourceLine("#voices-line", "Voices heard, but no reading of their mood");
       detail.textContent = `The device sent no mood for the voices ${span}.`;
     } else {
       sourceLine("#voices-line", `No voices heard ${span}`);
+      detail.textContent = "";
+    }
+  }
+
+  function renderWords(v, span) {
+    const detail = $("#words-detail");
+    const bar = clear($("#words-bar"));
+    $("#words-source").dataset.dominant = v.n ? v.dominant : "";
+    if (v.n) {
+      sourceLine("#words-line", "Words spoken: ", v.dominant);
+      const parts = [];
+      if (Number.isFinite(v.valence)) parts.push(`Reading as ${A.valenceWord(v.valence)}`);
+      parts.push(mixDetail(v.dist, v.dominant));
+      if (v.count) parts.push(`${v.count} ${v.count === 1 ? "utterance" : "utterances"} ${span}`);
+      else parts.push(span);
+      detail.textContent = parts.join(" · ");
+      bar.append(A.distributionBar(v.dist, { label: "Mood mix of the words" }));
+    } else if (v.count) {
+      sourceLine("#words-line", "Words heard, but no reading of their mood");
+      detail.textContent = `The device sent no mood for the words ${span}.`;
+    } else {
+      sourceLine("#words-line", `No words heard ${span}`);
       detail.textContent = "";
     }
   }
@@ -281,7 +324,7 @@
       el.textContent = el.dataset.ms === "" ? "never" : A.ago(ms, now);
     }
     renderStale();
-    renderVoices();
+    renderHeard();
     renderRunningClock();
   }
 
@@ -296,7 +339,7 @@
     state.current = data.current || null;
     state.devices = new Map((data.devices || []).map((d) => [d.device_id, d]));
     state.chart.setBuckets(data.buckets || []);
-    setVoicesFromBuckets(data.buckets || []);
+    setHeardFromBuckets(data.buckets || []);
     renderCurrent();
     renderDevices();
   }
@@ -322,7 +365,7 @@
       renderCurrent();
     }
     state.chart.addWindow(w);
-    addVoicesWindow(w);
+    addHeardWindow(w);
     if (w.device_id) {
       const d = state.devices.get(w.device_id) || { device_id: w.device_id, state: "online", health: null };
       d.last_seen_ms = Math.max(d.last_seen_ms || 0, w.t_ms);
@@ -516,7 +559,7 @@
     }
     state.chart = new A.EmotionChart($("#chart"), { minutes: MINUTES, title: "Class mood mix" });
     renderCurrent();
-    renderVoices();
+    renderHeard();
     renderSegments();
     $("#seg-form").addEventListener("submit", startSegment);
     try {
