@@ -76,6 +76,20 @@ class RoomBody(Body):
 class TokenBody(Body):
     name: str = Field(min_length=1, max_length=200)
     room_ids: list[int] = Field(min_length=1, max_length=1000)
+    expires_days: float = Field(90, gt=0, le=3650, description="The token stops working this many days from now.")
+
+
+class PasswordChangeBody(Body):
+    current_password: str = Field(max_length=MAX_PASSWORD_CHARS)
+    new_password: str = Field(max_length=MAX_PASSWORD_CHARS)
+
+
+class PasswordResetBody(Body):
+    password: str = Field(max_length=MAX_PASSWORD_CHARS)
+
+
+class UserChangeBody(Body):
+    disabled: bool
 
 
 def ctx(request: Request) -> AppContext:
@@ -116,25 +130,49 @@ def room_for(c: AppContext, who: Principal, room_id: int) -> dict[str, Any]:
     return room
 
 
+def client_is_loopback(request: Request) -> bool:
+    """Whether the client (as a trusted proxy reports it) is on this machine."""
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+PLAIN_HTTP_LOGIN = (
+    "logins from other machines need HTTPS: passwords and session cookies would cross the network readable. "
+    "Serve the dashboard through a TLS reverse proxy (nginx or Caddy, sending X-Forwarded-Proto from an address in "
+    "http.forwarded_allow_ips) or set http.tls_certfile and http.tls_keyfile; see docs/server.md, section TLS"
+)
+
+
+def _throttle(c: AppContext, client: str, username: str) -> None:
+    wait = c.limiter.retry_after(client, username)
+    if wait > 0:
+        raise HTTPException(429, "too many failed logins; try again later", headers={"Retry-After": str(int(wait) + 1)})
+
+
 # ---- session ------------------------------------------------------------------------------------------------
 
 
 @router.post("/api/login", summary="Log in; sets the aula_session cookie")
 def login(body: LoginBody, request: Request, response: Response, c: Ctx) -> dict[str, str]:
     client = request.client.host if request.client else "unknown"
-    keys = [f"user:{body.username.lower()}", f"ip:{client}"]
-    wait = c.limiter.retry_after(keys)
-    if wait > 0:
-        raise HTTPException(429, "too many failed logins; try again later", headers={"Retry-After": str(int(wait) + 1)})
+    https = request.url.scheme == "https"  # uvicorn takes the scheme from a trusted proxy's X-Forwarded-Proto
+    local = client_is_loopback(request)
+    if not https and not local and not c.config.http.insecure_http_login:
+        raise HTTPException(403, PLAIN_HTTP_LOGIN)
+    _throttle(c, client, body.username)
     user = c.storage.users.authenticate(body.username, body.password)
     if user is None:
-        c.limiter.failed(keys)
+        c.limiter.failed(client, body.username)
         logger.warning("login: failed for user %r from %s", body.username[:64], client)
         raise HTTPException(401, "wrong user name or password")
-    c.limiter.succeeded(keys[0])
+    c.limiter.succeeded(client, body.username)
     ttl_ms = int(c.config.http.session_hours * 3_600_000)
     token, _ = c.storage.sessions.create(user["id"], ttl_ms)
-    secure = request.url.scheme == "https" or c.config.http.secure_cookies
+    insecure_ok = c.config.http.insecure_http_login  # a closed test network: a Secure cookie would never return
+    secure = https or c.config.http.secure_cookies or (not local and not insecure_ok)
     response.set_cookie(
         SESSION_COOKIE, token, max_age=ttl_ms // 1000, httponly=True, samesite="strict", secure=secure, path="/"
     )
@@ -155,6 +193,26 @@ def logout(request: Request, response: Response, c: Ctx) -> dict[str, bool]:
 @router.get("/api/me", summary="The caller, its CSRF token and its rooms")
 def me(who: Who, c: Ctx) -> dict[str, Any]:
     return {"username": who.username, "role": who.role, "csrf": who.csrf, "rooms": c.storage.rooms.list(who.rooms)}
+
+
+@router.post("/api/me/password", summary="Change one's own password (needs the current one); ends the other sessions")
+def change_password(body: PasswordChangeBody, request: Request, who: Who, c: Ctx) -> dict[str, Any]:
+    if who.kind != "session" or who.user_id is None:
+        raise HTTPException(403, "only a logged-in user changes a password")
+    client = request.client.host if request.client else "unknown"
+    # The current password is a login secret too: wrong guesses here are throttled like logins.
+    _throttle(c, client, who.username)
+    if not c.storage.users.check_password(who.user_id, body.current_password):
+        c.limiter.failed(client, who.username)
+        raise HTTPException(403, "the current password is wrong")
+    c.limiter.succeeded(client, who.username)
+    try:
+        c.storage.users.set_password(who.username, body.new_password)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    ended = c.storage.sessions.end_for_user(who.user_id, keep=request.cookies.get(SESSION_COOKIE))
+    logger.info("account: %s changed their password; %s other sessions ended", who.username, ended)
+    return {"ok": True, "sessions_ended": ended}
 
 
 # ---- rooms and live data ------------------------------------------------------------------------------------
@@ -217,6 +275,12 @@ async def stream(room_id: int, request: Request, who: Who, c: Ctx) -> StreamingR
         raise
     ping_s = c.config.http.sse_ping_s
 
+    def allowed() -> bool:
+        # The same request's cookie or token, looked up afresh: logout, an ended session, a revoked or expired
+        # token, a disabled account or a room taken away all show here.
+        again = identify(request, c.storage)
+        return again is not None and again.can_see(room_id)
+
     async def frames():
         try:
             yield "retry: 3000\n: connected\n\n"
@@ -225,9 +289,16 @@ async def stream(room_id: int, request: Request, who: Who, c: Ctx) -> StreamingR
                 view = c.device_view(d, now)
                 view.pop("health")
                 yield f"event: status\ndata: {json.dumps(view, separators=(',', ':'))}\n\n"
+            loop = asyncio.get_running_loop()
+            next_check = loop.time() + ping_s
             while True:
+                if loop.time() >= next_check:
+                    next_check = loop.time() + ping_s
+                    if not await run_in_threadpool(allowed):
+                        yield 'event: end\ndata: {"reason":"access ended"}\n\n'
+                        return
                 try:
-                    frame = await asyncio.wait_for(sub.queue.get(), timeout=ping_s)
+                    frame = await asyncio.wait_for(sub.queue.get(), timeout=max(0.0, next_check - loop.time()))
                 except TimeoutError:
                     yield ": ping\n\n"
                     continue
@@ -361,6 +432,58 @@ def add_user_room(username: str, body: AssignBody, _: Admin, c: Ctx) -> dict[str
         raise HTTPException(404, str(exc)) from None
 
 
+@router.delete("/api/users/{username}/rooms/{room_id}", summary="Take a room away from a user (admin)")
+def remove_user_room(username: str, room_id: int, _: Admin, c: Ctx) -> dict[str, Any]:
+    try:
+        return c.storage.users.remove_room(username, room_id)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+def _not_self(who: Principal, username: str, action: str) -> None:
+    # An administrator locking themselves out could leave the school with no administrator.
+    if username == who.username:
+        raise HTTPException(409, f"you cannot {action} your own account; ask another administrator")
+
+
+@router.post("/api/users/{username}/password", summary="Set a user's password (admin); ends all their sessions")
+def reset_password(username: str, body: PasswordResetBody, who: Admin, c: Ctx) -> dict[str, Any]:
+    try:
+        user_id = c.storage.users.set_password(username, body.password)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    ended = c.storage.sessions.end_for_user(user_id)
+    logger.info("account: %s set the password of %s; %s sessions ended", who.username, username, ended)
+    return {"ok": True, "sessions_ended": ended}
+
+
+@router.patch("/api/users/{username}", summary="Disable or enable a user (admin); disabling ends their sessions")
+def change_user(username: str, body: UserChangeBody, who: Admin, c: Ctx) -> dict[str, Any]:
+    if body.disabled:
+        _not_self(who, username, "disable")
+    try:
+        user_id = c.storage.users.set_disabled(username, body.disabled)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    if body.disabled:
+        c.storage.sessions.end_for_user(user_id)
+    logger.info("account: %s %s %s", who.username, "disabled" if body.disabled else "enabled", username)
+    return c.storage.users.view(username)
+
+
+@router.delete("/api/users/{username}", summary="Delete a user, their sessions and the API tokens they made (admin)")
+def delete_user(username: str, who: Admin, c: Ctx) -> dict[str, bool]:
+    _not_self(who, username, "delete")
+    try:
+        c.storage.users.delete(username)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    logger.info("account: %s deleted %s", who.username, username)
+    return {"ok": True}
+
+
 @router.post("/api/rooms", status_code=201, summary="Create a room (admin)")
 def create_room(body: RoomBody, _: Admin, c: Ctx) -> dict[str, Any]:
     try:
@@ -376,9 +499,28 @@ def create_room(body: RoomBody, _: Admin, c: Ctx) -> dict[str, Any]:
 @router.post("/api/tokens", status_code=201, summary="Create an API token for some rooms; shown once (admin)")
 def create_token(body: TokenBody, who: Admin, c: Ctx) -> dict[str, Any]:
     try:
-        return c.storage.tokens.create(body.name, body.room_ids, who.username)
+        return c.storage.tokens.create(body.name, body.room_ids, who.username, body.expires_days)
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from None
+
+
+@router.get(
+    "/api/tokens",
+    summary="API tokens without their secrets (admin)",
+    description="Oldest first: `{id, name, created_by, created_ms, expires_ms, revoked, expired, room_ids}`.",
+)
+def tokens(_: Admin, c: Ctx) -> list[dict[str, Any]]:
+    return c.storage.tokens.list()
+
+
+@router.delete("/api/tokens/{token_id}", summary="Revoke an API token at once (admin)")
+def revoke_token(token_id: int, who: Admin, c: Ctx) -> dict[str, bool]:
+    try:
+        c.storage.tokens.revoke(token_id)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    logger.info("account: %s revoked API token %s", who.username, token_id)
+    return {"ok": True}
 
 
 # ---- health -------------------------------------------------------------------------------------------------
@@ -400,11 +542,7 @@ def metrics_allowed(request: Request, token: str | None) -> bool:
     """A loopback client, or one that sends the metrics token: the counters describe the school's fleet."""
     if token and hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
         return True
-    host = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return client_is_loopback(request)
 
 
 @router.get("/metrics", summary="The same counters in Prometheus text format (loopback, or with the metrics token)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -26,6 +27,7 @@ class Principal:
     rooms: set[int] | None  # None: every room (admins)
     csrf: str | None = None
     user_id: int | None = None
+    token_id: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -48,7 +50,7 @@ def identify(request: Request, storage: Storage) -> Principal | None:
         found = storage.tokens.get(token)
         if found is None:
             return None
-        return Principal("token", f"token:{found['name']}", "token", found["rooms"])
+        return Principal("token", f"token:{found['name']}", "token", found["rooms"], token_id=found["id"])
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie or len(cookie) > 256:
         return None
@@ -72,42 +74,69 @@ def check_csrf(request: Request, principal: Principal) -> None:
 
 
 class LoginLimiter:
-    """Counts failed logins per user name and per client address; too many in the window locks that key out."""
+    """Slows password guessing without locking the rightful user out.
 
-    def __init__(self, max_failures: int, window_s: float):
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self._failures: dict[str, list[float]] = {}
+    Failures are counted per (client address, user name): after each one that pair waits `base_s`, then twice as
+    long, up to `max_s`. A client address also waits once it has `address_factor` times as many failures across all
+    names, which slows a sprayer of names. A guesser at another address never delays the teacher's own logins.
+    The table keeps at most `max_entries` keys and forgets the least recently failed one first, never everyone.
+    """
+
+    def __init__(
+        self,
+        base_s: float = 1.0,
+        max_s: float = 300.0,
+        address_factor: int = 10,
+        max_entries: int = 10_000,
+        forget_s: float = 24 * 3600.0,
+        clock=time.monotonic,
+    ):
+        self.base_s = base_s
+        self.max_s = max_s
+        self.address_factor = address_factor
+        self.max_entries = max_entries
+        self.forget_s = forget_s
+        self.clock = clock
+        self._failures: OrderedDict[tuple[str, ...], tuple[int, float]] = OrderedDict()  # key -> (count, last)
         self._lock = threading.Lock()
 
-    def _recent(self, key: str, now: float) -> list[float]:
-        times = [t for t in self._failures.get(key, []) if now - t < self.window_s]
-        if times:
-            self._failures[key] = times
-        else:
+    @classmethod
+    def from_config(cls, http) -> LoginLimiter:
+        return cls(http.login_backoff_s, http.login_backoff_max_s, http.login_address_factor, http.login_table_size)
+
+    @staticmethod
+    def _keys(address: str, username: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("pair", address, username.lower()), ("address", address)
+
+    def _delay(self, steps: int) -> float:
+        return 0.0 if steps <= 0 else min(self.max_s, self.base_s * 2 ** min(steps - 1, 60))
+
+    def _wait(self, key: tuple[str, ...], per_step: int, now: float) -> float:
+        count, last = self._failures.get(key, (0, now))
+        if now - last > self.forget_s:
             self._failures.pop(key, None)
-        return times
+            return 0.0
+        return max(0.0, last + self._delay(count // per_step) - now)
 
-    def retry_after(self, keys: list[str]) -> float:
-        """Seconds until these keys may try again (0: now)."""
-        now = time.monotonic()
+    def retry_after(self, address: str, username: str) -> float:
+        """Seconds until this address may try this user name again (0: now)."""
+        pair, addr = self._keys(address, username)
+        now = self.clock()
         with self._lock:
-            wait = 0.0
-            for key in keys:
-                times = self._recent(key, now)
-                if len(times) >= self.max_failures:
-                    wait = max(wait, self.window_s - (now - times[-self.max_failures]))
-            return wait
+            return max(self._wait(pair, 1, now), self._wait(addr, self.address_factor, now))
 
-    def failed(self, keys: list[str]) -> None:
-        now = time.monotonic()
+    def failed(self, address: str, username: str) -> None:
+        now = self.clock()
         with self._lock:
-            if len(self._failures) > 100_000:  # bound memory under a spray of random names
-                self._failures.clear()
-            for key in keys:
-                self._recent(key, now)
-                self._failures.setdefault(key, []).append(now)
+            for key in self._keys(address, username):
+                count, _ = self._failures.pop(key, (0, now))
+                self._failures[key] = (count + 1, now)  # re-inserted last: the most recently failed
+            while len(self._failures) > self.max_entries:
+                self._failures.popitem(last=False)
 
-    def succeeded(self, key: str) -> None:
+    def succeeded(self, address: str, username: str) -> None:
         with self._lock:
-            self._failures.pop(key, None)
+            self._failures.pop(self._keys(address, username)[0], None)
+
+    def __len__(self) -> int:
+        return len(self._failures)
