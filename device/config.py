@@ -16,6 +16,7 @@ from device.common.config_loader import StrictModel, load_yaml_model
 from device.fusion import FusionConfig
 from device.mqtt.config import MqttConfig
 from device.sources import SourceConfig, VideoFileConfig
+from device.speech_to_text.settings import TranscriberSettings
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 SAMPLE_VIDEO = SAMPLES / "classroom_sample.mp4"
@@ -89,20 +90,43 @@ class SpeechConfig(StrictModel):
     runtime: Literal["auto", "litert", "onnxruntime"] = Field("auto", description="Inference runtime.")
 
 
+class TextConfig(StrictModel):
+    """The words path: each speech segment is transcribed on the device and only its emotion is kept."""
+
+    enabled: bool = Field(
+        False,
+        description="Recognise words in speech segments and classify their emotion. The transcript lives in memory "
+        "for one call and is never logged, stored or sent; events carry only the 7 probabilities. Needs the "
+        "speech path (speech.enabled and a microphone).",
+    )
+    emotion_model: str = Field("text_emotion_int8", description="Manifest name of the text-emotion model.")
+    runtime: Literal["auto", "litert", "onnxruntime"] = Field("auto", description="Inference runtime.")
+    recogniser: TranscriberSettings = Field(
+        default_factory=TranscriberSettings,
+        description="Speech-to-text backends, tried in order; one whose library or model is missing is reported "
+        "once and skipped.",
+    )
+    max_waiting: int = Field(
+        2, ge=1, le=16,
+        description="Live input: segments waiting for the recogniser at most. When speech outpaces it, the oldest "
+        "waiting segment is skipped (health counts it in segments_not_transcribed); the newest goes first.",
+    )
+
+
 class PrivacyConfig(StrictModel):
     """What the device may sense and send."""
 
     paused: bool = Field(False, description="Start in privacy pause: no camera or microphone until resumed.")
     send_transcripts: bool = Field(
-        False, description="Include transcript text in events. Off by default: no text leaves the device. "
-                           "This device has no speech-to-text yet, so true is refused rather than ignored."
+        False, description="Include transcript text in events. Refused: words never leave the device (the "
+                           "server refuses an event with a transcript too); only their emotion is sent."
     )
 
     @model_validator(mode="after")
-    def _no_transcripts_yet(self) -> PrivacyConfig:
+    def _no_transcripts(self) -> PrivacyConfig:
         if self.send_transcripts:
-            raise ValueError("send_transcripts: this device has no speech-to-text yet, so there is no transcript "
-                             "to send; remove the key or set it to false")
+            raise ValueError("send_transcripts: transcripts never leave the device, only the emotion of the words "
+                             "does; remove the key or set it to false")
         return self
 
 
@@ -125,6 +149,7 @@ class DeviceConfig(StrictModel):
     )
     vision: VisionConfig = Field(default_factory=VisionConfig)
     speech: SpeechConfig = Field(default_factory=SpeechConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
     voice_gate: VoiceGateConfig = Field(default_factory=VoiceGateConfig, description="Loudness gate with pre-roll.")
     fusion: FusionConfig = Field(default_factory=FusionConfig, description="Windows, calibration, weights, smoothing.")
     mqtt: MqttConfig = Field(description="Broker, identity (site, room, device id), TLS, credentials, queue.")

@@ -13,6 +13,7 @@ import numpy as np
 from device.errors import AulaError
 
 SAMPLE_FACE = Path(__file__).resolve().parent / "samples" / "selftest_face.jpg"
+SAMPLE_SPEECH = Path(__file__).resolve().parent / "samples" / "classroom_sample.wav"
 
 
 @dataclass
@@ -124,12 +125,40 @@ def run_selftest(config_path: Path | None = None, frames: int = 30, camera: str 
             times.append((time.perf_counter() - t) * 1000)
         return f"{np.median(times):.1f} ms per frame (median), faces per frame {min(faces)}-{max(faces)}"
 
+    def words() -> str:
+        import wave
+
+        from device.config import load_config
+        from device.models.text_emotion import TextEmotionModel
+        from device.speech_to_text import open_transcriber
+
+        text = load_config(config_path).text
+        if not text.enabled:
+            return "off (text.enabled is false)"
+        opened = open_transcriber(text.recogniser)
+        assert opened.transcriber is not None, "no recogniser loads: " + "; ".join(
+            f"{k}: {v}" for k, v in opened.skipped.items())
+        with wave.open(str(SAMPLE_SPEECH)) as w:  # 16 kHz mono 16-bit, as the recogniser takes it
+            samples = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+        heard = opened.transcriber.transcribe(samples)
+        # The words themselves are never printed: a count shows the recogniser hears speech.
+        assert len(heard.text.split()) >= 3, f"{opened.transcriber.name} heard almost nothing in {SAMPLE_SPEECH.name}"
+        model = TextEmotionModel.load(text.emotion_model, runtime=text.runtime)
+        t = time.perf_counter()
+        p = model.predict("Thank you, that was a really good answer.")
+        ms = (time.perf_counter() - t) * 1000
+        assert abs(float(p.sum()) - 1.0) < 1e-3, "text-emotion probabilities do not sum to 1"
+        return (f"{opened.transcriber.name}: {len(heard.text.split())} words in {heard.audio_s:.0f} s of the sample "
+                f"at {heard.real_time_factor:.2f}x real time; text model {model.version} {ms:.1f} ms")
+
     ok_rt = _run("inference runtime", runtimes, results)
     ok_models = _run("model files", models, results)
     if ok_rt and ok_models and _run("load models", load, results):
         _run("vision on known image", known_image, results)
     if _run("camera", grab, results) and "stage" in state:
         _run("vision on camera frames", vision_on_camera, results)
+    if ok_models:
+        _run("speech recogniser and text model", words, results)
     results.append(Check("platform", True, f"{platform.machine()} {platform.python_version()}, "
                                            f"CPU temp {_cpu_temperature()}"))
     width = max(len(c.name) for c in results)

@@ -61,6 +61,8 @@ class DeviceService:
         self._reload_requested: DeviceConfig | None = None
         self._stage = None
         self._speech_model = None
+        self._text_path = None
+        self._text_fault: str | None = None  # why a configured text path could not be built
         self.workers: list[StageWorker] = []
         self.publisher = None
         self.buckets: WindowBuckets | None = None
@@ -90,7 +92,42 @@ class DeviceService:
             self._speech_model = SpeechEmotionModel.load(s.emotion_model, runtime=s.runtime)
             self.model_versions["speech_emotion"] = str(self._speech_model.version)
             temps[Modality.SPEECH] = self._speech_model.temperature
+        self._load_text_path()
+        # The models apply their own calibration temperature already; fusion must not apply it a second time.
+        if self._text_path is not None:
+            temps[Modality.TEXT] = 1.0
         self.fusion = LateFusion(self.config.fusion, temps)
+
+    def _load_text_path(self) -> None:
+        """The recogniser and text model, or None with the reason reported once (the other paths run on)."""
+        from device.errors import AulaError
+
+        if self._text_path is not None:
+            self._text_path.stop()
+        self._text_path, self._text_fault = None, None
+        t, s = self.config.text, self.config.speech
+        if not (t.enabled and s.enabled and self.config.microphone is not None):
+            return
+        from device.models.text_emotion import TextEmotionModel
+        from device.speech_to_text import open_transcriber
+        from device.text_path import TextPath
+
+        opened = open_transcriber(t.recogniser)
+        transcriber = opened.transcriber
+        if transcriber is None:
+            self._text_fault = "no speech recogniser could be loaded (" + "; ".join(
+                f"{name}: {why}" for name, why in opened.skipped.items()) + ")"
+            logger.error("text path off: %s", self._text_fault)
+            return
+        try:
+            model = TextEmotionModel.load(t.emotion_model, runtime=t.runtime)
+        except (AulaError, OSError, ValueError) as exc:
+            self._text_fault = f"text-emotion model: {exc}"
+            logger.error("text path off: %s", self._text_fault)
+            return
+        self._text_path = TextPath(transcriber, model, None, max_waiting=t.max_waiting)
+        self.model_versions["text_emotion"] = str(model.version)
+        self.model_versions["transcriber"] = transcriber.name
 
     def _make_workers(self) -> list[StageWorker]:
         cfg = self.config
@@ -100,7 +137,10 @@ class DeviceService:
             workers.append(VisionWorker(self.buckets, self.paused, cfg.camera, self._stage,
                                         AnalysisRate(v.analysis_fps, v.min_analysis_fps, v.max_duty)))
         if cfg.speech.enabled and cfg.microphone is not None:
-            workers.append(AudioWorker(self.buckets, self.paused, cfg.microphone, cfg.voice_gate, self._speech_model))
+            if self._text_path is not None:
+                self._text_path.buckets = self.buckets
+            workers.append(AudioWorker(self.buckets, self.paused, cfg.microphone, cfg.voice_gate, self._speech_model,
+                                       text_path=self._text_path))
         return workers
 
     def _paced(self) -> bool:
@@ -144,6 +184,8 @@ class DeviceService:
             if w.alive and now - w.heartbeat > 10:
                 faults.append(f"{w.name}: stalled {now - w.heartbeat:.0f} s")
                 healthy = False
+        if self._text_fault:
+            faults.append(f"text: {self._text_fault}")
         if faults:
             self._set_state(ServiceState.DEGRADED, "; ".join(faults)[:400])
         else:
@@ -180,6 +222,8 @@ class DeviceService:
             self.paused.set()
             for w in self.workers:
                 w.interrupt()  # close camera and mic now, not at the next frame
+            if self._text_path is not None:
+                self._text_path.discard_waiting()  # speech heard before the pause is not transcribed after it
         elif name == "resume":
             self.paused.clear()
         elif name == "reload":
@@ -224,10 +268,11 @@ class DeviceService:
         paused = self.paused.is_set()
         if paused:
             self.fusion.reset()  # after a pause, smoothing starts afresh instead of blending old mood in
-            inputs = WindowInputs(contents.start, contents.end, faces=0, speech_segments=0)
+            inputs = WindowInputs(contents.start, contents.end, faces=0, speech_segments=0, text_utterances=0)
         else:
             inputs = WindowInputs(contents.start, contents.end, face=contents.face_probs, faces=contents.faces_max,
-                                  speech=contents.speech_probs, speech_segments=contents.speech_segments)
+                                  speech=contents.speech_probs, speech_segments=contents.speech_segments,
+                                  text=contents.text_probs)
         fused = self.fusion.update(inputs)
         body = fused.to_dict()
         cfg = self.config

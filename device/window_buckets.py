@@ -24,6 +24,7 @@ class WindowContents:
     speech_rows: list[np.ndarray] = field(default_factory=list)
     speech_segments: int = 0
     voiced_s: float = 0.0
+    text_rows: list[np.ndarray] = field(default_factory=list)
 
     @property
     def face_probs(self) -> np.ndarray | None:
@@ -32,6 +33,10 @@ class WindowContents:
     @property
     def speech_probs(self) -> np.ndarray | None:
         return np.stack(self.speech_rows) if self.speech_rows else None
+
+    @property
+    def text_probs(self) -> np.ndarray | None:
+        return np.stack(self.text_rows) if self.text_rows else None
 
 
 class WindowBuckets:
@@ -81,6 +86,13 @@ class WindowBuckets:
             b.voiced_s += voiced_s
             if probs is not None:
                 b.speech_rows.append(np.asarray(probs, np.float32))
+
+    def add_text(self, t: float, probs: np.ndarray) -> None:
+        """Add one utterance's text-emotion probabilities (the words themselves never reach a window)."""
+        with self._lock:
+            b = self._bucket(t)
+            if b is not None:
+                b.text_rows.append(np.asarray(probs, np.float32))
 
     def close(self, k: int) -> WindowContents:
         """Close window k (and forget any older open one, which can only be empty of news by now)."""

@@ -291,11 +291,13 @@ class AudioWorker(StageWorker):
 
     name = "audio"
 
-    def __init__(self, buckets, paused, audio_config, gate_config, speech_model=None, buffer_s: float = 30.0):
+    def __init__(self, buckets, paused, audio_config, gate_config, speech_model=None, buffer_s: float = 30.0,
+                 text_path=None):
         super().__init__(buckets, paused)
         self.audio_config = audio_config
         self.gate_config = gate_config
         self.speech_model = speech_model  # a SpeechEmotionModel (window_probs), or None to count segments only
+        self.text_path = text_path  # a TextPath (device/text_path.py), or None: no words are recognised
         self.buffer_s = buffer_s
         self.segments = 0
         self.audio_dropped_s = 0.0
@@ -309,11 +311,14 @@ class AudioWorker(StageWorker):
         segment ends (earlier windows may already be published; nothing is dropped as late)."""
         self.segments += 1
         model = self.speech_model
+        wave = seg.samples.astype(np.float32) / 32768.0
+        if self.text_path is not None:
+            self.text_path.submit(wave, seg.t_end, live=self._source is not None and self._source.paced)
         if model is None or seg.duration < MIN_SPEECH_S:
             self.buckets.add_speech(seg.t_end, None, seg.voiced_s)
             return
         t = time.perf_counter()
-        probs, _ = model.window_probs(seg.samples.astype(np.float32) / 32768.0)
+        probs, _ = model.window_probs(wave)
         self.speech_ms.append((time.perf_counter() - t) * 1000 / len(probs))
         self.windows_classified += len(probs)
         for p in probs:
@@ -355,8 +360,14 @@ class AudioWorker(StageWorker):
         if tail is not None:
             self._segment(tail)
 
+    def stop(self, timeout: float = 2.0) -> None:
+        super().stop(timeout)
+        if self.text_path is not None:
+            self.text_path.stop()
+
     def health(self) -> dict:
-        return {
+        text = self.text_path.health() if self.text_path is not None else {}
+        return text | {
             "speech_segments": self.segments,
             "voice_detector": self._gate.detector.name if self._gate is not None else None,
             "voiced_share": None if self._gate is None or self._gate.voiced_share is None

@@ -61,11 +61,11 @@ def test_validate_config_names_file_line_and_key(tmp_path, capsys):
     assert main(["validate-config", str(good)]) == 0
 
 
-def test_a_key_that_could_not_take_effect_is_refused(tmp_path, capsys):
+def test_sending_transcripts_is_refused(tmp_path, capsys):
     cfg = tmp_path / "device.yaml"
     cfg.write_text("privacy:\n  send_transcripts: true\n")
     assert main(["validate-config", str(cfg)]) == 2
-    assert "no speech-to-text yet" in capsys.readouterr().err
+    assert "transcripts never leave the device" in capsys.readouterr().err
 
 
 def test_missing_camera_gives_a_clear_error_listing_devices(tmp_path):
