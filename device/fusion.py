@@ -5,21 +5,27 @@ Per window and modality m with calibrated distribution q_m (over the 7 canonical
     q_m   = p_m^(1/T_m) / sum(p_m^(1/T_m))             temperature calibration (= softmax(logits / T_m))
     c_m   = floor + (1 - floor) * conf(q_m)             conf: 1 - H(q)/ln 7 ("entropy") or (max q - 1/7)/(1 - 1/7)
     e_m   = n_m / (n_m + k_m)                           evidence: n_m faces/segments/utterances, k_m half-saturation
-    w_m   = r_m * c_m * e_m                             r_m: reliability weight; c_m, e_m are 1 when switched off
+    n_m   = 1 - d_m * q_m(neutral)                      neutral discount d_m in [0, 1]; 1 when d_m = 0
+    w_m   = r_m * c_m * e_m * n_m                       r_m: reliability weight; c_m, e_m are 1 when switched off
     P     = sum_m w_m q_m / sum_m w_m                   over the modalities present (linear opinion pool)
     alpha = 1 - 2^(-dt / half_life)                     dt: seconds since the last window that had a distribution
     S     = alpha * P + (1 - alpha) * S_prev            S = P on the first window, or after a gap > N half-lives
 
-Missing or withheld modalities drop out and the weights renormalise; a window with none left has no distribution,
-and the smoother keeps its state for the next one. Only class-level numbers enter or leave this module.
+The weights r_m and discounts d_m come from the config when it sets them, else from the model manifest's `fusion`
+section (chosen on validation splits by `python -m converter evaluate-fusion`), else 1 and 0; see
+`with_manifest_settings`. Missing or withheld modalities drop out and the weights renormalise; a window with none
+left has no distribution, and the smoother keeps its state for the next one. Only class-level numbers enter or leave
+this module.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -43,11 +49,14 @@ __all__ = [
     "ModalityEvidence",
     "ModalityTemperatures",
     "ModalityWeights",
+    "NeutralDiscounts",
     "WindowInputs",
     "calibrate",
     "confidence",
     "evidence_factor",
+    "manifest_fusion",
     "smoothing_alpha",
+    "with_manifest_settings",
 ]
 
 
@@ -57,6 +66,17 @@ class ModalityWeights(StrictModel):
     face: float = Field(1.0, ge=0, description="Weight of the pooled face distribution; 0 ignores faces.")
     speech: float = Field(1.0, ge=0, description="Weight of the speech-emotion distribution; 0 ignores speech.")
     text: float = Field(1.0, ge=0, description="Weight of the text-emotion distribution; 0 ignores text.")
+
+
+class NeutralDiscounts(StrictModel):
+    """Per modality, how much a neutral verdict lowers its weight: weight x (1 - d x P(neutral))."""
+
+    face: float = Field(0.0, ge=0, le=1, description="Face neutral discount; 0 leaves the weight alone.")
+    speech: float = Field(0.0, ge=0, le=1, description="Speech neutral discount.")
+    text: float = Field(
+        0.0, ge=0, le=1, description="Text neutral discount: words that say nothing (mostly neutral) then step aside "
+        "for a modality with evidence."
+    )
 
 
 class ModalityTemperatures(StrictModel):
@@ -89,8 +109,15 @@ class FusionConfig(StrictModel):
     reset_after_half_lives: float = Field(
         4.0, gt=0, description="A gap longer than this many half-lives without a distribution restarts smoothing."
     )
-    weights: ModalityWeights = Field(
-        default_factory=ModalityWeights, description="Reliability weight per modality (face, speech, text)."
+    weights: ModalityWeights | None = Field(
+        None,
+        description="Reliability weight per modality (face, speech, text). None: the model manifest's fusion "
+        "weights, else 1 each.",
+    )
+    neutral_discount: NeutralDiscounts | None = Field(
+        None,
+        description="Per modality d in [0, 1]: its weight is multiplied by 1 - d x P(neutral), so a modality that "
+        "hears nothing but neutral yields to one that carries evidence. None: the manifest's, else 0 each.",
     )
     temperatures: ModalityTemperatures | None = Field(
         None, description="Per-modality calibration temperatures; None or a None entry takes the model manifest's."
@@ -121,7 +148,7 @@ class FusionConfig(StrictModel):
     @model_validator(mode="after")
     def _some_weight(self) -> FusionConfig:
         w = self.weights
-        if w.face == 0 and w.speech == 0 and w.text == 0:
+        if w is not None and w.face == 0 and w.speech == 0 and w.text == 0:
             raise ValueError("weights: at least one modality needs a weight above 0")
         return self
 
@@ -129,6 +156,45 @@ class FusionConfig(StrictModel):
     def alpha(self) -> float:
         """Smoothing factor of a window that directly follows the previous one."""
         return smoothing_alpha(self.window_s, self.half_life_s)
+
+
+def manifest_fusion(folder: Path | None = None) -> dict[str, Any] | None:
+    """The model manifest's `fusion` section (weights and neutral discounts chosen on validation), or None."""
+    from device.model_store import MANIFEST, models_dir
+
+    path = Path(folder or models_dir()) / MANIFEST
+    try:
+        section = json.loads(path.read_text()).get("fusion")
+    except (OSError, ValueError) as exc:
+        logger.warning("fusion settings: cannot read %s (%s); using equal weights", path, exc)
+        return None
+    return section if isinstance(section, dict) else None
+
+
+def with_manifest_settings(config: FusionConfig, folder: Path | None = None) -> FusionConfig:
+    """Fill the weights and neutral discounts the config leaves unset (None) from the manifest's `fusion` section.
+
+    What the config sets wins; a manifest without the section (or with a bad one) leaves them unset, which
+    LateFusion reads as weight 1 and discount 0.
+    """
+    if config.weights is not None and config.neutral_discount is not None:
+        return config
+    section = manifest_fusion(folder)
+    if not section:
+        return config
+    update: dict[str, Any] = {}
+    try:
+        if config.weights is None and section.get("weights") is not None:
+            update["weights"] = ModalityWeights.model_validate(section["weights"])
+        if config.neutral_discount is None and section.get("neutral_discount") is not None:
+            update["neutral_discount"] = NeutralDiscounts.model_validate(section["neutral_discount"])
+        resolved = FusionConfig.model_validate({**config.model_dump(), **update})
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        logger.warning("fusion settings in the manifest are invalid (%s); using the config's", exc)
+        return config
+    logger.info("fusion weights %s and neutral discounts %s from the manifest", section.get("weights"),
+                section.get("neutral_discount"))
+    return resolved
 
 
 # --- pure functions ---------------------------------------------------------------------------------------------
@@ -296,7 +362,9 @@ class LateFusion:
 
     def _weight(self, m: Modality, q: np.ndarray, count: int) -> float:
         cfg = self.config
-        w = getattr(cfg.weights, m.value)
+        w = getattr(cfg.weights, m.value) if cfg.weights is not None else 1.0
+        if cfg.neutral_discount is not None:
+            w *= 1.0 - getattr(cfg.neutral_discount, m.value) * float(q[LABELS.index("neutral")])
         if cfg.confidence_weighting:
             w *= cfg.confidence_floor + (1.0 - cfg.confidence_floor) * confidence(q, cfg.confidence_measure)
         if cfg.evidence_weighting:

@@ -17,7 +17,7 @@ from pathlib import Path
 from device.analysis_rate import AnalysisRate
 from device.config import DeviceConfig, load_config
 from device.contract import DeviceState, EmotionEvent, Modality, short_reason
-from device.fusion import LateFusion, WindowInputs
+from device.fusion import LateFusion, WindowInputs, with_manifest_settings
 from device.sd_notify import SystemdNotifier
 from device.system_metrics import host_metrics
 from device.window_buckets import WindowBuckets
@@ -96,7 +96,8 @@ class DeviceService:
         # The models apply their own calibration temperature already; fusion must not apply it a second time.
         if self._text_path is not None:
             temps[Modality.TEXT] = 1.0
-        self.fusion = LateFusion(self.config.fusion, temps)
+        # Weights and neutral discounts the config leaves unset come from the manifest (chosen on validation data).
+        self.fusion = LateFusion(with_manifest_settings(self.config.fusion), temps)
 
     def _load_text_path(self) -> None:
         """The recogniser and text model, or None with the reason reported once (the other paths run on)."""
