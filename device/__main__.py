@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from device.errors import AulaError, ConfigError
+from device.errors import AulaError, ConfigError, StorageError
 
 logger = logging.getLogger("device")
 
@@ -65,7 +65,10 @@ def _run_service(args: argparse.Namespace, publisher_factory=None) -> int:
     overrides = _run_overrides(args)
     cfg = _replay_options(load_config(args.config, overrides), args.loop, args.fast)
     if publisher_factory is None:
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the offline queue reports it (degraded) and retries; events go out directly
+            logger.error("state directory %s cannot be created (%s)", cfg.state_dir, exc)
     else:
         _open_inputs(cfg)  # at a terminal, say what is missing at once; the unattended device retries instead
     stop = threading.Event()
@@ -148,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
+    except StorageError as exc:  # may clear by itself: not status 2, which systemd does not restart
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except AulaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 
 from device.common.errors import AulaError, ConfigError
 
-__all__ = ["AulaError", "BackendUnavailable", "ConfigError", "ModelError", "SourceError"]
+__all__ = ["AulaError", "BackendUnavailable", "ConfigError", "ModelError", "SourceError", "StorageError"]
 
 
 class ModelError(AulaError):
@@ -15,3 +15,7 @@ class BackendUnavailable(AulaError):
 
 class SourceError(AulaError):
     """A camera, video file, image folder or microphone cannot be opened or read."""
+
+
+class StorageError(AulaError):
+    """Local storage cannot be used right now (a full or read-only disk, a locked file); it may clear by itself."""

@@ -185,6 +185,10 @@ class DeviceService:
             if w.alive and now - w.heartbeat > 10:
                 faults.append(f"{w.name}: stalled {now - w.heartbeat:.0f} s")
                 healthy = False
+        # A full or read-only disk, or a locked or corrupt queue: analysis goes on and events are published directly.
+        storage = getattr(self.publisher, "fault", None)
+        if storage:
+            faults.append(storage)
         if self._text_fault:
             faults.append(f"text: {self._text_fault}")
         if faults:

@@ -297,42 +297,7 @@ def test_queue_bounds_drop_oldest_and_count_persistently(tmp_path):
         assert stats.dropped_full == 3 + 3  # persisted from the first run
 
 
-NOV_2026 = 1_795_300_000.0  # a set wall clock
-
-
-def test_queue_age_bound(tmp_path):
-    clock = [NOV_2026]
-    with OfflineQueue(tmp_path / "q.sqlite3", max_age_s=60, clock=lambda: clock[0]) as q:
-        for i in range(3):
-            q.enqueue(_event(i))
-        clock[0] += 30
-        q.enqueue(_event(3))
-        assert q.stats().oldest_age_s == 30.0
-        clock[0] += 45  # the first three are 75 s old, the last 45 s
-        assert q.expire() == 3
-        assert [r.seq for r in q.peek()] == [4]
-        clock[0] += 100
-        q.enqueue(_event(4))  # enqueue expires too
-        stats = q.stats()
-        assert [r.seq for r in q.peek()] == [5] and stats.dropped_expired == 4 and stats.dropped == 4
-
-
-def test_events_queued_before_the_clock_was_set_are_not_expired_when_it_jumps(tmp_path):
-    clock = [100.0]  # a Pi with no RTC that booted offline: 1970 until NTP answers
-    path = tmp_path / "q.sqlite3"
-    with OfflineQueue(path, max_age_s=60, clock=lambda: clock[0]) as q:
-        for i in range(2):
-            q.enqueue(_event(i))
-        clock[0] += 3600  # an hour later, still unset: the age is unknown, nothing expires
-        assert q.expire() == 0 and q.stats().oldest_age_s is None
-    clock[0] = NOV_2026  # NTP sets the clock (after a restart, too)
-    with OfflineQueue(path, max_age_s=60, clock=lambda: clock[0]) as q:
-        assert q.expire() == 0 and len(q) == 2
-        assert q.stats().oldest_age_s == 0.0  # their age counts from when the clock was set
-        q.enqueue(_event(2))
-        clock[0] += 61
-        assert q.expire() == 3  # the bound applies again, to all of them
-        assert q.stats().dropped_expired == 3
+# Ages, clock jumps and storage faults of the queue: tests/test_offline_queue.py.
 
 
 def test_corrupt_queue_file_is_moved_aside(tmp_path):

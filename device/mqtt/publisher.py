@@ -39,6 +39,8 @@ class PublisherStats:
     dropped_full: int
     dropped_expired: int
     next_seq: int
+    queue_fault: str | None  # why the offline queue cannot use its file (disk full, read-only, locked, corrupt)
+    queue_in_memory: int  # events held in memory (and published directly) while the queue has a fault
     connects: int
     reconnects: int
     connect_failures: int
@@ -88,6 +90,12 @@ class EventPublisher:
     @property
     def connected(self) -> bool:
         return self.connection.connected
+
+    @property
+    def fault(self) -> str | None:
+        """Why the device should report itself degraded from here (the offline queue's fault), or None."""
+        fault = self.queue.fault
+        return None if fault is None else f"offline queue: {fault.value}"
 
     @property
     def paused(self) -> bool:
@@ -168,6 +176,8 @@ class EventPublisher:
             dropped_full=q.dropped_full,
             dropped_expired=q.dropped_expired,
             next_seq=q.next_seq,
+            queue_fault=q.fault,
+            queue_in_memory=q.in_memory,
             connects=conn.connects,
             reconnects=max(0, conn.connects - 1),
             connect_failures=conn.connect_failures,

@@ -18,6 +18,7 @@ from device.offline_queue import OfflineQueue
 logger = logging.getLogger(__name__)
 
 _EXPIRE_EVERY_S = 10.0
+_FAULT_CHECK_S = 1.0  # while the queue has a fault it is looked after this often (it retries its file every retry_s)
 _HOLD_S = 30.0
 
 
@@ -41,6 +42,8 @@ class EventSender:
         # mid -> seq of events handed to paho; touched only by the sender thread (and by stop() once it has ended),
         # so a PUBACK that beats the registration of its mid cannot be lost: PUBACKs wait in _puback_in.
         self.inflight: dict[int, int] = {}
+        self._inflight_ids: dict[int, str] = {}  # mid -> event_id: a seq given while the file was unreadable changes
+        self._generation = self.queue.generation
         self._puback_in: deque[tuple[int, ReasonCode]] = deque()
         self._last_sent_seq = 0
         self._hold: set[int] = set()
@@ -92,6 +95,7 @@ class EventSender:
         while self._puback_in:
             mid, reason = self._puback_in.popleft()
             seq = self.inflight.pop(mid, None)
+            event_id = self._inflight_ids.pop(mid, None)
             if seq is None:
                 continue  # a status, ack or health message
             self._hold.discard(seq)
@@ -109,7 +113,7 @@ class EventSender:
             self.acked += 1
             self._refused.discard(seq)
             self._retry_s = self.config.refused_retry_s  # the broker takes events again
-            self.queue.ack(seq)
+            self.queue.ack(seq, event_id)
 
     # ---- the sender thread ----------------------------------------------------------------------------------
 
@@ -124,12 +128,13 @@ class EventSender:
                 self.settle_pubacks()
                 now = time.monotonic()
                 if now >= next_expire:
-                    next_expire = now + _EXPIRE_EVERY_S
-                    self.queue.expire()
+                    # Retries a faulted file (full, read-only, locked) and expires old events.
+                    self.queue.maintain()
+                    next_expire = now + (_FAULT_CHECK_S if self.queue.fault else _EXPIRE_EVERY_S)
                 next_tick = time.monotonic() + self._tick()
                 self._drain()
             except Exception:
-                # A full disk or a bug must not end the thread: the queue is still on disk, try again shortly.
+                # A bug must not end the thread (storage faults are the queue's own): try again shortly.
                 logger.exception("MQTT sender failed; retrying")
                 stopping.wait(1.0)
 
@@ -169,6 +174,11 @@ class EventSender:
 
     def _drain(self) -> None:
         conn = self.connection
+        if self.queue.generation != self._generation:
+            # The file was (re)opened after a fault: what it holds may lie behind the cursor, so start again from
+            # the oldest; events still in flight are skipped below, acknowledged ones are gone from the file.
+            self._generation = self.queue.generation
+            self._last_sent_seq = 0
         while conn.connected and not conn.stopping.is_set():
             self.settle_pubacks()
             self._retry_refused()
@@ -180,12 +190,17 @@ class EventSender:
             rows = self.queue.peek(self._last_sent_seq, room)
             if not rows:
                 return
+            flying = set(self._inflight_ids.values())
             for row in rows:
+                if row.event_id in flying:
+                    self._last_sent_seq = row.seq
+                    continue
                 if not self._pace() or not conn.connected:
                     return
                 info = conn.publish(conn.topics.events, row.payload, qos=1)
                 if info is None:
                     return
                 self.inflight[info.mid] = row.seq
+                self._inflight_ids[info.mid] = row.event_id
                 self._last_sent_seq = row.seq
                 self.sent += 1
