@@ -128,8 +128,8 @@
   // What the microphone hears, pooled over HEARD_MS: the voices' sound and the words' mood. Each comes and goes
   // with speech, so its line shows the recent minutes rather than the latest window.
   const HEARD = {
-    voices: { key: "voices", countKey: "speech_segments", countField: "segments", render: renderVoices },
-    words: { key: "words", countKey: "text_utterances", countField: "utterances", render: renderWords },
+    voices: { key: "voices", countKey: "speech_segments", render: renderVoices },
+    words: { key: "words", countKey: "text_utterances", render: renderWords },
   };
 
   // One bucket (from /live) or one window (from the stream) as a sample; n = windows with that modality's mood.
