@@ -153,7 +153,8 @@ def test_admin_manages_rooms_users_and_devices(harness, device):
     assert bad_role.status_code == 422
     assert admin.post("/api/users/cara/rooms", json={"room_id": room_id}, headers=h).json()["rooms"] == [room_id]
     assert admin.post("/api/users/nobody/rooms", json={"room_id": room_id}, headers=h).status_code == 404
-    assert {"username": "cara", "role": "teacher", "rooms": [room_id], "disabled": False} in admin.get("/api/users").json()
+    cara = {"username": "cara", "role": "teacher", "rooms": [room_id], "disabled": False}
+    assert cara in admin.get("/api/users").json()
     # A device of an unknown room shows up as new; the admin assigns it.
     device.event(make_event(room="gym", device_id="pi-gym"))
     assert wait_for(lambda: any(d["device_id"] == "pi-gym" for d in admin.get("/api/devices").json()))
