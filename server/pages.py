@@ -82,6 +82,13 @@ def report_page(room_id: int, request: Request, c: Ctx) -> Response:
     return _room_page(request, c, room_id, "report.html")
 
 
+@router.get("/account")
+def account_page(request: Request, c: Ctx) -> Response:
+    if _logged_in(request, c) is None:
+        return _to_login(request)
+    return _page("account.html")
+
+
 @router.get("/admin")
 def admin_page(request: Request, c: Ctx) -> Response:
     who = _logged_in(request, c)

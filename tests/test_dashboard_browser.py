@@ -43,7 +43,7 @@ STATIC = ROOT / "server" / "web" / "static"
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-PAGES = ["login.html", "index.html", "room.html", "report.html", "admin.html"]  # server/web/pages/
+PAGES = ["login.html", "index.html", "room.html", "report.html", "admin.html", "account.html"]  # server/web/pages/
 
 SITE, ROOM, DEVICE = "school1", "room101", "pi-dash"
 ADMIN = ("admin", "admin-pass-1234")
@@ -615,3 +615,88 @@ def test_words_mood_beside_faces_and_voices_in_chromium(server, browser):
         assert not unexpected, unexpected
     finally:
         device.close()
+
+
+def test_admin_manages_accounts_and_tokens_from_the_page_in_chromium(server, browser):
+    """The admin page's buttons take a room away, disable and enable, set a password, revoke a token and delete a
+    user, each taking effect on the teacher's next request; there is no button to disable or delete oneself. On
+    /account a teacher changes their own password, which logs out their other session."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _, _ = server
+    api = Api(base)
+    api.login(*ADMIN)
+    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101"})
+    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
+    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+    token = api.ok("POST", "/api/tokens", {"name": "wall display", "room_ids": [room["id"]]})
+    teacher = Api(base)
+    teacher.login(*TEACHER)
+    assert [r["id"] for r in teacher.ok("GET", "/api/rooms")] == [room["id"]]
+
+    driver = browser
+    driver.delete_all_cookies()
+    wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
+    _login(driver, wait, base, ADMIN, "/admin")
+    row = f"#users li[data-user='{TEACHER[0]}']"
+
+    def click(selector: str, text: str) -> None:
+        def step():
+            button = next(b for b in driver.find_elements(By.CSS_SELECTOR, f"{selector} button") if b.text == text)
+            button.click()
+        wait.until(lambda d: any(b.text == text for b in d.find_elements(By.CSS_SELECTOR, f"{selector} button")))
+        _again_if_stale(step)
+
+    own = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f"#users li[data-user='{ADMIN[0]}']"))
+    assert {b.text for b in own.find_elements(By.TAG_NAME, "button") if b.is_displayed()} == {"Set password"}
+
+    click(f"{row} .chip", "Remove")
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, f"{row} .chip"))
+    assert teacher.ok("GET", "/api/rooms") == []
+    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+
+    click(row, "Disable")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"{row} .user-disabled"))
+    assert teacher.call("GET", "/api/me")[0] == 401
+    click(row, "Enable")
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, f"{row} .user-disabled"))
+    teacher.login(*TEACHER)
+
+    click(row, "Set password")
+    _again_if_stale(lambda: driver.find_element(By.CSS_SELECTOR, f"{row} .pw-input").send_keys("set-by-the-admin"))
+    click(f"{row} .pw-form", "Save")
+    wait.until(lambda d: "New password set" in d.find_element(By.ID, "user-msg").text)
+    assert teacher.call("GET", "/api/me")[0] == 401
+    teacher.login(TEACHER[0], "set-by-the-admin")
+
+    bearer = urllib.request.Request(f"{base}/api/rooms", headers={"Authorization": f"Bearer {token['token']}"})
+    with urllib.request.urlopen(bearer, timeout=10) as res:
+        assert res.status == 200
+    click(f"#tokens tr[data-token='{token['id']}']", "Revoke")
+    wait.until(lambda d: "Revoked" in d.find_element(By.CSS_SELECTOR, f"#tokens tr[data-token='{token['id']}']").text)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(bearer, timeout=10)
+    assert refused.value.code == 401
+
+    # The teacher changes their own password on /account in a second browser session; the API session ends.
+    driver.delete_all_cookies()
+    _login(driver, wait, base, (TEACHER[0], "set-by-the-admin"), "/account")
+    wait.until(lambda d: d.find_element(By.ID, "current-password"))
+    driver.find_element(By.ID, "current-password").send_keys("set-by-the-admin")
+    driver.find_element(By.ID, "new-password").send_keys("chosen-by-me-1")
+    driver.find_element(By.ID, "repeat-password").send_keys("chosen-by-me-1")
+    driver.find_element(By.ID, "password-submit").click()
+    wait.until(lambda d: "Your password is changed" in d.find_element(By.ID, "password-msg").text)
+    assert teacher.call("GET", "/api/me")[0] == 401
+    driver.get(f"{base}/account")
+    wait.until(lambda d: d.find_elements(By.ID, "password-form") and "/login" not in d.current_url)
+
+    driver.delete_all_cookies()
+    _login(driver, wait, base, ADMIN, "/admin")
+    click(row, "Delete")
+    wait.until(lambda d: d.switch_to.alert)
+    driver.switch_to.alert.accept()
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, row))
+    assert all(u["username"] != TEACHER[0] for u in api.ok("GET", "/api/users"))

@@ -1,11 +1,11 @@
-// Aula dashboard: administration (devices incl. new ones to assign, rooms, users, API tokens).
+// Aula dashboard: administration (devices incl. new ones to assign, rooms, users and their access, API tokens).
 "use strict";
 
 (function () {
   const A = window.Aula;
   const { h, $, clear } = A;
 
-  const data = { rooms: [], users: [], devices: [] };
+  const data = { rooms: [], users: [], devices: [], tokens: [], me: null };
 
   function roomLabel(r) {
     return r.name ? `${r.name} (${r.site}/${r.room})` : `${r.site}/${r.room}`;
@@ -104,45 +104,126 @@
     sel.append(...roomOptions(null, "Choose a room…"));
   }
 
+  function roomName(id) {
+    const r = data.rooms.find((rr) => rr.id === id);
+    return r ? (r.name || `${r.site}/${r.room}`) : `room ${id}`;
+  }
+
+  function actionButton(text, label, onClick, kind = "btn-secondary") {
+    const btn = h("button", { type: "button", class: `btn btn-small ${kind}`, "aria-label": label }, text);
+    btn.addEventListener("click", () => onClick(btn));
+    return btn;
+  }
+
+  const userPath = (u) => `/api/users/${encodeURIComponent(u.username)}`;
+
+  // The room access of a teacher, each with a button that takes it away at once (their open streams end too).
+  function userRooms(u) {
+    if (u.role === "admin") return h("div", { class: "muted small" }, "All rooms (administrator)");
+    const ids = Array.isArray(u.rooms) ? u.rooms : [];
+    if (!ids.length) return h("div", { class: "muted small" }, "No rooms yet");
+    return h("div", { class: "chips", role: "list", "aria-label": `Rooms of ${u.username}` }, ids.map((id) =>
+      h("span", { class: "chip", role: "listitem", dataset: { room: id } }, roomName(id),
+        actionButton("Remove", `Remove ${u.username}'s access to ${roomName(id)}`, (btn) =>
+          act($("#user-msg"), btn, () => A.api(`${userPath(u)}/rooms/${id}`, { method: "DELETE" }),
+            `${u.username} can no longer see ${roomName(id)}.`), "btn-quiet"))));
+  }
+
+  // Set a password, disable or enable, delete; an administrator cannot disable or delete their own account.
+  function userActions(u) {
+    const self = data.me && u.username === data.me.username;
+    const area = $("#user-msg");
+    const box = h("div", { class: "user-actions" });
+    const pwInput = h("input", { type: "password", autocomplete: "new-password", "aria-label": `New password for ${u.username}`,
+      placeholder: "New password", class: "pw-input" });
+    const pwForm = h("form", { class: "inline-field pw-form", hidden: true },
+      pwInput, h("button", { type: "submit", class: "btn btn-small btn-primary" }, "Save"));
+    pwForm.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      if (!pwInput.value) return A.showMessage("Type the new password first.", "error", { area });
+      act(area, ev.submitter, () => A.api(`${userPath(u)}/password`, { method: "POST", body: { password: pwInput.value } }),
+        `New password set for ${u.username}; their sessions have ended.`);
+    });
+    box.append(actionButton("Set password", `Set a new password for ${u.username}`, () => {
+      pwForm.hidden = !pwForm.hidden;
+      if (!pwForm.hidden) pwInput.focus();
+    }));
+    if (self) {
+      box.append(h("span", { class: "muted small" }, "This is you."));
+    } else {
+      box.append(actionButton(u.disabled ? "Enable" : "Disable", `${u.disabled ? "Enable" : "Disable"} ${u.username}`,
+        (btn) => act(area, btn, () => A.api(userPath(u), { method: "PATCH", body: { disabled: !u.disabled } }),
+          u.disabled ? `${u.username} can log in again.` : `${u.username} is disabled and logged out everywhere.`)));
+      box.append(actionButton("Delete", `Delete ${u.username}`, (btn) => {
+        if (!window.confirm(`Delete ${u.username}? Their sessions end and the API tokens they made stop working.`)) return;
+        act(area, btn, () => A.api(userPath(u), { method: "DELETE" }), `${u.username} is deleted.`);
+      }, "btn-danger"));
+    }
+    box.append(pwForm);
+    return box;
+  }
+
   function renderUsers() {
     const ul = clear($("#users"));
     if (!data.users.length) ul.append(h("li", { class: "empty" }, "No users yet."));
     for (const u of data.users) {
-      const rooms = Array.isArray(u.rooms) ? u.rooms.map((x) => {
-        const id = typeof x === "object" && x ? x.id : x;
-        const r = data.rooms.find((rr) => rr.id === id);
-        return r ? (r.name || `${r.site}/${r.room}`) : (typeof x === "object" && x ? x.name || String(id) : String(x));
-      }) : null;
       ul.append(h("li", { dataset: { user: u.username } }, h("strong", {}, u.username),
         h("span", { class: "muted small" }, ` · ${u.role || "teacher"}`),
-        u.role === "admin"
-          ? h("div", { class: "muted small" }, "All rooms (administrator)")
-          : rooms ? h("div", { class: "muted small" }, rooms.length ? `Rooms: ${rooms.join(", ")}` : "No rooms yet") : null));
+        u.disabled ? h("span", { class: "badge badge-offline user-disabled" }, "Disabled") : null,
+        userRooms(u), userActions(u)));
     }
     const sel = clear($("#grant-user"));
     sel.append(h("option", { value: "" }, "Choose a user…"),
       ...data.users.map((u) => h("option", { value: u.username }, u.username)));
   }
 
+  function renderTokens() {
+    const box = clear($("#tokens"));
+    if (!data.tokens.length) {
+      box.append(h("p", { class: "empty" }, "No API tokens yet."));
+      return;
+    }
+    const rows = data.tokens.map((t) => {
+      const state = t.revoked ? "Revoked" : t.expired ? "Expired" : "Active";
+      return h("tr", { dataset: { token: t.id } },
+        h("td", { "data-label": "Name" }, h("strong", {}, t.name)),
+        h("td", { "data-label": "Rooms" }, t.room_ids.map(roomName).join(", ") || "–"),
+        h("td", { "data-label": "Made by" }, t.created_by || "–"),
+        h("td", { "data-label": "Expires" }, new Date(t.expires_ms).toLocaleDateString()),
+        h("td", { "data-label": "State" }, h("span", { class: `badge badge-${state === "Active" ? "online" : "offline"}` }, state)),
+        h("td", { "data-label": "" }, state === "Active"
+          ? actionButton("Revoke", `Revoke token ${t.name}`, (btn) => act($("#token-msg"), btn,
+            () => A.api(`/api/tokens/${t.id}`, { method: "DELETE" }), `Token ${t.name} is revoked.`), "btn-danger")
+          : null));
+    });
+    box.append(h("table", { class: "admin-table" },
+      h("thead", {}, h("tr", {}, ["Name", "Rooms", "Made by", "Expires", "State", ""]
+        .map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, rows)));
+  }
+
   async function loadAll() {
-    const [rooms, users, devices] = await Promise.allSettled([
-      A.api("/api/rooms"), A.api("/api/users"), A.api("/api/devices"),
+    const all = await Promise.allSettled([
+      A.api("/api/rooms"), A.api("/api/users"), A.api("/api/devices"), A.api("/api/tokens"),
     ]);
-    const denied = [rooms, users, devices].find((r) => r.status === "rejected" && r.reason && r.reason.status === 403);
+    const [rooms, users, devices, tokens] = all;
+    const denied = all.find((r) => r.status === "rejected" && r.reason && r.reason.status === 403);
     if (denied) {
       $("#admin").hidden = true;
       A.showMessage("This page is for administrators. You do not have access to it.", "error");
       return;
     }
-    const failed = [rooms, users, devices].find((r) => r.status === "rejected");
+    const failed = all.find((r) => r.status === "rejected");
     if (failed) A.showError(failed.reason);
     else A.clearMessage();
     if (rooms.status === "fulfilled") data.rooms = rooms.value || [];
     if (users.status === "fulfilled") data.users = users.value || [];
     if (devices.status === "fulfilled") data.devices = devices.value || [];
+    if (tokens.status === "fulfilled") data.tokens = tokens.value || [];
     renderRooms();
     renderUsers();
     renderDevices();
+    renderTokens();
   }
 
   function wireForms() {
@@ -159,7 +240,7 @@
 
     $("#user-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
-      const area = $("#user-msg");
+      const area = $("#user-add-msg");
       const username = $("#user-name").value.trim();
       const password = $("#user-pass").value;
       const role = $("#user-role").value;
@@ -183,14 +264,17 @@
       const area = $("#token-msg");
       const name = $("#token-name").value.trim();
       const roomIds = [...document.querySelectorAll("#token-rooms input:checked")].map((i) => Number(i.value));
+      const days = Number($("#token-days").value || 90);
       if (!name || !roomIds.length) return A.showMessage("Give the token a name and pick at least one room.", "error", { area });
+      if (!(days > 0 && days <= 3650)) return A.showMessage("A token is valid for 1 to 3650 days.", "error", { area });
       const btn = ev.submitter;
       if (btn) btn.disabled = true;
       try {
-        const res = await A.api("/api/tokens", { method: "POST", body: { name, room_ids: roomIds } });
+        const res = await A.api("/api/tokens", { method: "POST", body: { name, room_ids: roomIds, expires_days: days } });
         A.clearMessage(area);
         showToken(name, res && res.token);
         ev.target.reset();
+        await loadAll();
       } catch (err) {
         A.showError(err, area);
       } finally {
@@ -227,10 +311,11 @@
       A.showMessage("This page is for administrators. You do not have access to it.", "error");
       return;
     }
+    data.me = me;
     wireForms();
     await loadAll();
     setInterval(() => {
-      if (!document.hidden && !document.activeElement.closest("form, select, #devices")) loadAll().catch(() => {});
+      if (!document.hidden && !document.activeElement.closest("form, select, button, #devices")) loadAll().catch(() => {});
     }, 15000);
   });
 })();

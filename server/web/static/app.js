@@ -288,6 +288,7 @@
     clear(nav);
     nav.append(h("a", { href: "/" }, "My rooms"));
     if (user && user.role === "admin") nav.append(h("a", { href: "/admin" }, "Admin"));
+    if (user && user.role !== "token") nav.append(h("a", { href: "/account" }, "My account"));
     const who = $("#who");
     if (who && user) {
       clear(who);

@@ -46,7 +46,7 @@
         $("#password").value = "";
         $("#password").focus();
       } else if (err instanceof A.ApiError && err.status === 429) {
-        A.showMessage("Too many attempts. Wait a minute, then try again.", "error");
+        A.showMessage("Too many failed attempts from this computer. Wait a few seconds, then try again.", "error");
       } else {
         A.showError(err);
       }
