@@ -1,0 +1,125 @@
+"""The whole device (`python -m device run`) with its state directory on a small tmpfs that fills up or is read-only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from device import __main__ as cli
+from device.errors import ConfigError
+from device.offline_queue import QueueError, QueueFault
+from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)
+from tests.mqtt_helpers import Collector, wait_for
+from tests.test_device_service import TOPICS, stop_device
+from tests.test_offline_queue import SmallDisk, can_mount
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_device(broker, state_dir: Path, log: Path, *args: str) -> subprocess.Popen:
+    """The device on `broker`, logging to a file (a fault's log lines must not fill a pipe nobody reads)."""
+    config = log.parent / "device.yaml"
+    config.write_text("mqtt:\n  health_interval_s: 1\n")
+    cmd = [sys.executable, "-m", "device", "run", "--broker", broker.url, "--site", "test-school", "--room", "room-7",
+           "--device-id", "pi-7", "--state-dir", str(state_dir), "--config", str(config), *args]
+    with open(log, "w") as err:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
+
+
+@pytest.fixture
+def disk(tmp_path):
+    if not can_mount(tmp_path):
+        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN (tests/test_offline_queue.py covers the queue)")
+    d = SmallDisk(tmp_path / "state", 400)
+    yield d
+    d.close()
+
+
+def _states(collector: Collector) -> list[tuple[str, str | None]]:
+    return [(s.state.value, s.reason) for s in collector.statuses(TOPICS)]
+
+
+def _health(collector: Collector) -> list[dict]:
+    return [json.loads(m.payload) for m in collector.on(TOPICS.health)]
+
+
+def test_a_full_disk_degrades_the_device_publishes_directly_and_recovers(mosquitto, tmp_path, disk):
+    collector = Collector(mosquitto, "aula/#", client_id="q1")
+    log = tmp_path / "device.log"
+    proc = start_device(mosquitto, disk.path, log, "--loop")
+    try:
+        assert wait_for(lambda: len(collector.events(TOPICS)) >= 2, 30), log.read_text()[-3000:]
+        filled_ms = time.time() * 1000
+        disk.fill()
+        assert wait_for(lambda: ("degraded", "offline queue: disk full") in _states(collector), 20), log.read_text()
+        n = len(collector.events(TOPICS))
+        # Analysis goes on and its events reach the broker although nothing can be queued on disk.
+        assert wait_for(lambda: len(collector.events(TOPICS)) >= n + 3, 20)
+        assert proc.poll() is None
+        assert wait_for(lambda: any(h["mqtt"]["queue_fault"] == "disk full" and h["reason"] for h in
+                                    _health(collector)), 10)
+        freed_ms = time.time() * 1000
+        disk.free()
+        assert wait_for(lambda: _states(collector)[-1] == ("online", None), 20), log.read_text()[-3000:]
+        n = len(collector.events(TOPICS))
+        assert wait_for(lambda: len(collector.events(TOPICS)) >= n + 2, 20)
+        stop_device(proc)
+        assert proc.returncode == 0
+        last = max(e.seq for e in collector.events(TOPICS))
+        assert wait_for(lambda: {e.seq for e in collector.events(TOPICS)} == set(range(1, last + 1)), 10), \
+            sorted({e.seq for e in collector.events(TOPICS)})  # lost: 0
+        statuses = collector.statuses(TOPICS)
+        degraded = next(s.ts_ms for s in statuses if s.state.value == "degraded")
+        online = next(s.ts_ms for s in statuses if s.state.value == "online" and s.ts_ms > freed_ms)
+        events = collector.events(TOPICS)
+        print(json.dumps({  # the figures docs/reliability.md quotes (pytest -s)
+            "degraded_after_fill_s": round((degraded - filled_ms) / 1000, 1),
+            "degraded_for_s": round((freed_ms - degraded) / 1000, 1),
+            "online_after_free_s": round((online - freed_ms) / 1000, 1),
+            "events": last, "lost": last - len({e.seq for e in events}),
+            "published_while_degraded": sum(1 for e in events if degraded <= e.window_end_ms <= online),
+            "duplicates": len(events) - len({e.event_id for e in events}),
+        }))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        collector.close()
+
+
+def test_a_read_only_state_directory_does_not_stop_the_device(mosquitto, tmp_path, disk):
+    """It exited with status 2 (which systemd does not restart); now it runs degraded and publishes directly."""
+    disk.remount("ro")
+    collector = Collector(mosquitto, "aula/#", client_id="q2")
+    log = tmp_path / "device.log"
+    proc = start_device(mosquitto, disk.path, log, "--fast")
+    try:
+        proc.wait(timeout=180)
+        assert proc.returncode == 0, log.read_text()[-3000:]
+        assert ("degraded", "offline queue: disk read-only") in _states(collector)
+        last = max(e.seq for e in collector.events(TOPICS))
+        assert last >= 3
+        assert wait_for(lambda: {e.seq for e in collector.events(TOPICS)} == set(range(1, last + 1)), 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        collector.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (ConfigError("device.yaml:3: mqtt.port: not a port"), 2),  # a person must fix it: systemd does not restart
+        (QueueError(QueueFault.DISK_FULL, "disk full: cannot write"), 1),  # may clear: systemd restarts
+    ],
+)
+def test_only_a_configuration_error_exits_with_status_2(monkeypatch, tmp_path, error, status):
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_validate_config", fail)
+    assert cli.main(["validate-config", str(tmp_path / "device.yaml")]) == status
