@@ -232,3 +232,34 @@ def test_plain_http_logins_can_be_allowed_for_a_closed_network(tmp_path, mosquit
         assert ok.status_code == 200 and "Secure" not in ok.headers["set-cookie"]
     finally:
         made.stop()
+
+
+def test_the_server_serves_https_itself_with_a_certificate(tmp_path, mosquitto):
+    """http.tls_certfile/tls_keyfile hand a certificate to uvicorn; a login over that HTTPS gets a Secure cookie."""
+    import shutil
+    import subprocess
+
+    import httpx
+
+    from tests.system_deps import require_system_dep
+
+    openssl = require_system_dep(shutil.which("openssl"), "openssl is not installed (apt-get install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    tls = {"http.tls_certfile": str(cert), "http.tls_keyfile": str(key)}
+    made = ServerHarness(tmp_path / "s", mosquitto.url, **tls)
+    server = made.start()
+    try:
+        server.storage.users.create("ana", TEACHER_PW, "teacher")
+        with httpx.Client(base_url=f"https://127.0.0.1:{made.port}", verify=False, timeout=15) as client:
+            remote = {"X-Forwarded-For": "203.0.113.5"}  # from another machine: HTTPS is what makes it allowed
+            ok = client.post("/api/login", json={"username": "ana", "password": TEACHER_PW}, headers=remote)
+            assert ok.status_code == 200 and "Secure" in ok.headers["set-cookie"]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{made.port}/login", timeout=5)
+    finally:
+        made.stop()
