@@ -110,6 +110,37 @@ def test_a_read_only_state_directory_does_not_stop_the_device(mosquitto, tmp_pat
         collector.close()
 
 
+def test_a_second_device_on_the_same_state_directory_finds_the_queue_locked(mosquitto, tmp_path):
+    """It used to share the file (and its seqs), or rename a locked file as corrupt and drop the backlog."""
+    state = tmp_path / "state"
+    collector = Collector(mosquitto, "aula/#", client_id="q3")
+    first = start_device(mosquitto, state, tmp_path / "first.log", "--loop")
+    try:
+        assert wait_for(lambda: len(collector.events(TOPICS)) >= 1, 30), (tmp_path / "first.log").read_text()
+        second_log = tmp_path / "second.log"
+        cmd = [sys.executable, "-m", "device", "run", "--broker", mosquitto.url, "--site", "test-school", "--room",
+               "room-7", "--device-id", "pi-8", "--state-dir", str(state), "--fast"]
+        with open(second_log, "w") as err:
+            second = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, timeout=180)
+        assert second.returncode == 0, second_log.read_text()[-3000:]
+        assert "queue locked: another process uses" in second_log.read_text()
+        other = TOPICS.__class__.for_device("test-school", "room-7", "pi-8")
+        statuses = [(s.state.value, s.reason) for s in collector.statuses(other)]
+        assert ("degraded", "offline queue: queue locked") in statuses
+        assert len(collector.events(other)) >= 3  # published directly
+        assert not list(state.glob("*.corrupt-*"))
+        n = len(collector.events(TOPICS))
+        assert wait_for(lambda: len(collector.events(TOPICS)) >= n + 1, 20)  # the first device is untouched
+        assert _states(collector)[-1] == ("online", None)
+        stop_device(first)
+        last = max(e.seq for e in collector.events(TOPICS))
+        assert wait_for(lambda: {e.seq for e in collector.events(TOPICS)} == set(range(1, last + 1)), 10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        collector.close()
+
+
 @pytest.mark.parametrize(
     ("error", "status"),
     [
