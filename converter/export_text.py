@@ -179,7 +179,7 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
     report = {
         "version": version,
         "epoch": best,
-        "training": {k: history.get(k) for k in ("recipe", "history", "rows", "precision")},
+        "training": {k: history.get(k) for k in ("recipe", "history", "rows", "precision", "recipe_changes")},
         "dev": {"accuracy": round(dev_acc, 4), "macro_f1": round(dev_f1, 4),
                 "offsets": [round(float(o), 3) for o in offsets], "temperature": round(temperature, 4)},
         "test_rows": int(test.single.sum()),

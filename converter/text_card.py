@@ -32,6 +32,10 @@ def write_text_card(report: dict, path: Path) -> None:
     confusion = "\n".join(f"| {LABELS[i]} | " + " | ".join(str(v) for v in row) + " |"
                           for i, row in enumerate(report["confusion_int8"]))
     precision = report["training"].get("precision") or "bfloat16"
+    changes = "".join(
+        f"\n- This run was resumed at epoch {c['epoch'] + 1}, batch {c['batch']} with the recipe above; before that it "
+        f"followed {c['before']} (the learning-rate schedule is set by the number of epochs)."
+        for c in report["training"].get("recipe_changes") or ())
     text = f"""# Text-emotion model card: `{report['version']}`
 
 all-MiniLM-L6-v2 (6 layers, 384 wide, 22.7 M parameters) with a mean-pooled 7-way head, every weight fine-tuned
@@ -61,7 +65,7 @@ on GoEmotions' Ekman grouping for Aula's labels ({', '.join(LABELS)}). It runs o
 - Data: GoEmotions train (43,410 Reddit comments, Apache-2.0). A row with several labels (3,855 rows) has its
   target shared equally among them; the loss weights class c by (largest class count / count of c) ^ 0.5.
 - Recipe: {report['training']['recipe']}; AdamW with linear warm-up and decay, {precision} on the CPU, rows
-  bucketed by length. The epoch with the best dev macro-F1 is kept (epoch {report['epoch']}).
+  bucketed by length. The epoch with the best dev macro-F1 is kept (epoch {report['epoch']}).{changes}
 - Calibration on dev only (the test split chose nothing): per-class logit offsets that maximise dev macro-F1
   {report['dev']['offsets']}, folded into the classifier's bias, and a softmax temperature
   {report['dev']['temperature']} that minimises dev NLL. Dev after both: accuracy {report['dev']['accuracy']:.4f},

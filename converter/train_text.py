@@ -26,7 +26,7 @@ from device.models.text_tokens import encode, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-RECIPE = {"epochs": 2, "lr": 5e-5, "batch_size": 32, "warmup": 0.06, "weight_decay": 0.01,
+RECIPE = {"epochs": 1, "lr": 5e-5, "batch_size": 32, "warmup": 0.06, "weight_decay": 0.01,
           "class_weight_power": 0.5, "dropout": 0.1, "seed": 0, "checkpoint_every": 200}
 
 
@@ -135,6 +135,12 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
     if checkpoint.exists():
         state = _restore(checkpoint, model, optimizer)
         logger.info("resuming at epoch %d, batch %d", state["epoch"] + 1, state["batch"])
+        if state["recipe"] != recipe:  # e.g. resumed with fewer --epochs: the schedule follows the new recipe
+            logger.warning("resuming with a changed recipe: %s (was %s)", recipe, state["recipe"])
+            state.setdefault("recipe_changes", []).append(
+                {"epoch": state["epoch"], "batch": state["batch"], "before": state["recipe"]})
+            state["recipe"] = recipe
+        state.setdefault("precision", "bfloat16" if bf16 else "float32")
 
     while state["epoch"] < recipe["epochs"]:
         rng = np.random.default_rng(recipe["seed"] + state["epoch"])
