@@ -1,4 +1,4 @@
-"""Command line: `python -m server [--config FILE]` runs the server; `create-admin` and `validate-config` set up."""
+"""Command line: `python -m server` runs the server; create-admin, validate-config, replay-quarantine."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(admin, suppress=True)
     check = sub.add_parser("validate-config", help="check the config file and exit")
     _common(check, suppress=True)
+    replay = sub.add_parser(
+        "replay-quarantine", help="after an upgrade: store the quarantined events this release reads, keep the rest"
+    )
+    _common(replay, suppress=True)
     return parser
 
 
@@ -88,6 +92,21 @@ def create_admin(config: ServerConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def replay_quarantine(config: ServerConfig) -> int:
+    from server.db import Database
+    from server.quarantine import replay_quarantine as replay
+    from server.storage import Storage
+
+    db = Database(config.database)
+    try:
+        db.migrate()
+        counts = replay(Storage(db), config)
+    finally:
+        db.close()
+    print(f"replayed the quarantine of {db.description}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -103,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "create-admin":
             return create_admin(config, args)
+        if args.command == "replay-quarantine":
+            return replay_quarantine(config)
         from server.service import AulaServer
 
         AulaServer(config).serve()

@@ -194,7 +194,7 @@ class HttpConfig(StrictModel):
 
 
 class IntakeConfig(StrictModel):
-    """Which event times the server believes: a device's clock can be wrong, or a sender can lie."""
+    """Which event times the server believes, and how much any sender can make it hold or write."""
 
     max_age_s: float = Field(
         3 * 24 * 3600.0, gt=0, description="Events whose window started longer ago than this are refused (too_old); "
@@ -204,12 +204,42 @@ class IntakeConfig(StrictModel):
         300.0, ge=0, le=24 * 3600, description="Events whose window ends further in the future than this are "
         "refused (future): they would pin a room's current mood and escape retention."
     )
+    # Bounds on what senders can make the server hold; a message over a bound is refused and counted by reason.
+    new_devices_per_site: int = Field(
+        200, ge=1, description="Most unassigned devices tracked per site; a message from a further unknown device "
+        "of that site is refused (unknown_device) until one is assigned or forgotten (new_device_ttl_s)."
+    )
+    new_devices_total: int = Field(
+        5000, ge=1, description="Most unassigned devices tracked over all sites (site ids are chosen by senders too)."
+    )
+    new_device_ttl_s: float = Field(
+        86_400.0, gt=0, description="A never-assigned device not heard from for this long is forgotten: removed "
+        "from memory and from the devices table (its stored events stay and count if it comes back and is assigned)."
+    )
+    device_rate_per_s: float = Field(
+        100.0, gt=0, description="Messages per second one device may send on average (a token bucket); more is "
+        "refused (rate_limited). A device sends a backlog at mqtt.drain_rate, 50 events/s by default."
+    )
+    device_burst: int = Field(
+        2000, ge=1, description="Messages one device may send at once above device_rate_per_s (the bucket's size)."
+    )
+    unassigned_events_max: int = Field(
+        500_000, ge=0, description="Most raw events stored from devices not assigned to a room; beyond it their "
+        "events are refused (unassigned_full). About 0.7 KiB each."
+    )
+    quarantine_max: int = Field(
+        10_000, ge=0, description="Most events kept in quarantine (a newer schema than this release reads, for "
+        "`python -m server replay-quarantine` after an upgrade); beyond it they are refused (quarantine_full)."
+    )
 
 
 class RetentionConfig(StrictModel):
     """How long raw events are kept; aggregates are what the dashboard reads."""
 
-    raw_days: float = Field(30.0, gt=0, description="Raw events older than this (by window start) are deleted.")
+    raw_days: float = Field(
+        30.0, gt=0, description="Raw events (and quarantined ones) received longer ago than this are deleted; "
+        "the server's clock decides, not the event's window times."
+    )
     aggregate_days: float | None = Field(None, gt=0, description="Aggregates older than this are deleted; none: kept.")
     sweep_interval_s: float = Field(3600.0, gt=0, description="Seconds between retention sweeps (one at start).")
 
@@ -245,7 +275,9 @@ class ServerConfig(StrictModel):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig, description="Storage.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="Dashboard and API.")
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="Raw event retention.")
-    intake: IntakeConfig = Field(default_factory=IntakeConfig, description="Which event times are believed.")
+    intake: IntakeConfig = Field(
+        default_factory=IntakeConfig, description="Which event times are believed; bounds on what senders can cost."
+    )
     devices: DevicesConfig = Field(default_factory=DevicesConfig, description="Device registration.")
     summaries: SummaryConfig = Field(default_factory=SummaryConfig, description="Room summaries over MQTT.")
     current_window_s: float = Field(

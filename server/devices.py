@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ class DeviceLive:
     state: str | None = None
     reason: str | None = None
     last_seen_ms: int = 0
+    tokens: float = 0.0  # the rate limit's bucket, refilled lazily on each message
+    refilled: float = 0.0  # time.monotonic() of the last refill
 
 
 def effective_state(
@@ -34,28 +37,101 @@ def effective_state(
     return state, reason
 
 
-class DeviceRegistry:
-    """Thread-safe cache of device -> room and room id -> (site, room); the database stays the authority."""
+@dataclass(frozen=True)
+class DeviceLimits:
+    """Bounds on what unknown or flooding senders can make the registry hold (server/config.py: intake)."""
 
-    def __init__(self, auto_assign: bool = False, stale_after_s: float = 120.0):
+    new_per_site: int = 200
+    new_total: int = 5000
+    rate_per_s: float = 100.0
+    burst: int = 2000
+
+
+class DeviceRegistry:
+    """Thread-safe cache of device -> room and room id -> (site, room); the database stays the authority.
+
+    Devices without a room are bounded per site and in all (their ids are the sender's choice), each device's
+    messages pass a token bucket, and unassigned devices not heard from for a while are evicted.
+    """
+
+    def __init__(self, auto_assign: bool = False, stale_after_s: float = 120.0, limits: DeviceLimits | None = None):
         self.auto_assign = auto_assign
         self.stale_ms = int(stale_after_s * 1000)
+        self.limits = limits or DeviceLimits()
         self._lock = threading.Lock()
         self._devices: dict[tuple[str, str], DeviceLive] = {}
         self._rooms: dict[tuple[str, str], int] = {}
         self._room_names: dict[int, tuple[str, str]] = {}
+        self._unassigned: Counter[str] = Counter()  # site -> devices without a room held here
 
-    def touch(self, site: str, device_id: str, reported_room: str, seen_ms: int) -> tuple[DeviceTouch, DeviceLive]:
-        """Note that a device was heard from; a device seen for the first time may be auto-assigned."""
+    def _add(self, key: tuple[str, str], live: DeviceLive) -> DeviceLive:
+        live.tokens, live.refilled = float(self.limits.burst), time.monotonic()
+        self._devices[key] = live
+        if live.room_id is None:
+            self._unassigned[key[0]] += 1
+        return live
+
+    def _set_room(self, key: tuple[str, str], live: DeviceLive, room_id: int | None) -> None:
+        if (live.room_id is None) != (room_id is None):
+            self._unassigned[key[0]] += 1 if room_id is None else -1
+        live.room_id = room_id
+
+    def _full(self, site: str) -> bool:
+        return (
+            self._unassigned[site] >= self.limits.new_per_site
+            or self._unassigned.total() >= self.limits.new_total
+        )
+
+    def touch(
+        self, site: str, device_id: str, reported_room: str, seen_ms: int
+    ) -> tuple[DeviceTouch, DeviceLive] | None:
+        """Note that a device was heard from; a device seen for the first time may be auto-assigned.
+
+        None: an unknown device that would not get a room while the caps on unassigned devices are reached.
+        """
         key = (site, device_id)
         with self._lock:
             live = self._devices.get(key)
             if live is None:
                 room_id = self._rooms.get((site, reported_room)) if self.auto_assign else None
-                live = self._devices[key] = DeviceLive(room_id=room_id, reported_room=reported_room)
+                if room_id is None and self._full(site):
+                    return None
+                live = self._add(key, DeviceLive(room_id=room_id, reported_room=reported_room))
             live.last_seen_ms = max(live.last_seen_ms, seen_ms)
             # The cached room counts only when the database inserts the device; a stored device keeps its own.
             return DeviceTouch(site, device_id, reported_room, seen_ms, live.room_id), live
+
+    def allow(self, site: str, device_id: str, consume: bool = True) -> bool | None:
+        """The rate limit: True when the device may send this message, None for a device not held here."""
+        with self._lock:
+            live = self._devices.get((site, device_id))
+            if live is None:
+                return None
+            now = time.monotonic()
+            limits = self.limits
+            live.tokens = min(float(limits.burst), live.tokens + (now - live.refilled) * limits.rate_per_s)
+            live.refilled = now
+            if live.tokens < 1.0:
+                return False
+            if consume:
+                live.tokens -= 1.0
+            return True
+
+    def evict_stale(self, not_seen_since_ms: int) -> int:
+        """Forget unassigned devices not heard from since the given time; return how many."""
+        with self._lock:
+            stale = [k for k, d in self._devices.items() if d.room_id is None and d.last_seen_ms < not_seen_since_ms]
+            for key in stale:
+                del self._devices[key]
+                self._unassigned[key[0]] -= 1
+                if not self._unassigned[key[0]]:
+                    del self._unassigned[key[0]]
+            return len(stale)
+
+    def unassigned(self) -> int:
+        """Devices without a room held here."""
+        with self._lock:
+            return self._unassigned.total()
 
     def set_state(self, site: str, device_id: str, state: str, reason: str | None) -> DeviceLive | None:
         with self._lock:
@@ -66,13 +142,17 @@ class DeviceRegistry:
 
     def update_rooms(self, device_rooms: dict[tuple[str, str], tuple[int | None, str]]) -> None:
         """Take the rooms the database returned (another instance or an admin may have changed them)."""
+        now = int(time.time() * 1000)
         with self._lock:
             for key, (room_id, reported) in device_rooms.items():
                 live = self._devices.get(key)
                 if live is None:
-                    self._devices[key] = DeviceLive(room_id=room_id, reported_room=reported)
+                    # An unassigned one counts as heard from now, so the database forgets it first
+                    # (intake.new_device_ttl_s); an assigned one stays offline until it speaks.
+                    seen = now if room_id is None else 0
+                    self._add(key, DeviceLive(room_id=room_id, reported_room=reported, last_seen_ms=seen))
                 else:
-                    live.room_id = room_id
+                    self._set_room(key, live, room_id)
 
     def reload(self, device_rooms: dict[tuple[str, str], tuple[int | None, str]], rooms: dict[tuple[str, str], int]):
         self.update_rooms(device_rooms)

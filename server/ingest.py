@@ -8,15 +8,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from device.contract import faces_of, topic
+from device.contract import faces_of, parse_device_topic, topic
 from device.contract.topics import EVENTS, STATUS
 from server.aggregates import MODALITIES, Sums
 from server.devices import DeviceRegistry
 from server.hub import LiveHub
 from server.metrics import IngestStats
 from server.storage.ingest import IncomingEvent
+from server.storage.quarantine import QuarantinedMessage
 from server.summaries import RoomSummaries
-from server.validation import Incoming, Rejected, validate_message
+from server.validation import Incoming, Rejected, check_times, validate_message
 from server.writer import BatchWriter, WriteItem
 
 logger = logging.getLogger(__name__)
@@ -119,11 +120,18 @@ class Ingestor:
             self.acker([token])
 
     def handle(self, topic: str, payload: bytes, retained: bool = False, token=None) -> str:
-        """Process one message; return what it was: event, duplicate, status, health or invalid:<reason>."""
+        """Process one message; return what it was: event, duplicate, status, health, quarantine or invalid:<reason>."""
         now = int(time.time() * 1000)
+        parts = parse_device_topic(topic)
+        # The rate limit comes before decoding, so a flood costs little; the live feed only looks, the
+        # storing path spends the device's tokens.
+        if parts is not None and self.registry.allow(parts[0], parts[2], consume=self.writer is not None) is False:
+            return self._reject(topic, "rate_limited", "more messages than intake.device_rate_per_s allows", token)
         try:
             incoming = validate_message(topic, payload)
         except Rejected as exc:
+            if exc.reason == "newer_schema" and parts is not None and parts[3] == EVENTS:
+                return self._quarantine(topic, payload, exc, now, token)
             return self._reject(topic, exc.reason, exc.detail, token)
         except Exception as exc:  # a validator bug must cost one message, not the intake
             return self._reject(topic, "schema", f"{type(exc).__name__}: {exc}", token)
@@ -140,24 +148,44 @@ class Ingestor:
         self._ack_now(token)  # nothing to store, and a redelivery would be just as invalid
         return f"invalid:{reason}"
 
+    def _unknown_device(self, incoming: Incoming, token) -> str:
+        detail = "the caps on unassigned devices (intake.new_devices_per_site, new_devices_total) are reached"
+        return self._reject(_topic_of(incoming), "unknown_device", detail, token)
+
+    def _submit(self, item: WriteItem, topic: str) -> None:
+        assert self.writer is not None
+        if not self.writer.submit(item):
+            self._reject(topic, "shed", "the device holds more than its share of a full writer queue", item.ack)
+
+    def _quarantine(self, topic: str, payload: bytes, exc: Rejected, now: int, token) -> str:
+        """Keep an event this release cannot read, acknowledged once stored, for a replay after an upgrade."""
+        if self.writer is None:
+            return "quarantine"
+        self._log.warning("quarantine", "ingest: quarantined an event on %r: %s", topic[:200], exc.detail[:300])
+        site, _, device_id, _ = parse_device_topic(topic) or ("", "", "", "")
+        item = QuarantinedMessage(topic, payload, exc.reason, now)
+        self._submit(WriteItem("quarantine", quarantined=item, ack=token, device=(site, device_id)), topic)
+        return "quarantine"
+
     def _event(self, incoming: Incoming, now: int, token) -> str:
         event = incoming.event
         assert event is not None
-        if event.window_end_ms > now + self.max_ahead_ms:
-            ahead = (event.window_end_ms - now) / 1000
-            detail = f"window ends {ahead:.0f} s after the server's clock"
-            return self._reject(_topic_of(incoming), "future", detail, token)
-        if event.window_start_ms < now - self.max_age_ms:
-            age = (now - event.window_start_ms) / 1000
-            return self._reject(_topic_of(incoming), "too_old", f"window started {age:.0f} s ago", token)
+        try:
+            check_times(event, now, self.max_age_ms, self.max_ahead_ms)
+        except Rejected as exc:
+            return self._reject(_topic_of(incoming), exc.reason, exc.detail, token)
         if self._recent.seen(event.event_id):
             if self.writer is not None:
                 self.stats.add("events_duplicate")
                 if token is not None:
                     # Acknowledged in order behind the first copy, which may not be committed yet.
-                    self.writer.submit(WriteItem("ack", ack=token))
+                    device = (incoming.site, incoming.device_id)
+                    self._submit(WriteItem("ack", ack=token, device=device), _topic_of(incoming))
             return "duplicate"
-        touch, live = self.registry.touch(incoming.site, incoming.device_id, incoming.room, now)
+        touched = self.registry.touch(incoming.site, incoming.device_id, incoming.room, now)
+        if touched is None:
+            return self._unknown_device(incoming, token)
+        touch, live = touched
         room_id = live.room_id
         if room_id is not None and self.live_events:
             if self.hub is not None and self.hub.watched(room_id):
@@ -166,7 +194,7 @@ class Ingestor:
                 self.summaries.add(room_id, event)
         if self.writer is not None:
             item = IncomingEvent(event, now, incoming.payload)
-            self.writer.submit(WriteItem("event", touch=touch, event=item, ack=token))
+            self._submit(WriteItem("event", touch=touch, event=item, ack=token), _topic_of(incoming))
         return "event"
 
     def _status(self, incoming: Incoming, now: int, retained: bool, token) -> str:
@@ -174,7 +202,10 @@ class Ingestor:
         assert status is not None
         # A retained status is as old as the device says, not as old as our subscription.
         seen = min(status.ts_ms, now) if retained else now
-        touch, live = self.registry.touch(incoming.site, incoming.device_id, incoming.room, seen)
+        touched = self.registry.touch(incoming.site, incoming.device_id, incoming.room, seen)
+        if touched is None:
+            return self._unknown_device(incoming, token)
+        touch, live = touched
         self.registry.set_state(incoming.site, incoming.device_id, status.state.value, status.reason)
         if live.room_id is not None:
             if self.hub is not None:
@@ -183,12 +214,16 @@ class Ingestor:
                 self.summaries.touch(live.room_id)
         if self.writer is not None:
             self.stats.add("status_messages")
-            self.writer.submit(WriteItem("status", touch=touch, status=status, payload=incoming.payload, ack=token))
+            item = WriteItem("status", touch=touch, status=status, payload=incoming.payload, ack=token)
+            self._submit(item, _topic_of(incoming))
         return "status"
 
     def _health(self, incoming: Incoming, now: int, token) -> str:
-        touch, _ = self.registry.touch(incoming.site, incoming.device_id, incoming.room, now)
+        touched = self.registry.touch(incoming.site, incoming.device_id, incoming.room, now)
+        if touched is None:
+            return self._unknown_device(incoming, token)
         if self.writer is not None:
             self.stats.add("health_messages")
-            self.writer.submit(WriteItem("health", touch=touch, payload=incoming.payload, ack=token))
+            item = WriteItem("health", touch=touched[0], payload=incoming.payload, ack=token)
+            self._submit(item, _topic_of(incoming))
         return "health"

@@ -15,6 +15,7 @@ class IngestStats:
     COUNTERS = (
         "events_ingested",  # stored for the first time
         "events_duplicate",  # already seen (by event_id), not stored again
+        "events_quarantined",  # kept unread (a newer schema) for a replay after an upgrade
         "events_invalid",
         "status_messages",
         "health_messages",
@@ -33,10 +34,11 @@ class IngestStats:
         with self._lock:
             self._counts[name] += n
 
-    def invalid(self, reason: str) -> None:
-        with self._lock:
-            self._counts["events_invalid"] += 1
-            self._invalid[reason] += 1
+    def invalid(self, reason: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self._counts["events_invalid"] += n
+                self._invalid[reason] += n
 
     def get(self, name: str) -> int:
         with self._lock:
@@ -52,6 +54,7 @@ class IngestStats:
 _HELP = {
     "events_ingested": ("counter", "Events stored for the first time."),
     "events_duplicate": ("counter", "Events received again (same event_id) and not stored twice."),
+    "events_quarantined": ("counter", "Events of a newer schema kept in quarantine for a replay after an upgrade."),
     "status_messages": ("counter", "Valid status messages."),
     "health_messages": ("counter", "Valid health messages."),
     "batches": ("counter", "Write transactions committed."),

@@ -15,7 +15,7 @@ from server.broker import BrokerClient, subscriptions
 from server.config import ServerConfig
 from server.context import AppContext
 from server.db import Database
-from server.devices import DeviceRegistry
+from server.devices import DeviceLimits, DeviceRegistry
 from server.hub import LiveHub
 from server.ingest import Ingestor
 from server.metrics import IngestStats
@@ -83,7 +83,11 @@ class AulaServer:
         self.db = Database(config.database)
         self.storage = Storage(self.db)
         self.stats = IngestStats()
-        self.registry = DeviceRegistry(config.devices.auto_assign, config.devices.stale_after_s)
+        intake = config.intake
+        limits = DeviceLimits(
+            intake.new_devices_per_site, intake.new_devices_total, intake.device_rate_per_s, intake.device_burst
+        )
+        self.registry = DeviceRegistry(config.devices.auto_assign, config.devices.stale_after_s, limits)
         self.hub = LiveHub(self.stats, config.http.sse_queue)
         self.broker: BrokerClient | None = None
         self.live_feed: BrokerClient | None = None
@@ -121,6 +125,9 @@ class AulaServer:
             batch_max=cfg.database.batch_max,
             queue_max=cfg.database.queue_max,
             refresh_s=cfg.devices.refresh_s,
+            unassigned_max=cfg.intake.unassigned_events_max,
+            quarantine_max=cfg.intake.quarantine_max,
+            forget_new_after_s=cfg.intake.new_device_ttl_s,
         )
         self.writer.start()
         shared = cfg.mqtt.shared_group is not None

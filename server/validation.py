@@ -14,6 +14,7 @@ from device.contract import (
     faces_of,
     parse_device_topic,
 )
+from device.contract import schema as contract_schema
 from device.contract.topics import EVENTS, STATUS
 
 # Reason codes are a fixed set, so they are safe as metric labels whatever a payload contains.
@@ -29,6 +30,14 @@ REASONS = (
     "privacy",
     "too_old",
     "future",
+    # Readable by a newer release; events with it go to quarantine, status and health are refused.
+    "newer_schema",
+    # Bounds on what a sender can cost (server/config.py: intake); the message was readable but is not kept.
+    "unknown_device",
+    "rate_limited",
+    "shed",
+    "unassigned_full",
+    "quarantine_full",
 )
 
 # The smallest group whose face distribution the server stores: below it a distribution describes individuals.
@@ -97,10 +106,23 @@ def _check_privacy(event: EmotionEvent) -> None:
         raise Rejected("privacy", f"a face distribution needs a group of at least {MIN_FACES} faces, got {faces}")
 
 
+def check_times(event: EmotionEvent, now_ms: int, max_age_ms: int, max_ahead_ms: int) -> None:
+    """Refuse a window that ends too far after `now_ms` (future) or started too long before it (too_old)."""
+    if event.window_end_ms > now_ms + max_ahead_ms:
+        ahead = (event.window_end_ms - now_ms) / 1000
+        raise Rejected("future", f"window ends {ahead:.0f} s after the server's clock")
+    if event.window_start_ms < now_ms - max_age_ms:
+        raise Rejected("too_old", f"window started {(now_ms - event.window_start_ms) / 1000:.0f} s ago")
+
+
 def validate_message(topic: str, payload: bytes) -> Incoming:
     """Return the typed message, or raise Rejected with a reason code."""
     site, room, device, leaf = parse_topic(topic)
     data = _decode(payload)
+    version = data.get("schema")
+    # Read at call time (not imported by name), so the check follows the contract this process runs.
+    if isinstance(version, int) and not isinstance(version, bool) and version > contract_schema.SCHEMA_VERSION:
+        raise Rejected("newer_schema", f"schema version {version}; this release reads {contract_schema.SCHEMA_VERSION}")
     try:
         if leaf == EVENTS:
             event = EmotionEvent.from_dict(data)

@@ -1,4 +1,7 @@
-"""The single writer thread: drains the intake queue in batches, one transaction each, then acknowledges."""
+"""The single writer thread: drains the intake queue in batches, one transaction each, then acknowledges.
+
+The queue is one FIFO per device, taken from in turn, so a device that floods waits behind its own messages only.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from server.devices import DeviceRegistry
 from server.metrics import IngestStats
 from server.storage import Storage
 from server.storage.ingest import BatchResult, DeviceTouch, IncomingEvent
+from server.storage.quarantine import QuarantinedMessage
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +27,10 @@ AckToken = Any  # opaque to the writer: handed back to the broker client after t
 
 @dataclass(slots=True)
 class WriteItem:
-    """One message for the writer; `kind` is event, status, health, or ack (only acknowledge, in order)."""
+    """One message for the writer; `kind` is event, status, health, quarantine, or ack (only acknowledge, in order).
+
+    `device` is (site, device_id) when `touch` is absent (ack and quarantine items): the queue it joins.
+    """
 
     kind: str
     touch: DeviceTouch | None = None
@@ -31,6 +38,14 @@ class WriteItem:
     status: StatusMessage | None = None
     payload: bytes = b""
     ack: AckToken | None = None
+    quarantined: QuarantinedMessage | None = None
+    device: tuple[str, str] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        if self.touch is not None:
+            return (self.touch.site, self.touch.device_id)
+        return self.device or ("", "")
 
 
 class BatchWriter:
@@ -45,6 +60,9 @@ class BatchWriter:
         batch_max: int = 1000,
         queue_max: int = 50_000,
         refresh_s: float = 10.0,
+        unassigned_max: int | None = None,
+        quarantine_max: int | None = None,
+        forget_new_after_s: float | None = None,
     ):
         self.storage = storage
         self.stats = stats
@@ -53,9 +71,15 @@ class BatchWriter:
         self.batch_max = batch_max
         self.queue_max = queue_max
         self.refresh_s = refresh_s
-        # A deque and an event instead of queue.Queue: an append is one atomic call with no lock or notify,
-        # and the writer takes everything that piled up while it was committing, which sizes batches to the load.
-        self._items: deque[WriteItem] = deque()
+        self.unassigned_max = unassigned_max
+        self.quarantine_max = quarantine_max
+        self.forget_new_after_s = forget_new_after_s
+        # One FIFO per device and a ring of the devices with something queued; the writer takes one item from
+        # each in turn, everything that piled up while it was committing (which sizes batches to the load).
+        self._queues: dict[tuple[str, str], deque[WriteItem]] = {}
+        self._ring: deque[tuple[str, str]] = deque()
+        self._size = 0
+        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -65,20 +89,40 @@ class BatchWriter:
 
     @property
     def backlog(self) -> int:
-        return len(self._items)
+        return self._size
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="aula-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, item: WriteItem) -> None:
-        """Queue an item; waits while the queue is full, which slows intake down to what the database takes."""
-        while len(self._items) >= self.queue_max and not self._abandon.is_set():
+    def submit(self, item: WriteItem) -> bool:
+        """Queue an item; False when it was shed: an item of a device over its share of a full queue.
+
+        While the database fails, or for a device within its share, a full queue makes intake wait, which slows
+        it down to what the database takes. A device holding more than an even share of a full queue while the
+        database keeps up is flooding: its further items are shed (the caller counts and acknowledges them),
+        and other devices' items still join the queue (up to their own share).
+        """
+        key = item.key
+        while True:
+            with self._lock:
+                queue = self._queues.get(key)
+                held = len(queue) if queue is not None else 0
+                share = self.queue_max // max(1, len(self._queues) + (queue is None))
+                if self._size < self.queue_max or held < share or self._abandon.is_set():
+                    if queue is None:
+                        queue = self._queues[key] = deque()
+                        self._ring.append(key)
+                    queue.append(item)
+                    self._size += 1
+                    break
+                if self.last_error is None:
+                    return False
             self._wake.set()
             time.sleep(0.005)
-        self._items.append(item)
         if not self._wake.is_set():
             self._wake.set()
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued (up to `timeout`), then end; what is left stays unacknowledged at the broker."""
@@ -94,16 +138,26 @@ class BatchWriter:
         self._thread = None
 
     def _take(self) -> list[WriteItem]:
+        """Up to batch_max items, one per device in turn."""
         batch: list[WriteItem] = []
-        items = self._items
-        while items and len(batch) < self.batch_max:
-            batch.append(items.popleft())
+        with self._lock:
+            ring, queues = self._ring, self._queues
+            while ring and len(batch) < self.batch_max:
+                key = ring[0]
+                queue = queues[key]
+                batch.append(queue.popleft())
+                if queue:
+                    ring.rotate(-1)
+                else:
+                    ring.popleft()
+                    del queues[key]
+            self._size -= len(batch)
         return batch
 
     def _run(self) -> None:
         while True:
             self._maybe_refresh()
-            if not self._items:
+            if not self._size:
                 if self._stopping.is_set():
                     return
                 self._wake.wait(1.0)
@@ -123,9 +177,18 @@ class BatchWriter:
             if i.kind == "status" and i.touch is not None and i.status is not None
         ]
         healths = [(i.touch.site, i.touch.device_id, i.payload) for i in batch if i.kind == "health" and i.touch]
+        quarantine = [i.quarantined for i in batch if i.kind == "quarantine" and i.quarantined is not None]
         while True:
             try:
-                result = self.storage.ingest.write_batch(touches, events, statuses, healths)
+                result = self.storage.ingest.write_batch(
+                    touches,
+                    events,
+                    statuses,
+                    healths,
+                    quarantine=quarantine,
+                    unassigned_max=self.unassigned_max,
+                    quarantine_max=self.quarantine_max,
+                )
                 break
             except Exception as exc:
                 self.stats.add("write_errors")
@@ -143,6 +206,15 @@ class BatchWriter:
         self.stats.add("batches")
         self.stats.add("events_ingested", len(result.inserted))
         self.stats.add("events_duplicate", result.duplicates)
+        self.stats.add("events_quarantined", result.quarantined)
+        self.stats.invalid("unassigned_full", result.unassigned_full)
+        self.stats.invalid("quarantine_full", result.quarantine_full)
+        if result.unassigned_full or result.quarantine_full:
+            logger.warning(
+                "writer: refused %s events of unassigned devices and %s for quarantine: their caps are reached",
+                result.unassigned_full,
+                result.quarantine_full,
+            )
         self.registry.update_rooms(result.device_rooms)
         tokens = [i.ack for i in batch if i.ack is not None]
         if tokens:
@@ -154,6 +226,13 @@ class BatchWriter:
             return
         self._last_refresh = now
         try:
+            if self.forget_new_after_s is not None:
+                # The database first, so the reload below does not bring back what the registry evicts.
+                before = int(time.time() * 1000) - int(self.forget_new_after_s * 1000)
+                forgotten = self.storage.devices.forget_new(before)
+                evicted = self.registry.evict_stale(before)
+                if forgotten or evicted:
+                    logger.info("writer: forgot %s unassigned devices gone silent (%s in memory)", forgotten, evicted)
             self.registry.reload(self.storage.devices.assignments(), self.storage.rooms.index())
         except Exception as exc:
             logger.warning("writer: cannot reload device assignments (%s)", exc)

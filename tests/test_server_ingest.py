@@ -198,8 +198,10 @@ def test_retention_sweep_keeps_aggregates(harness, device):
     for i in range(1, 5):
         device.event(make_event(device_id="pi-101", seq=i, start_ms=now - 45 * 86_400_000 + i * 2000))
     assert wait_for(lambda: harness.stat("events_ingested") == 5)
-    assert server.retention.sweep()["events"] == 4
-    assert server.storage.ingest.count_events() == 1
+    assert server.retention.sweep()["events"] == 0  # retention goes by arrival: all five arrived just now
+    later = now + 31 * 86_400_000  # a month on, the 45-day-old windows (and the recent one) have gone
+    assert server.storage.retention.apply(30, None, at_ms=later)["events"] == 5
+    assert server.storage.ingest.count_events() == 0
     assert server.storage.aggregates.merged(room["id"], now - 46 * 86_400_000).windows == 5
 
 

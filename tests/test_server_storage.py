@@ -35,8 +35,8 @@ def storage(database_url):
     db.close()
 
 
-def _write(storage: Storage, events, room: str = "room101"):
-    now = int(time.time() * 1000)
+def _write(storage: Storage, events, room: str = "room101", received_ms: int | None = None):
+    now = int(time.time() * 1000) if received_ms is None else received_ms
     touches = [DeviceTouch(e.site, e.device_id, e.room, now) for e in events]
     return storage.ingest.write_batch(touches, [IncomingEvent(e, now, e.to_payload()) for e in events], [], [])
 
@@ -222,7 +222,7 @@ def test_retention_deletes_raw_events_and_keeps_aggregates(storage):
     now = int(time.time() * 1000)
     old = [make_event(device_id="pi-1", seq=i, start_ms=now - 40 * DAY_MS + i * 2000) for i in range(1, 4)]
     new = [make_event(device_id="pi-1", seq=10, start_ms=now - 60_000)]
-    _write(storage, old)
+    _write(storage, old, received_ms=now - 40 * DAY_MS + 10_000)  # retention goes by when the server received them
     storage.devices.assign("school1", "pi-1", room["id"])
     _write(storage, new)
     assert storage.ingest.count_events() == 4

@@ -6,6 +6,7 @@ from server.db import Database
 from server.storage.aggregates import AggregateRepository
 from server.storage.devices import DeviceRepository
 from server.storage.ingest import IngestRepository
+from server.storage.quarantine import QuarantineRepository
 from server.storage.retention import RetentionRepository
 from server.storage.rooms import RoomRepository
 from server.storage.segments import SegmentRepository
@@ -21,6 +22,7 @@ class Storage:
         self.rooms = RoomRepository(db)
         self.devices = DeviceRepository(db)
         self.ingest = IngestRepository(db)
+        self.quarantine = QuarantineRepository(db)
         self.aggregates = AggregateRepository(db)
         self.users = UserRepository(db)
         self.sessions = SessionRepository(db)

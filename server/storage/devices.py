@@ -102,3 +102,12 @@ class DeviceRepository(Repository):
             sql += " WHERE room_id = ?"
             params = (room_id,)
         return [_device(r) for r in self.c.fetchall(sql + " ORDER BY site, device_id", params)]
+
+    def forget_new(self, not_seen_since_ms: int) -> int:
+        """Delete never-assigned devices not heard from since the given time; their stored events stay."""
+        with self.c.transaction() as c:
+            cur = c.execute(
+                "DELETE FROM devices WHERE room_id IS NULL AND status = 'new' AND last_seen_ms < ?",
+                (not_seen_since_ms,),
+            )
+            return max(cur.rowcount, 0)

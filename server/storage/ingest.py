@@ -10,6 +10,7 @@ from server.aggregates import SUM_COLUMNS, Sums, accumulate
 from server.db import Connection
 from server.storage.aggregates import AGG_COLUMNS
 from server.storage.base import Repository, placeholders
+from server.storage.quarantine import QuarantinedMessage, add_quarantined
 
 _EVENT_ROWS_PER_INSERT = 400  # 9 parameters each: well under SQLite's 32,766 and PostgreSQL's 65,535
 
@@ -46,6 +47,9 @@ class BatchResult:
 
     inserted: set[str] = field(default_factory=set)
     duplicates: int = 0
+    unassigned_full: int = 0  # events of unassigned devices refused: intake.unassigned_events_max was reached
+    quarantined: int = 0
+    quarantine_full: int = 0  # quarantined messages refused: intake.quarantine_max was reached
     device_rooms: dict[tuple[str, str], tuple[int | None, str]] = field(default_factory=dict)
 
 
@@ -62,8 +66,15 @@ class IngestRepository(Repository):
         events: list[IncomingEvent],
         statuses: list[tuple[str, str, StatusMessage, bytes]],
         healths: list[tuple[str, str, bytes]],
+        quarantine: list[QuarantinedMessage] | None = None,
+        unassigned_max: int | None = None,
+        quarantine_max: int | None = None,
     ) -> BatchResult:
-        """Store one batch in one transaction; an event_id already stored is counted as a duplicate."""
+        """Store one batch in one transaction; an event_id already stored is counted as a duplicate.
+
+        `unassigned_max` bounds the stored events of devices without a room, `quarantine_max` the quarantine;
+        what is over a bound is left out and counted in the result.
+        """
         result = BatchResult()
         with self.c.transaction() as c:
             result.device_rooms = self._touch_devices(c, devices)
@@ -73,7 +84,7 @@ class IngestRepository(Repository):
                     result.duplicates += 1
                 else:
                     unique[item.event.event_id] = item
-            batch = list(unique.values())
+            batch = self._within_unassigned_cap(c, list(unique.values()), result, unassigned_max)
             for start in range(0, len(batch), _EVENT_ROWS_PER_INSERT):
                 chunk = batch[start : start + _EVENT_ROWS_PER_INSERT]
                 params: list[Any] = []
@@ -116,7 +127,26 @@ class IngestRepository(Repository):
                 "UPDATE devices SET last_health = ? WHERE site = ? AND device_id = ?",
                 [(p.decode(), site, dev) for site, dev, p in healths],
             )
+            if quarantine:
+                result.quarantine_full = add_quarantined(c, quarantine, quarantine_max)
+                result.quarantined = len(quarantine) - result.quarantine_full
         return result
+
+    @staticmethod
+    def _within_unassigned_cap(
+        c: Connection, batch: list[IncomingEvent], result: BatchResult, cap: int | None
+    ) -> list[IncomingEvent]:
+        """Leave out the events of unassigned devices beyond the cap on their stored events."""
+        if cap is None:
+            return batch
+        rooms = result.device_rooms
+        unassigned = [i for i in batch if rooms.get((i.event.site, i.event.device_id), (None, ""))[0] is None]
+        if not unassigned:
+            return batch
+        stored = int(c.fetchone("SELECT COUNT(*) FROM events WHERE room_id IS NULL")[0])
+        refused = {id(i) for i in unassigned[max(0, cap - stored) :]}
+        result.unassigned_full = len(refused)
+        return [i for i in batch if id(i) not in refused] if refused else batch
 
     @staticmethod
     def _touch_devices(c: Connection, devices: list[DeviceTouch]) -> dict[tuple[str, str], tuple[int | None, str]]:

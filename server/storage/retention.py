@@ -23,9 +23,17 @@ class RetentionRepository(Repository):
                 return total
 
     def apply(self, raw_days: float, aggregate_days: float | None, at_ms: int | None = None) -> dict[str, int]:
-        """Delete raw events (and optionally aggregates) older than their limits, and expired sessions."""
+        """Delete raw and quarantined events received before the limit, old aggregates if asked, expired sessions.
+
+        Raw events go by received_ms, the server's clock: a window dated ahead by its sender cannot outlive
+        retention. Aggregates go by bucket, which the intake window bounds to intake.max_ahead_s ahead.
+        """
         now = now_ms() if at_ms is None else at_ms
-        done = {"events": self._delete_chunks("events", "window_start_ms", "id", now - int(raw_days * 86_400_000))}
+        raw_cutoff = now - int(raw_days * 86_400_000)
+        done = {
+            "events": self._delete_chunks("events", "received_ms", "id", raw_cutoff),
+            "quarantine": self._delete_chunks("quarantine", "received_ms", "id", raw_cutoff),
+        }
         if aggregate_days is not None:
             cutoff = bucket_of(now - int(aggregate_days * 86_400_000)) - BUCKET_MS
             with self.c.transaction() as c:

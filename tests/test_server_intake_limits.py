@@ -1,0 +1,202 @@
+"""What senders can cost the server is bounded: retention by arrival, caps on unknown devices and their events,
+a rate limit per device, forgetting silent devices, and a flood that does not delay other devices' events."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+from device.contract import topic
+from server import db as server_db
+from server.config import DatabaseConfig
+from server.db import Database
+from server.migrations import MIGRATIONS
+from server.storage import Storage
+from server.storage.ingest import DeviceTouch, IncomingEvent, IngestRepository
+from server.storage.quarantine import QuarantinedMessage, add_quarantined
+from server.testing import DeviceSimulator, ServerHarness, make_event, wait_for
+from tests.mosquitto import (  # noqa: F401 (pytest fixtures)
+    broker_factory_fixture,
+    device_simulator_fixture,
+    mosquitto_fixture,
+)
+from tests.postgres import postgres_server_fixture, postgres_url_fixture  # noqa: F401 (pytest fixtures)
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/limits.sqlite3"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def storage(database_url):
+    db = Database(DatabaseConfig(url=database_url))
+    db.migrate()
+    yield Storage(db)
+    db.close()
+
+
+def test_migrations_apply_in_ascending_order_whatever_the_tuple_order(tmp_path, monkeypatch):
+    shuffled = tuple(reversed([m for m in MIGRATIONS if m.version != 3]))  # out of order, and with a gap
+    monkeypatch.setattr(server_db, "MIGRATIONS", shuffled)
+    db = Database(DatabaseConfig(url=f"sqlite:///{tmp_path}/order.sqlite3"))
+    try:
+        assert db.migrate() == sorted(m.version for m in shuffled)
+    finally:
+        db.close()
+
+
+def test_retention_goes_by_arrival_time(storage):
+    """A window dated ahead by its sender used to outlive retention, which went by the window's start."""
+    now = int(time.time() * 1000)
+    received_long_ago = now - 40 * DAY_MS
+    dated_ahead = make_event(device_id="pi-1", seq=1, start_ms=now)  # claimed "now" when it arrived 40 days ago
+    backlog = make_event(device_id="pi-1", seq=2, start_ms=now - 2 * DAY_MS)  # old window, arrived an hour ago
+    for event, received in ((dated_ahead, received_long_ago), (backlog, now - 3_600_000)):
+        touch = DeviceTouch(event.site, event.device_id, event.room, received)
+        storage.ingest.write_batch([touch], [IncomingEvent(event, received, event.to_payload())], [], [])
+    with storage.db.conn().transaction() as c:
+        add_quarantined(c, [QuarantinedMessage("aula/v1/s/r/d/events", b"{}", "newer_schema", received_long_ago)], 10)
+    done = storage.retention.apply(raw_days=30, aggregate_days=None, at_ms=now)
+    assert done["events"] == 1 and done["quarantine"] == 1
+    (row,) = storage.db.conn().fetchall("SELECT event_id FROM events")
+    assert row[0] == backlog.event_id
+
+
+def test_unassigned_events_are_capped_in_storage(storage):
+    room = storage.rooms.create("school1", "room101", "Room 101")
+    now = int(time.time() * 1000)
+    storage.ingest.write_batch([DeviceTouch("school1", "pi-a", "room101", now, room["id"])], [], [], [])
+    events = [make_event(device_id="pi-x", seq=i, start_ms=now - 60_000 + i * 2000) for i in range(8)]
+    events += [make_event(device_id="pi-a", seq=i, start_ms=now - 60_000 + i * 2000) for i in range(4)]
+    touches = [DeviceTouch(e.site, e.device_id, e.room, now) for e in events]
+    items = [IncomingEvent(e, now, e.to_payload()) for e in events]
+    result = storage.ingest.write_batch(touches, items, [], [], unassigned_max=5)
+    assert result.unassigned_full == 3 and len(result.inserted) == 9  # 5 unassigned, the assigned device's 4
+    assert isinstance(storage.ingest, IngestRepository)
+    assert storage.ingest.write_batch([], items[:1], [], [], unassigned_max=5).unassigned_full == 1
+
+
+def test_unknown_devices_are_capped_and_forgotten_when_silent(tmp_path, mosquitto, device, database_url):
+    """Before, every (site, device) a sender invented was held in memory and in the devices table for good."""
+    overrides = {
+        "intake.new_devices_per_site": 3,
+        "intake.new_devices_total": 5,
+        "intake.new_device_ttl_s": 1.5,
+        "devices.refresh_s": 0.2,
+        "devices.auto_assign": True,
+    }
+    harness = ServerHarness(tmp_path / "server", mosquitto.url, database_url, **overrides)
+    server = harness.start()
+    try:
+        room = server.storage.rooms.create("school1", "room101", "Room 101")
+        server.registry.add_room("school1", "room101", room["id"])
+        for i in range(5):
+            device.event(make_event(site="school1", room="nowhere", device_id=f"a-{i}", seq=1))
+        for i in range(3):
+            device.event(make_event(site="school2", room="nowhere", device_id=f"b-{i}", seq=1))
+        device.event(make_event(site="school1", room="room101", device_id="pi-101", seq=1))  # gets a room: no cap
+        assert wait_for(lambda: harness.stat("events_ingested") == 6 and harness.stat("events_invalid") == 3)
+        assert harness.client().get("/healthz").json()["invalid_by_reason"]["unknown_device"] == 3
+        assert server.registry.unassigned() == 5
+        assert len(server.storage.devices.list()) == 6
+        # Silent unassigned devices are forgotten (memory and table); the assigned one stays.
+        assert wait_for(lambda: len(server.storage.devices.list()) == 1 and server.registry.unassigned() == 0, 8)
+        device.event(make_event(site="school1", room="nowhere", device_id="a-9", seq=1))
+        assert wait_for(lambda: harness.stat("events_ingested") == 7)
+        assert server.storage.devices.get("school1", "a-9") is not None
+    finally:
+        harness.stop()
+
+
+def test_each_device_is_rate_limited(tmp_path, mosquitto, device):
+    overrides = {"intake.device_rate_per_s": 2.0, "intake.device_burst": 10}
+    harness = ServerHarness(tmp_path / "server", mosquitto.url, **overrides)
+    server = harness.start()
+    try:
+        now = int(time.time() * 1000)
+        for i in range(60):
+            device.event(make_event(device_id="pi-fast", seq=i, start_ms=now - 200_000 + i * 2000), wait=False)
+        for i in range(5):
+            device.event(make_event(device_id="pi-calm", seq=i, start_ms=now - 20_000 + i * 2000))
+        assert wait_for(lambda: harness.stat("events_ingested") + harness.stat("events_invalid") == 65)
+        limited = harness.client().get("/healthz").json()["invalid_by_reason"]["rate_limited"]
+        stored = server.storage.ingest.count_events()
+        assert 60 - 10 - 4 <= limited <= 60 - 10, limited  # the burst of 10, plus what refilled meanwhile
+        assert stored == 65 - limited
+        calm = server.storage.db.conn().fetchone("SELECT COUNT(*) FROM events WHERE device_id = 'pi-calm'")
+        assert calm[0] == 5
+    finally:
+        harness.stop()
+
+
+def _flood_lines(device_id: str, count: int) -> bytes:
+    now = int(time.time() * 1000)
+    start = now - count * 2 - 10_000
+    return b"\n".join(make_event(device_id=device_id, seq=i, start_ms=start + i * 2).to_payload() for i in range(count))
+
+
+def test_a_flood_from_one_device_does_not_delay_the_others(tmp_path, mosquitto):
+    """Before, the flood's events queued ahead of everyone's: the others waited behind thousands of them."""
+    mosquitto_pub = shutil.which("mosquitto_pub")
+    if mosquitto_pub is None:
+        pytest.skip("mosquitto_pub (mosquitto-clients) is not installed")
+    others, per_device, interval_s = 8, 12, 0.25  # 4 events/s each: 100x that is 400/s
+    flood = 100 * per_device * 4  # a hundredfold of what one device sends, at once and as fast as a client can
+    harness = ServerHarness(tmp_path / "server", mosquitto.url, **{"intake.device_rate_per_s": 8.0})
+    server = harness.start()
+    stored_at: dict[str, float] = {}
+    write_batch = server.storage.ingest.write_batch
+
+    def timed_write(*args, **kwargs):
+        result = write_batch(*args, **kwargs)
+        t = time.monotonic()
+        stored_at.update((event_id, t) for event_id in result.inserted)
+        return result
+
+    server.storage.ingest.write_batch = timed_write
+    sent: dict[str, float] = {}
+    sims = [DeviceSimulator(mosquitto.port) for _ in range(others)]
+    try:
+        lines = _flood_lines("pi-flood", flood)
+        flood_topic = topic("school1", "room101", "pi-flood", "events")
+
+        def calm(k: int) -> None:
+            now = int(time.time() * 1000)
+            for seq in range(per_device):
+                event = make_event(device_id=f"pi-{k}", seq=seq, start_ms=now - 30_000 + seq * 2000)
+                sent[event.event_id] = time.monotonic()
+                sims[k].event(event, wait=False)
+                time.sleep(interval_s)
+
+        threads = [threading.Thread(target=calm, args=(k,)) for k in range(others)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        port = str(mosquitto.port)
+        pub = [mosquitto_pub, "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", flood_topic, "-l"]
+        subprocess.run(pub, input=lines, check=True, timeout=60)
+        for t in threads:
+            t.join()
+        assert wait_for(lambda: all(e in stored_at for e in sent), 30), len(set(sent) - set(stored_at))
+        latencies = sorted((stored_at[e] - sent[e]) * 1000 for e in sent)
+        p99 = latencies[int(0.99 * (len(latencies) - 1))]
+        reasons = harness.client().get("/healthz").json()["invalid_by_reason"]
+        print(
+            f"others' publish-to-store p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms over {len(latencies)} events; "
+            f"flood of {flood}: {reasons['rate_limited']} rate-limited, {reasons['shed']} shed"
+        )
+        assert p99 < 1000, latencies[-10:]
+        assert reasons["rate_limited"] > flood // 2
+    finally:
+        for sim in sims:
+            sim.close()
+        harness.stop()
