@@ -97,14 +97,6 @@ class TokenRepository(Repository):
         rooms = {int(r[0]) for r in links}
         return {"id": int(row[0]), "name": row[1], "rooms": rooms}
 
-    def valid(self, token_id: int) -> bool:
-        """Whether a token still works (for a stream opened with it)."""
-        row = self.c.fetchone(
-            f"SELECT 1 FROM api_tokens t WHERE t.id = ? AND t.revoked = 0 AND t.expires_ms > ? AND {_CREATOR_ENABLED}",
-            (token_id, now_ms()),
-        )
-        return row is not None
-
     def list(self) -> list[dict[str, Any]]:
         """Every token without its secret: who made it, when it expires, its rooms and whether it is revoked."""
         rows = self.c.fetchall(
