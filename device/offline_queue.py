@@ -496,10 +496,19 @@ class OfflineQueue:
     def _recover(self) -> None:
         """Open the file if needed and write what waits in memory; clears the fault on success."""
         try:
-            if self.fault is not None or self._db is None:
-                self._close_db()
+            if self.fault in (QueueFault.DISK_FULL, QueueFault.LOCKED) and self._db is not None:
+                # These clear without a new connection, and keeping this one keeps the backlog readable (a full
+                # disk may not even let a new connection create its -shm file).
+                try:
+                    self._write([], probe=True)
+                except sqlite3.Error as exc:
+                    err = self._error(exc, "write to")
+                    if err.fault in (QueueFault.DISK_FULL, QueueFault.LOCKED):
+                        raise err from None
+                    self._close_db()
+            if self._db is None:
                 self._open()
-            self._write([])
+            self._write([], probe=True)
         except QueueError as exc:
             self._set_fault(exc)
             return
@@ -579,14 +588,15 @@ class OfflineQueue:
             return 0
         return self._drop_oldest("expired", lambda mono, size: mono >= cutoff)
 
-    def _write(self, new: list[_Held]) -> tuple[int, int]:
+    def _write(self, new: list[_Held], probe: bool = False) -> tuple[int, int]:
         """Write what waits in memory plus `new` in one transaction; returns (dropped_full, dropped_expired).
 
-        Raises sqlite3.Error with nothing changed in memory when the file refuses it.
+        Raises sqlite3.Error with nothing changed in memory when the file refuses it. With `probe` it commits even
+        when nothing waits, so a retry learns whether the file takes writes.
         """
         db = self._db
         rows = list(self._memory.values()) + new
-        if not rows and not self._acked and not any(self._unsaved.values()):
+        if not probe and not rows and not self._acked and not any(self._unsaved.values()):
             return 0, 0
         now_mono, now_wall = self._mono_ms(), self._wall_ms()
         saved = (self._rows, self._bytes)
