@@ -118,9 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     et = sub.add_parser("export-text", help="quantise, evaluate and register the fine-tuned text model")
     et.add_argument("--work-dir", type=Path, help="the training run (default: ~/.cache/aula/train_text)")
     sub.add_parser("evaluate-text", help="evaluate the committed text models on the GoEmotions test split")
-    sub.add_parser("evaluate-fusion", help="choose the fusion weights on validation splits, score RAVDESS pairs and "
-                                           "label-paired test triples once, and write them to the manifest and card "
-                                           "(converter/evaluate_fusion.py)")
+    fu = sub.add_parser("evaluate-fusion", help="choose the fusion weights on validation splits, score RAVDESS pairs "
+                                                "and label-paired test triples once, and write them to the manifest "
+                                                "and card (converter/evaluate_fusion.py)")
+    fu.add_argument("--cached-transcripts", action="store_true",
+                    help="pair actors 1-18 only where a transcript is cached already (test actors: all, always)")
     return parser
 
 
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evaluate-fusion":
         from converter.evaluate_fusion import evaluate as evaluate_fusion
 
-        evaluate_fusion()
+        evaluate_fusion(complete=not args.cached_transcripts)
         return 0
     if args.command.endswith("-text"):
         return _text(args)

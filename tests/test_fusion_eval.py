@@ -152,6 +152,22 @@ def test_evaluate_chooses_on_validation_and_writes_the_card_and_manifest(monkeyp
                                                 "speech+text", "face+speech+text"}
 
 
+def test_with_cached_transcripts_only_the_transcribed_validation_clips_are_paired(monkeypatch, tmp_path, capsys):
+    fake_world(monkeypatch, tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": 1, "models": {}}))
+    cache = tmp_path / "transcripts.json"
+    cache.write_text(json.dumps({f"c{i}.wav": "dogs are sitting by the door" for i in range(0, 840, 7)}))
+    monkeypatch.setattr(ef, "transcripts_path", lambda: cache)
+    monkeypatch.setattr(ef, "text_probs", lambda model, name, t: noisy(np.full(len(t), NEUTRAL),
+                                                                        np.random.default_rng(0), 3.0))
+    report = ef.evaluate(write=False, complete=False)
+    capsys.readouterr()
+    cached_val = sum(1 for i in range(0, 840, 7) if 1 + i % 24 <= 18)
+    assert report["pairs"]["actors_1_18"]["n"] == cached_val
+    assert report["pairs"]["test_actors"]["n"] == sum(1 for i in range(840) if 1 + i % 24 >= 19)
+    assert f"the {cached_val} clips" in report["chosen_on"]["constraint"]
+
+
 # --- the manifest's settings on the device -------------------------------------------------------------------------
 
 
