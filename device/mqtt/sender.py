@@ -120,6 +120,7 @@ class EventSender:
     def _run(self) -> None:
         stopping = self.connection.stopping
         next_expire = time.monotonic() + _EXPIRE_EVERY_S
+        next_fault_check = 0.0
         next_tick = 0.0
         while not stopping.is_set():
             self.wake.wait(timeout=max(0.0, min(1.0, next_tick - time.monotonic(), next_expire - time.monotonic())))
@@ -127,10 +128,10 @@ class EventSender:
             try:
                 self.settle_pubacks()
                 now = time.monotonic()
-                if now >= next_expire:
-                    # Retries a faulted file (full, read-only, locked) and expires old events.
+                if now >= next_expire or (self.queue.fault and now >= next_fault_check):
+                    # Retries a faulted file (full, read-only, locked) when its time has come; expires old events.
                     self.queue.maintain()
-                    next_expire = now + (_FAULT_CHECK_S if self.queue.fault else _EXPIRE_EVERY_S)
+                    next_expire, next_fault_check = now + _EXPIRE_EVERY_S, now + _FAULT_CHECK_S
                 next_tick = time.monotonic() + self._tick()
                 self._drain()
             except Exception:
