@@ -1,0 +1,56 @@
+"""faster-whisper (CTranslate2) with Whisper tiny.en from models_tflite/, int8 on one thread.
+
+Each call decodes one voiced segment that the device's voice detector already cut, so faster-whisper's own
+VAD filter stays off; Whisper pads every call to 30 s of audio, which is why the caller sends segments, not a
+fixed stream. Decoding is greedy at temperature 0 by default (no temperature fallback, so the cost of a segment
+is bounded); a beam size above 1 turns on beam search.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from device.errors import ModelError
+from device.speech_to_text.base import Transcriber, TranscriberError
+
+# faster-whisper logs "Processing audio with duration ..." at INFO for every call; it never logs the words.
+logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+
+
+class WhisperTranscriber(Transcriber):
+    """Whisper through faster-whisper; the model named in the manifest is verified and loaded once."""
+
+    name = "whisper"
+
+    def __init__(self, model: str = "whisper_tiny_en", beam_size: int = 1, threads: int = 1,
+                 language: str = "en", folder=None):
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise TranscriberError(f"faster-whisper is not installed (pip install faster-whisper): {exc}") from exc
+        from device.model_store import model_entry
+
+        if beam_size < 1:
+            raise TranscriberError(f"beam size must be 1 or more, got {beam_size}")
+        try:
+            entry = model_entry(model, folder)
+            entry.verify()
+        except ModelError as exc:
+            raise TranscriberError(str(exc)) from exc
+        try:
+            self._model = WhisperModel(str(entry.path.parent), device="cpu", compute_type="int8",
+                                       cpu_threads=threads, num_workers=1, local_files_only=True)
+        except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for a folder it cannot read
+            raise TranscriberError(f"faster-whisper cannot load {entry.path.parent}: {exc}") from exc
+        self.model_name = model
+        self.beam_size = beam_size
+        self.language = language
+
+    def _decode(self, samples: np.ndarray) -> tuple[str, list[str]]:
+        segments, _ = self._model.transcribe(
+            samples, language=self.language, beam_size=self.beam_size, temperature=0.0, vad_filter=False,
+            without_timestamps=True, condition_on_previous_text=False,
+        )
+        return " ".join(s.text.strip() for s in segments), []
