@@ -263,3 +263,77 @@ def test_the_server_serves_https_itself_with_a_certificate(tmp_path, mosquitto):
             httpx.get(f"http://127.0.0.1:{made.port}/login", timeout=5)
     finally:
         made.stop()
+
+
+PUBLIC = {("POST", "/api/login"), ("POST", "/api/logout"), ("GET", "/healthz"), ("GET", "/metrics")}
+
+
+def _calls(harness, other_room: int, segment_id: int, token_id: int) -> list[tuple[str, str, dict]]:
+    """Every route of the API and the pages, with its path filled in and a body that would be valid."""
+    values = {"room_id": other_room, "segment_id": segment_id, "token_id": token_id, "username": "ben",
+              "site": "school1", "device_id": "pi-102"}
+    bodies = {
+        "/api/me/password": {"current_password": TEACHER_PW, "new_password": "taken-over-pw"},
+        "/api/rooms/{room_id}/segments": {"name": "Hijack"},
+        "/api/devices/{site}/{device_id}/assign": {"room_id": other_room},
+        "/api/users": {"username": "mallory", "password": "mallory-password", "role": "admin"},
+        "/api/users/{username}/rooms": {"room_id": other_room},
+        "/api/users/{username}/password": {"password": "taken-over-pw"},
+        "/api/users/{username}": {"disabled": True},
+        "/api/rooms": {"site": "school1", "room": "evil", "name": "Evil"},
+        "/api/tokens": {"name": "stolen", "room_ids": [other_room]},
+    }
+    calls = []
+    from server import api, pages
+
+    for route in [*api.router.routes, *pages.router.routes]:
+        path = getattr(route, "path", "")
+        for method in sorted(getattr(route, "methods", None) or ()):
+            if method == "HEAD" or (method, path) in PUBLIC or path.startswith("/static") or path in (
+                "/login", "/openapi.json", "/api/docs"
+            ):
+                continue
+            body = bodies.get(path, {}) if method != "GET" else None
+            calls.append((method, path.format(**values), body))
+    return calls
+
+
+def test_no_endpoint_answers_another_rooms_teacher_a_revoked_token_or_an_ended_session(harness):
+    """Every route the app has, called as ana (a teacher of room101) for ben's room, with a revoked token and with
+    a logged-out session: none succeeds."""
+    storage = harness.server.storage
+    other = storage.rooms.create("school1", "room102", "Room 102")["id"]
+    storage.users.create("ben", TEACHER_PW, "teacher")
+    storage.users.add_room("ben", other)
+    segment = storage.segments.start(other, "Ben's lesson", "ben")["id"]
+    revoked = storage.tokens.create("old display", [harness.room, other], "admin")
+    storage.tokens.revoke(revoked["id"])
+
+    ana, ana_csrf = harness.login("ana", TEACHER_PW)
+    gone, gone_csrf = harness.login("ana", TEACHER_PW)
+    assert gone.post("/api/logout", json={}, headers={"X-CSRF-Token": gone_csrf}).status_code == 200
+    callers = {
+        "teacher of another room": (ana, {"X-CSRF-Token": ana_csrf}),
+        "revoked token": (harness.client(), {"Authorization": f"Bearer {revoked['token']}"}),
+        "logged-out session": (gone, {"X-CSRF-Token": gone_csrf}),
+    }
+    calls = _calls(harness, other, segment, revoked["id"])
+    assert len(calls) >= 25
+    successes = []
+    for who, (client, headers) in callers.items():
+        for method, path, body in calls:
+            if who == "teacher of another room" and "{" not in path and str(other) not in path and path in (
+                "/api/me", "/api/rooms", "/", "/account"
+            ):
+                continue  # her own view of herself and her rooms
+            if who == "teacher of another room" and path == "/api/me/password":
+                continue  # her own password (the test above)
+            kwargs = {"headers": {**headers, "Content-Type": "application/json"}}
+            if body is not None:
+                kwargs["json"] = body
+            with client.stream(method, path, timeout=5, follow_redirects=False, **kwargs) as response:
+                if 200 <= response.status_code < 300:
+                    successes.append((who, method, path, response.status_code))
+    assert successes == []
+    assert storage.users.get("mallory") is None and storage.users.authenticate("ben", TEACHER_PW) is not None
+    assert [s["name"] for s in storage.segments.list(other)] == ["Ben's lesson"]
