@@ -31,7 +31,8 @@ class QueueConfig(StrictModel):
         description="Most payload bytes kept; beyond it the oldest events are dropped and counted.",
     )
     max_age_s: float = Field(
-        3 * 24 * 3600.0, gt=0, description="Events older than this (seconds, counted on the monotonic clock) are dropped and counted."
+        3 * 24 * 3600.0, gt=0,
+        description="Events older than this (seconds, counted on the monotonic clock) are dropped and counted.",
     )
     synchronous: Literal["full", "normal"] = Field(
         "full",
