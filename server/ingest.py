@@ -46,6 +46,47 @@ class RateLimitedLog:
         logger.warning(msg, *args)
 
 
+class AckBatcher:
+    """Acknowledges refused messages a few milliseconds later, together: under a flood, one write per batch."""
+
+    def __init__(self, acker: Callable[[list], None], delay_s: float = 0.005, batch_max: int = 256):
+        self.acker = acker
+        self.delay_s = delay_s
+        self.batch_max = batch_max
+        self._pending: list = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, token) -> None:
+        with self._lock:
+            self._pending.append(token)
+            first = len(self._pending) == 1
+            full = len(self._pending) >= self.batch_max
+            if full:
+                tokens, self._pending = self._pending, []
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="aula-refused-acks", daemon=True)
+                self._thread.start()
+        if full:
+            self.acker(tokens)
+        elif first:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(self.delay_s)
+            with self._lock:
+                tokens, self._pending = self._pending, []
+            if tokens:
+                try:
+                    self.acker(tokens)
+                except Exception:  # a lost connection: the broker sends them again, and they are refused again
+                    logger.debug("ingest: acknowledging refused messages failed", exc_info=True)
+
+
 class RecentIds:
     """A bounded set of recently seen event ids: redeliveries are caught before they reach the database."""
 
@@ -114,10 +155,13 @@ class Ingestor:
         self.max_age_ms = int(max_age_s * 1000)
         self.max_ahead_ms = int(max_ahead_s * 1000)
         self._log = RateLimitedLog()
+        self._acks: AckBatcher | None = None
 
     def _ack_now(self, token) -> None:
         if token is not None and self.acker is not None:
-            self.acker([token])
+            if self._acks is None:
+                self._acks = AckBatcher(self.acker)
+            self._acks.add(token)
 
     def handle(self, topic: str, payload: bytes, retained: bool = False, token=None) -> str:
         """Process one message; return what it was: event, duplicate, status, health, quarantine or invalid:<reason>."""
