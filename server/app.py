@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from server import api, pages
@@ -41,6 +44,12 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with the errors; FastAPI's own handler echoes a body that is not UTF-8 back and fails with a 500."""
+    errors = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
 def create_app(ctx: AppContext) -> FastAPI:
     """Build the app around a running server's parts."""
 
@@ -60,6 +69,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR, check_dir=False), name="static")
