@@ -9,32 +9,17 @@ import secrets
 
 import pytest
 
-from server.config import DatabaseConfig
-from server.db import Database
 from server.passwords import hash_password, needs_rehash, verify_password
 from server.storage import Storage
 from server.storage.base import NotFound
 from server.testing import ServerHarness, SseReader, wait_for
 from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)
 from tests.postgres import postgres_server_fixture, postgres_url_fixture  # noqa: F401 (pytest fixtures)
+from tests.storage_fixtures import database_url_fixture, storage_fixture  # noqa: F401 (pytest fixtures)
 
 ADMIN_PW = "admin-password"
 TEACHER_PW = "teacher-password"
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/accounts.sqlite3"
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-def storage(database_url):
-    db = Database(DatabaseConfig(url=database_url))
-    db.migrate()
-    yield Storage(db)
-    db.close()
 
 
 def _scrypt_hash(password: str) -> str:

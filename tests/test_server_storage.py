@@ -16,23 +16,10 @@ from server.storage.base import Conflict, NotFound
 from server.storage.ingest import DeviceTouch, IncomingEvent
 from server.testing import distribution, make_event
 from tests.postgres import postgres_server_fixture, postgres_url_fixture  # noqa: F401 (pytest fixtures)
+from tests.storage_fixtures import database_url_fixture, storage_fixture  # noqa: F401 (pytest fixtures)
 
 DAY_MS = 86_400_000
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/storage.sqlite3"
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-def storage(database_url):
-    db = Database(DatabaseConfig(url=database_url))
-    db.migrate()
-    yield Storage(db)
-    db.close()
 
 
 def _write(storage: Storage, events, room: str = "room101", received_ms: int | None = None):

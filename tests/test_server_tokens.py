@@ -13,24 +13,11 @@ from server.storage.base import NotFound, now_ms
 from server.testing import ServerHarness, SseReader, wait_for
 from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)
 from tests.postgres import postgres_server_fixture, postgres_url_fixture  # noqa: F401 (pytest fixtures)
+from tests.storage_fixtures import database_url_fixture, storage_fixture  # noqa: F401 (pytest fixtures)
 
 ADMIN_PW = "admin-password"
 DAY_MS = 86_400_000
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/tokens.sqlite3"
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-def storage(database_url):
-    db = Database(DatabaseConfig(url=database_url))
-    db.migrate()
-    yield Storage(db)
-    db.close()
 
 
 def test_tokens_expire_list_without_secrets_and_revoke(storage):

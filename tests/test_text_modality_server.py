@@ -20,25 +20,12 @@ from tests.mosquitto import (  # noqa: F401 (pytest fixtures)
     mosquitto_fixture,
 )
 from tests.postgres import postgres_server_fixture, postgres_url_fixture  # noqa: F401 (pytest fixtures)
+from tests.storage_fixtures import database_url_fixture, storage_fixture  # noqa: F401 (pytest fixtures)
 
 TEXT = next(m for m in MODALITIES if m.name == Modality.TEXT.value)
 WORDS_KEYS = {"distribution", "dominant", "valence", "arousal", "windows", "utterances"}
 TEACHER_PW = "teacher-password"
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/storage.sqlite3"
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-def storage(database_url):
-    db = Database(DatabaseConfig(url=database_url))
-    db.migrate()
-    yield Storage(db)
-    db.close()
 
 
 def _write(storage: Storage, events) -> None:
