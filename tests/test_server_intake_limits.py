@@ -3,6 +3,7 @@ a rate limit per device, forgetting silent devices, and a flood that does not de
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
@@ -154,9 +155,10 @@ def test_a_flood_from_one_device_does_not_delay_the_others(tmp_path, mosquitto):
     if mosquitto_pub is None:
         pytest.skip("mosquitto_pub (mosquitto-clients) is not installed")
     # The others send 50 events/s each for 2 s (a device draining its backlog; a live one sends 0.5/s); the
-    # flooding device sends 100 times as many, all at once.
-    others, rate, seconds = 8, 50, 2.0
-    limits = {"intake.device_rate_per_s": 2.0 * rate, "intake.device_burst": 5 * rate}
+    # flooding device sends 100 times as many, all at once. AULA_FLOOD_OTHERS and AULA_FLOOD_RATE size a longer run.
+    others = int(os.environ.get("AULA_FLOOD_OTHERS", "8"))
+    rate, seconds = float(os.environ.get("AULA_FLOOD_RATE", "50")), 2.0
+    limits = {"intake.device_rate_per_s": 2.0 * rate, "intake.device_burst": int(5 * rate)}
     harness = ServerHarness(tmp_path / "server", mosquitto.url, **limits)
     server = harness.start()
     stored_at: dict[str, float] = {}
