@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.aula-installed
 EXTRAS ?= device,server,converter,dev
 
-.PHONY: help setup system-deps test lint demo bench selftest validate-models vosk-model clean
+.PHONY: help setup system-deps test lint demo bench soak selftest validate-models vosk-model clean
 
 help:
 	@echo "make setup     - create $(VENV) with the device, server, converter and dev dependencies"
@@ -15,6 +15,7 @@ help:
 	@echo "make test      - run the whole test suite (sets up first when needed)"
 	@echo "make lint      - ruff and the import contracts (lint-imports)"
 	@echo "make bench     - speed, accuracy and memory benchmarks with ratios against baselines"
+	@echo "make soak      - the fault and abuse suite at full durations (about 15 minutes); figures in artifacts/soak.json"
 	@echo "make selftest  - on-device self-check (camera, models); exits non-zero on failure"
 	@echo "make vosk-model VOSK_MODEL=<archive or URL> [VOSK_DIR=$(VOSK_DIR)] - install a Vosk speech model"
 
@@ -47,6 +48,10 @@ bench: setup
 	  $(PY) bench/asr.py; \
 	  $(PY) bench/text.py; text=$$?; \
 	  echo "bench: face $$( [ $$face = 0 ] && echo met || echo MISSED ), device $$( [ $$device = 0 ] && echo met || echo MISSED ), server $$( [ $$server = 0 ] && echo met || echo MISSED ), speech $$( [ $$speech = 0 ] && echo met || echo MISSED ), text $$( [ $$text = 0 ] && echo met || echo MISSED ) (details above, JSON in artifacts/)"
+
+# The fault and abuse suite (tests/fault_suite.py) at full durations; make test runs its short version.
+soak: setup
+	$(PY) -m tests.fault_suite
 
 selftest: setup
 	$(PY) -m device selftest
