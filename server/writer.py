@@ -98,10 +98,10 @@ class BatchWriter:
     def submit(self, item: WriteItem) -> bool:
         """Queue an item; False when it was shed: an item of a device over its share of a full queue.
 
-        While the database fails, or for a device within its share, a full queue makes intake wait, which slows
-        it down to what the database takes. A device holding more than an even share of a full queue while the
-        database keeps up is flooding: its further items are shed (the caller counts and acknowledges them),
-        and other devices' items still join the queue (up to their own share).
+        While the database fails, a full queue makes intake wait, which leaves the backlog with the broker.
+        While it keeps up, a full queue is a flood: a device within an even share still gets in (so the queue
+        holds at most about twice queue_max), and one holding more has its further items shed (the caller
+        counts and acknowledges them).
         """
         key = item.key
         while True:
@@ -109,14 +109,15 @@ class BatchWriter:
                 queue = self._queues.get(key)
                 held = len(queue) if queue is not None else 0
                 share = self.queue_max // max(1, len(self._queues) + (queue is None))
-                if self._size < self.queue_max or held < share or self._abandon.is_set():
+                healthy = self.last_error is None
+                if self._size < self.queue_max or (healthy and held < share) or self._abandon.is_set():
                     if queue is None:
                         queue = self._queues[key] = deque()
                         self._ring.append(key)
                     queue.append(item)
                     self._size += 1
                     break
-                if self.last_error is None:
+                if healthy:
                     return False
             self._wake.set()
             time.sleep(0.005)
