@@ -63,23 +63,30 @@ class DeviceRegistry:
         self._rooms: dict[tuple[str, str], int] = {}
         self._room_names: dict[int, tuple[str, str]] = {}
         self._unassigned: Counter[str] = Counter()  # site -> devices without a room held here
+        self._unassigned_total = 0  # their sum, kept apart: summing per unknown device would cost O(sites)
 
     def _add(self, key: tuple[str, str], live: DeviceLive) -> DeviceLive:
         live.tokens, live.refilled = float(self.limits.burst), time.monotonic()
         self._devices[key] = live
         if live.room_id is None:
-            self._unassigned[key[0]] += 1
+            self._count(key[0], 1)
         return live
 
     def _set_room(self, key: tuple[str, str], live: DeviceLive, room_id: int | None) -> None:
         if (live.room_id is None) != (room_id is None):
-            self._unassigned[key[0]] += 1 if room_id is None else -1
+            self._count(key[0], 1 if room_id is None else -1)
         live.room_id = room_id
+
+    def _count(self, site: str, n: int) -> None:
+        self._unassigned[site] += n
+        self._unassigned_total += n
+        if not self._unassigned[site]:
+            del self._unassigned[site]
 
     def _full(self, site: str) -> bool:
         return (
             self._unassigned[site] >= self.limits.new_per_site
-            or self._unassigned.total() >= self.limits.new_total
+            or self._unassigned_total >= self.limits.new_total
         )
 
     def touch(
@@ -123,15 +130,13 @@ class DeviceRegistry:
             stale = [k for k, d in self._devices.items() if d.room_id is None and d.last_seen_ms < not_seen_since_ms]
             for key in stale:
                 del self._devices[key]
-                self._unassigned[key[0]] -= 1
-                if not self._unassigned[key[0]]:
-                    del self._unassigned[key[0]]
+                self._count(key[0], -1)
             return len(stale)
 
     def unassigned(self) -> int:
         """Devices without a room held here."""
         with self._lock:
-            return self._unassigned.total()
+            return self._unassigned_total
 
     def set_state(self, site: str, device_id: str, state: str, reason: str | None) -> DeviceLive | None:
         with self._lock:
