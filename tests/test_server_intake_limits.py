@@ -91,7 +91,7 @@ def test_unknown_devices_are_capped_and_forgotten_when_silent(tmp_path, mosquitt
     overrides = {
         "intake.new_devices_per_site": 3,
         "intake.new_devices_total": 5,
-        "intake.new_device_ttl_s": 1.5,
+        "intake.new_device_ttl_s": 3.0,
         "devices.refresh_s": 0.2,
         "devices.auto_assign": True,
     }
@@ -110,7 +110,7 @@ def test_unknown_devices_are_capped_and_forgotten_when_silent(tmp_path, mosquitt
         assert server.registry.unassigned() == 5
         assert len(server.storage.devices.list()) == 6
         # Silent unassigned devices are forgotten (memory and table); the assigned one stays.
-        assert wait_for(lambda: len(server.storage.devices.list()) == 1 and server.registry.unassigned() == 0, 8)
+        assert wait_for(lambda: len(server.storage.devices.list()) == 1 and server.registry.unassigned() == 0, 12)
         device.event(make_event(site="school1", room="nowhere", device_id="a-9", seq=1))
         assert wait_for(lambda: harness.stat("events_ingested") == 7)
         assert server.storage.devices.get("school1", "a-9") is not None
