@@ -45,9 +45,15 @@ class SecurityHeaders:
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with the errors; FastAPI's own handler echoes a body that is not UTF-8 back and fails with a 500."""
-    errors = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
-    return JSONResponse({"detail": errors}, status_code=422)
+    """422 with where and why; FastAPI's own handler echoes the input back and fails with a 500 on input that is
+    not UTF-8 or holds NaN or infinity (Python's JSON parser accepts both)."""
+    errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+async def out_of_range(request: Request, exc: OverflowError) -> JSONResponse:
+    """422: an id in the path beyond 64 bits, which SQLite cannot even compare (Python ints have no bound)."""
+    return JSONResponse({"detail": "a number in the request is out of range"}, status_code=422)
 
 
 def create_app(ctx: AppContext) -> FastAPI:
@@ -70,6 +76,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     app.state.ctx = ctx
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(OverflowError, out_of_range)
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR, check_dir=False), name="static")

@@ -170,3 +170,22 @@ def test_a_body_that_is_not_utf8_gets_422_not_500(running, content_type):
         for path in ("/api/login", "/api/me/password"):
             response = client.post(path, content=b"\xd2\x18 not utf-8", headers=headers)
             assert response.status_code in (400, 401, 403, 422), (path, response.status_code, response.text)
+
+
+def test_nan_bodies_and_ids_beyond_64_bits_get_422_not_500(running):
+    """Both were 500s in the HTTP fuzz: a validation error echoed NaN or infinity back (not JSON), and SQLite
+    cannot compare a room id of more than 64 bits."""
+    harness, _ = running
+    harness.server.storage.users.create("fuzz-admin", "fuzz-admin-password", "admin")
+    admin, csrf = harness.login("fuzz-admin", "fuzz-admin-password")
+    try:
+        nan = b'{"username": -Infinity, "password": NaN}'
+        response = admin.post("/api/login", content=nan, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "username"]
+        password = admin.post("/api/me/password", content=b'{"current_password": {"a": NaN}, "new_password": 1}',
+                              headers={"Content-Type": "application/json", "X-CSRF-Token": csrf})
+        assert password.status_code == 422, password.text
+        for path in ("/api/rooms/32589158477190044730/report.csv", "/api/rooms/32589158477190044730/live"):
+            assert admin.get(path).status_code == 422, path
+    finally:
+        admin.close()
