@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vosk-model: {exc}", file=sys.stderr)
         return 1
     print(f"vosk-model: {'installed' if changed else 'already installed'} in {args.target}; "
-          f"point vosk_model_dir (the text section of the device config) at it")
+          f"set text.recogniser.vosk_model_dir to it in the device config")
     return 0
 
 
