@@ -176,3 +176,21 @@ def test_the_whisper_entry_matches_the_committed_files():
     from device.models.manifest_tools import read_manifest
 
     assert manifest_meta() == read_manifest()["models"][NAME]
+
+
+def test_register_whisper_copies_and_registers_once(tmp_path):
+    from converter.register_whisper import NAME, register
+    from device.model_store import model_entry
+
+    source = models_dir() / "whisper-tiny.en"
+    target = register(tmp_path, source)
+    entry = model_entry(NAME, tmp_path)
+    entry.verify()
+    assert (tmp_path / "LICENSE-whisper.txt").read_text().count("MIT") >= 2
+    stamp = (target / "model.bin").stat().st_mtime_ns
+    manifest = (tmp_path / "manifest.json").read_text()
+    register(tmp_path, source)
+    assert (target / "model.bin").stat().st_mtime_ns == stamp
+    assert (tmp_path / "manifest.json").read_text() == manifest
+    with pytest.raises(FileNotFoundError, match="not a faster-whisper model folder"):
+        register(tmp_path / "other", tmp_path / "nowhere")
