@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="every n-th clip of actors 1-18 for the choice (23, prime to an actor's 60 clips)")
     parser.add_argument("--test-every", type=int, default=1,
                         help="every n-th clip of actors 19-24 (1: all 358; 2: the first repetition of each line)")
+    parser.add_argument("--test-offset", type=int, default=0,
+                        help="start at this test clip (with --test-every, to split the test set across runs)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--backends", default="whisper,pocketsphinx", help="test and english: which backends")
     parser.add_argument("--test-configs", help="test: Whisper configurations (default beam1_whole and the chosen one)")
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": info, "command": "nice -n 5 python bench/asr.py " + " ".join(argv or sys.argv[1:])}
     every = ravdess.clips()
     train = [c for c in every if c.actor in ravdess.TRAIN_ACTORS][:: args.train_every]
-    test = [c for c in every if c.actor in ravdess.TEST_ACTORS][:: args.test_every]
+    test = [c for c in every if c.actor in ravdess.TEST_ACTORS][args.test_offset :: args.test_every]
 
     whisper: dict = {}
     loads: dict = {}
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             row["wer_by_emotion"] = by_emotion(test, row["_hyps"])
             test_rows["pocketsphinx_whole"] = row
             show("RAVDESS test actors 19-24", "pocketsphinx whole", row)
-        results["ravdess_test"] = {"clips": len(test), "every": args.test_every,
+        results["ravdess_test"] = {"clips": len(test), "every": args.test_every, "offset": args.test_offset,
                                    "rows": {k: _public(v) for k, v in test_rows.items()}}
 
     if "english" in sections:
