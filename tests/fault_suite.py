@@ -681,14 +681,17 @@ def fuzz_http(workdir: Path, sizes: Sizes, rss_bound_mib: float = 256.0) -> Case
 # ---- a flood at the issue's rates -------------------------------------------------------------------------------
 
 
-def flood_at_device_rates(workdir: Path, sizes: Sizes, seconds: float, p99_bound_ms: float | None = 250.0) -> Case:
+def flood_at_device_rates(
+    workdir: Path, sizes: Sizes, seconds: float, p99_bound_ms: float | None = 250.0, interval: float = 2.0,
+    factor: int = 100,
+) -> Case:
     """50 devices at a real device's rate (a window every 2 s) while one sends 100 times as many, for `seconds`."""
-    others, interval = sizes.flood_others, 2.0
+    others = sizes.flood_others
+    flooding = f"one device publishes {factor} times as often ({factor / interval:g}/s)" if factor else "no flood"
     case = Case(
-        f"flood 100x, {others} others at 0.5/s",
-        f"{others} devices publish one window each {interval:g} s (QoS 1) for {seconds:g} s while one device publishes "
-        f"100 times as often ({100 / interval:g}/s), all in one room watched by a stream; the others' publish-to-"
-        "stored (commit) and publish-to-stream latencies",
+        f"flood {factor}x, {others} others at {1 / interval:g}/s",
+        f"{others} devices publish one window each {interval:g} s (QoS 1) for {seconds:g} s while {flooding}, all in "
+        "one room watched by a stream; the others' publish-to-stored (commit) and publish-to-stream latencies",
         {}, True,
     )
     broker = MosquittoBroker(workdir / "broker")
@@ -736,7 +739,8 @@ def flood_at_device_rates(workdir: Path, sizes: Sizes, seconds: float, p99_bound
                 stop.wait(max(0.0, t0 + n * every - time.monotonic()))
 
         threads = [threading.Thread(target=device, args=(k, interval, True), daemon=True) for k in range(others)]
-        threads.append(threading.Thread(target=device, args=(others, interval / 100, False), daemon=True))
+        if factor:
+            threads.append(threading.Thread(target=device, args=(others, interval / factor, False), daemon=True))
         for t in threads:
             t.start()
         time.sleep(seconds)
@@ -855,6 +859,8 @@ def run_suite(sizes: Sizes, workdir: Path, only: list[str] | None = None) -> lis
         ("fuzz_http", lambda: fuzz_http(workdir / "fuzz_http", sizes)),
         ("flood_rates", lambda: flood_at_device_rates(workdir / "flood", sizes, sizes.flood_s)),
         ("flood_burst", lambda: flood(sizes)),
+        # The burst test's others alone, at its rate and without the flood: what the server's throughput costs.
+        ("flood_none", lambda: flood_at_device_rates(workdir / "flood_none", sizes, 3.0, None, 0.05, 0)),
         ("disk", disk_fill),
     ]
     cases = []
