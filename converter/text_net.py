@@ -86,7 +86,10 @@ class EncoderLayer(layers.Layer):
         weights = self.drop(ops.softmax(scores + ops.cast(additive, scores.dtype), axis=-1), training=training)
         context = ops.reshape(ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3)), (b, n, self.config.hidden))
         x = self.attn_norm(x + self.drop(self.attn_out(context), training=training))
-        hidden = ops.gelu(self.inter(x), approximate=False)
+        # Exact GELU written with erf: Keras' own lowers to Erfc, which ONNX does not have, so the ONNX export
+        # would not load; erf is an ONNX operator and gives the same numbers.
+        h = self.inter(x)
+        hidden = 0.5 * h * (1.0 + ops.erf(h * (1.0 / float(np.sqrt(2.0)))))
         return self.out_norm(x + self.drop(self.out(hidden), training=training))
 
 
