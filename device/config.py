@@ -94,7 +94,7 @@ class TextConfig(StrictModel):
     """The words path: each speech segment is transcribed on the device and only its emotion is kept."""
 
     enabled: bool = Field(
-        False,
+        True,
         description="Recognise words in speech segments and classify their emotion. The transcript lives in memory "
         "for one call and is never logged, stored or sent; events carry only the 7 probabilities. Needs the "
         "speech path (speech.enabled and a microphone).",
