@@ -209,5 +209,5 @@ def test_the_example_config_and_a_config_without_weights_stay_valid():
 
     example = Path(__file__).resolve().parent.parent / "docs" / "device.example.yaml"
     cfg = load_config(example)
-    assert cfg.fusion.weights is not None  # it sets them, so they override the manifest's
+    assert cfg.fusion.weights is None  # it leaves them unset, so the manifest's apply
     assert FusionConfig.model_validate({"window_s": 2}).weights is None
