@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,10 +54,13 @@ def make_video(path: Path) -> None:
     writer.release()
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float, float, str]:
-    """Run cmd; return (wall s, CPU s of the child, peak RSS MiB of the child, stderr)."""
+def run_measured(cmd: list[str], stop_after_s: float | None = None) -> tuple[float, float, float, str]:
+    """Run cmd (stopped with SIGTERM after `stop_after_s`, as systemd stops the device); return (wall s, CPU s of
+    the child, peak RSS MiB of the child, stderr)."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if stop_after_s is not None:
+        threading.Timer(stop_after_s, proc.send_signal, (signal.SIGTERM,)).start()
     # Read stderr first (a full pipe would block the child), then wait4 for the child's own rusage:
     # its CPU time and peak RSS, unaffected by other processes.
     err = proc.stderr.read()
@@ -89,7 +94,8 @@ def _device_run(work: Path, cfg: Path, video: Path, audio: Path, broker_url: str
               str(audio), "--broker", broker_url, "--state-dir", str(work / f"state-{tag}"), "--summary"]
     if fast:
         device.append("--fast")
-    wall, cpu, rss, err = run_measured(one_core(device))
+    # A replay at its own pace runs like a live source, until stopped: stop it once the input is over.
+    wall, cpu, rss, err = run_measured(one_core(device), stop_after_s=None if fast else SECONDS + 10)
     summary = json.loads(next(line for line in reversed(err.splitlines()) if line.startswith('{"summary"')))
     return wall, cpu, rss, summary["summary"]
 
