@@ -16,14 +16,11 @@ Per-modality probabilities are computed through the device's model classes and c
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import logging
-import os
 import platform
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -409,24 +406,11 @@ def manifest_section(report: dict) -> dict:
 
 def write_manifest_section(section: dict, folder: Path | None = None) -> Path:
     """Set the manifest's top-level `fusion` key, keeping everything else (locked read-modify-write)."""
-    from device import model_store
-    from device.models.manifest_tools import read_manifest
+    from device.models.manifest_tools import update_manifest
 
-    folder = Path(folder or model_store.models_dir())
-    path = folder / model_store.MANIFEST
-    lock = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the same lock as manifest_tools.update_manifest_entry
-        manifest = read_manifest(folder)
+    def put(manifest: dict) -> None:
         manifest["fusion"] = section
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        os.close(lock)
-    model_store._read_manifest.cache_clear()
+
+    path = update_manifest(put, folder)
     logger.info("manifest %s: wrote the fusion section", path)
     return path

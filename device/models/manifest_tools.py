@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ def read_manifest(folder: Path | None = None) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def update_manifest_entry(name: str, meta: dict[str, Any], folder: Path | None = None) -> Path:
-    """Set models[name] = meta in the manifest, keeping every other entry; return the manifest path."""
+def update_manifest(change: Callable[[dict[str, Any]], None], folder: Path | None = None) -> Path:
+    """Apply `change` to the manifest of `folder` (default: the model folder) in place; return its path."""
     folder = Path(folder or models_dir())
     path = folder / MANIFEST
     # The lock serialises writers (the detector and the emotion converter may both update entries);
@@ -38,7 +39,7 @@ def update_manifest_entry(name: str, meta: dict[str, Any], folder: Path | None =
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = read_manifest(folder)
         manifest["schema"] = SCHEMA
-        manifest.setdefault("models", {})[name] = meta
+        change(manifest)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".json")
         with os.fdopen(fd, "w") as fh:
             json.dump(manifest, fh, indent=2, sort_keys=True)
@@ -48,6 +49,15 @@ def update_manifest_entry(name: str, meta: dict[str, Any], folder: Path | None =
     finally:
         os.close(lock)  # closing releases the lock
     model_store._read_manifest.cache_clear()  # later model_entry() calls in this process see the update
+    return path
+
+
+def update_manifest_entry(name: str, meta: dict[str, Any], folder: Path | None = None) -> Path:
+    """Set models[name] = meta in the manifest, keeping every other entry; return the manifest path."""
+    def put(manifest: dict[str, Any]) -> None:
+        manifest.setdefault("models", {})[name] = meta
+
+    path = update_manifest(put, folder)
     logger.info("manifest %s: wrote entry '%s'", path, name)
     return path
 
