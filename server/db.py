@@ -7,8 +7,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +36,33 @@ class DatabaseError(RuntimeError):
 class Connection:
     """One connection; SQL is written with `?` placeholders and translated for PostgreSQL."""
 
-    def __init__(self, kind: str, raw: Any):
+    def __init__(self, kind: str, raw: Any, reopen: Callable[[], Any] | None = None):
         self.kind = kind
         self.raw = raw
         self._depth = 0
+        self._reopen = reopen  # PostgreSQL: opens a new raw connection after a restart cut this one
+
+    def _reconnect_if_cut(self, exc: Exception) -> bool:
+        """After the database cut this connection (a restart, a failover), open a new one; True if it did.
+
+        Only where nothing can have run on the old connection: a read, or the BEGIN of a transaction."""
+        if self.kind != "postgresql" or self._reopen is None or not self.raw.closed:
+            return False
+        logger.warning("database connection was cut (%s); reconnecting", str(exc).strip().splitlines()[0])
+        self.raw = self._reopen()
+        return True
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.kind == "postgresql" else sql
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self.raw.execute(self._sql(sql), params)
+        try:
+            return self.raw.execute(self._sql(sql), params)
+        except Exception as exc:
+            # A read outside a transaction is repeated once on a new connection; a write is not (it may have run).
+            if self._depth or not sql.lstrip()[:6].upper() == "SELECT" or not self._reconnect_if_cut(exc):
+                raise
+            return self.raw.execute(self._sql(sql), params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
@@ -77,7 +94,13 @@ class Connection:
         self._depth = 1
         try:
             if self.kind == "postgresql":
-                with self.raw.transaction():
+                with ExitStack() as stack:
+                    try:
+                        stack.enter_context(self.raw.transaction())
+                    except Exception as exc:  # the BEGIN failed: nothing ran, so a new connection may take it
+                        if not self._reconnect_if_cut(exc):
+                            raise
+                        stack.enter_context(self.raw.transaction())
                     yield self
             else:
                 # IMMEDIATE takes the write lock at once, so two writers queue instead of failing on upgrade.
@@ -146,7 +169,8 @@ class Database:
                 raw = psycopg.connect(self.target, autocommit=True, connect_timeout=10, **kwargs)
             except psycopg.Error as exc:
                 raise DatabaseError(f"cannot connect to {self.description}: {exc}".strip()) from None
-            conn = Connection("postgresql", raw)
+            conn = Connection("postgresql", raw, reopen=lambda: psycopg.connect(
+                self.target, autocommit=True, connect_timeout=10, **kwargs))
         with self._lock:
             self._all.append(conn)
         return conn
