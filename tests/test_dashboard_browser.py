@@ -442,46 +442,73 @@ def test_dashboard_live_in_chromium(server, browser):
         device.stop()
 
 
+class LiveRoom:
+    """A room with a teacher and an assigned simulated device, and the teacher's browser on the room's live page."""
+
+    def __init__(self, server, driver):
+        import itertools
+
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        from server.testing import DeviceSimulator
+
+        base, broker_port, server_log = server
+        self.driver = driver
+        self._by_id = By.ID
+        api = Api(base)
+        api.login(*ADMIN)
+        room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101 (Science)"})
+        api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
+        api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+        self.device = DeviceSimulator(broker_port)
+        self._seqs = itertools.count()
+        self.wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
+        try:
+            self.send(1)
+            deadline = time.monotonic() + 30
+            while not any(d.get("device_id") == DEVICE for d in api.ok("GET", "/api/devices")):
+                assert time.monotonic() < deadline, f"no device in /api/devices\n{server_log.read_text()[-3000:]}"
+                time.sleep(0.3)
+            api.ok("POST", f"/api/devices/{SITE}/{DEVICE}/assign", {"room_id": room["id"]})
+            _login(driver, self.wait, base, TEACHER, f"/rooms/{room['id']}")
+            self.wait.until(lambda d: d.find_element(By.ID, "conn").text == "live")
+        except BaseException:
+            self.device.close()
+            raise
+
+    def send(self, n: int, **kwargs) -> None:
+        """Publish n windows of 12 faces from the device (make_event's keywords)."""
+        from server.testing import make_event
+
+        for _ in range(n):
+            self.device.event(make_event(site=SITE, room=ROOM, device_id=DEVICE, seq=next(self._seqs), faces=12,
+                                         **kwargs))
+
+    def text(self, element_id: str) -> str:
+        return self.driver.find_element(self._by_id, element_id).text
+
+    def browser_errors(self) -> list[str]:
+        """The page's console errors, less the expected 401 of /api/me before login and a missing favicon."""
+        logs = [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+        return [m for m in logs if not re.search(r"/api/me .*401|favicon", m)]
+
+    def close(self) -> None:
+        self.device.close()
+
+
 def test_voices_mood_beside_the_faces_in_chromium(server, browser):
     """The live room view shows the faces' and the voices' moods as two lines: "No voices heard" while the windows
     carry no speech, then the voices' mood word once windows with `modalities.speech` arrive, live and after a reload.
     A screenshot goes to artifacts/dashboard-voices.png."""
-    import itertools
-
-    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    from server.testing import DeviceSimulator, distribution, make_event
+    from server.testing import distribution
 
-    base, broker_port, server_log = server
-    api = Api(base)
-    api.login(*ADMIN)
-    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101 (Science)"})
-    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
-    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
-    device = DeviceSimulator(broker_port)
-    seqs = itertools.count()
-
-    def send(n: int, **kwargs) -> None:
-        for _ in range(n):
-            device.event(make_event(site=SITE, room=ROOM, device_id=DEVICE, seq=next(seqs), faces=12, **kwargs))
-
-    driver = browser
-    wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
-
-    def text(element_id: str) -> str:
-        return driver.find_element(By.ID, element_id).text
-
+    live = LiveRoom(server, browser)
+    driver, wait, text, send = browser, live.wait, live.text, live.send
     try:
-        send(1)
-        deadline = time.monotonic() + 30
-        while not any(d.get("device_id") == DEVICE for d in api.ok("GET", "/api/devices")):
-            assert time.monotonic() < deadline, f"no device in /api/devices\n{server_log.read_text()[-3000:]}"
-            time.sleep(0.3)
-        api.ok("POST", f"/api/devices/{SITE}/{DEVICE}/assign", {"room_id": room["id"]})
-        _login(driver, wait, base, TEACHER, f"/rooms/{room['id']}")
-        wait.until(lambda d: d.find_element(By.ID, "conn").text == "live")
 
         # Faces only: the faces' mood is shown, and the voices' line says that no voices were heard.
         send(2, label="happy")
@@ -511,11 +538,9 @@ def test_voices_mood_beside_the_faces_in_chromium(server, browser):
         assert "6 stretches of speech" in text("voices-detail")
         assert text("face-line") == "Faces in view: happy"
 
-        logs = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        unexpected = [m for m in logs if not re.search(r"/api/me .*401|favicon", m)]
-        assert not unexpected, unexpected
+        assert not live.browser_errors()
     finally:
-        device.close()
+        live.close()
 
 
 @pytest.mark.parametrize("target", ["/%09/evil.example", "//evil.example", "/%5C/evil.example", "/%0A/evil.example",
@@ -543,42 +568,13 @@ def test_words_mood_beside_faces_and_voices_in_chromium(server, browser):
     """The live room view shows the words' mood as a third line: "No words heard" while the windows carry no text,
     then "Words spoken: <mood>" once windows with `modalities.text` arrive, live and after a reload, with a note that
     the words are mostly the teacher's and never leave the device. A screenshot: artifacts/dashboard-words.png."""
-    import itertools
-
-    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    from server.testing import DeviceSimulator, distribution, make_event
+    from server.testing import distribution
 
-    base, broker_port, server_log = server
-    api = Api(base)
-    api.login(*ADMIN)
-    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101 (Science)"})
-    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
-    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
-    device = DeviceSimulator(broker_port)
-    seqs = itertools.count()
-
-    def send(n: int, **kwargs) -> None:
-        for _ in range(n):
-            device.event(make_event(site=SITE, room=ROOM, device_id=DEVICE, seq=next(seqs), faces=12, **kwargs))
-
-    driver = browser
-    wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
-
-    def text(element_id: str) -> str:
-        return driver.find_element(By.ID, element_id).text
-
+    live = LiveRoom(server, browser)
+    driver, wait, text, send = browser, live.wait, live.text, live.send
     try:
-        send(1)
-        deadline = time.monotonic() + 30
-        while not any(d.get("device_id") == DEVICE for d in api.ok("GET", "/api/devices")):
-            assert time.monotonic() < deadline, f"no device in /api/devices\n{server_log.read_text()[-3000:]}"
-            time.sleep(0.3)
-        api.ok("POST", f"/api/devices/{SITE}/{DEVICE}/assign", {"room_id": room["id"]})
-        _login(driver, wait, base, TEACHER, f"/rooms/{room['id']}")
-        wait.until(lambda d: d.find_element(By.ID, "conn").text == "live")
 
         # Faces only: the words' line says that no words were heard, and why the words are not the class's.
         send(2, label="happy")
@@ -610,11 +606,9 @@ def test_words_mood_beside_faces_and_voices_in_chromium(server, browser):
         wait.until(lambda d: text("words-line") == "Words spoken: angry")
         assert "6 utterances" in text("words-detail")
 
-        logs = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        unexpected = [m for m in logs if not re.search(r"/api/me .*401|favicon", m)]
-        assert not unexpected, unexpected
+        assert not live.browser_errors()
     finally:
-        device.close()
+        live.close()
 
 
 def test_admin_manages_accounts_and_tokens_from_the_page_in_chromium(server, browser):
