@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from device.contract import schema as contract_schema
 from device.contract import topic
 from server.__main__ import main
@@ -17,13 +15,7 @@ from tests.mosquitto import (  # noqa: F401 (pytest fixtures)
     mosquitto_fixture,
 )
 from tests.postgres import postgres_server_fixture, postgres_url_fixture  # noqa: F401 (pytest fixtures)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/quarantine.sqlite3"
-    return request.getfixturevalue("postgres_url")
+from tests.storage_fixtures import database_url_fixture  # noqa: F401 (pytest fixtures)
 
 
 def newer(event, version: int, **extra) -> bytes:

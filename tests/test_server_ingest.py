@@ -17,13 +17,7 @@ from tests.mosquitto import (  # noqa: F401 (pytest fixtures)
 )
 from tests.mqtt_helpers import Collector
 from tests.postgres import postgres_server_fixture, postgres_url_fixture  # noqa: F401 (pytest fixtures)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/ingest.sqlite3"
-    return request.getfixturevalue("postgres_url")
+from tests.storage_fixtures import database_url_fixture  # noqa: F401 (pytest fixtures)
 
 
 @pytest.fixture

@@ -26,23 +26,11 @@ from tests.mosquitto import (  # noqa: F401 (pytest fixtures)
     mosquitto_fixture,
 )
 from tests.postgres import postgres_server_fixture, postgres_url_fixture  # noqa: F401 (pytest fixtures)
+from tests.storage_fixtures import database_url_fixture, storage_fixture  # noqa: F401 (pytest fixtures)
 
 DAY_MS = 86_400_000
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/limits.sqlite3"
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-def storage(database_url):
-    db = Database(DatabaseConfig(url=database_url))
-    db.migrate()
-    yield Storage(db)
-    db.close()
 
 
 def test_migrations_apply_in_ascending_order_whatever_the_tuple_order(tmp_path, monkeypatch):
