@@ -74,7 +74,8 @@ def _run_service(args: argparse.Namespace, publisher_factory=None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    service = DeviceService(cfg, args.config, overrides, publisher_factory=publisher_factory)
+    service = DeviceService(cfg, args.config, overrides, publisher_factory=publisher_factory,
+                            strict_models=publisher_factory is not None)
     code = service.run(stop)
     if args.summary:
         print(json.dumps({"summary": service.final_health}), file=sys.stderr, flush=True)

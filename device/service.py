@@ -43,8 +43,9 @@ class DeviceService:
     """Runs the whole device until stopped; construct, then call run(stop_event)."""
 
     def __init__(self, config: DeviceConfig, config_path: Path | None = None, overrides: dict | None = None,
-                 publisher_factory=None):
+                 publisher_factory=None, strict_models: bool = False):
         self.config = config
+        self.strict_models = strict_models  # at a terminal a broken model is an error; unattended, a degraded path
         self.config_path = config_path
         self.overrides = overrides or {}
         self.state = ServiceState.STARTING
@@ -63,6 +64,7 @@ class DeviceService:
         self._speech_model = None
         self._text_path = None
         self._text_fault: str | None = None  # why a configured text path could not be built
+        self._model_faults: dict[str, str] = {}  # path -> why its models could not be loaded (it stays off)
         self.workers: list[StageWorker] = []
         self.publisher = None
         self.buckets: WindowBuckets | None = None
@@ -73,12 +75,28 @@ class DeviceService:
     # ---- set-up ------------------------------------------------------------------------------------------------
 
     def _load_models(self) -> None:
+        """Load each path's models; a path whose model is missing or corrupt stays off and is reported.
+
+        A broken model file is no reason to stop the device: the other paths go on, the retained status says
+        `degraded` with the file's name, and a `reload` command loads it again once it has been replaced.
+        """
+        from device.errors import BackendUnavailable, ModelError
         from device.vision import VisionStage
 
+        self._model_faults = {}
+        self.model_versions = {}
         v = self.config.vision
         temps = {}
+        self._stage = None
         if v.enabled:
-            self._stage = VisionStage.from_config(v)
+            try:
+                self._stage = VisionStage.from_config(v)
+            except (ModelError, BackendUnavailable) as exc:
+                if self.strict_models:
+                    raise
+                self._model_faults["vision"] = f"face models: {exc}"
+                logger.error("face path off: %s", exc)
+        if self._stage is not None:
             self.model_versions["face_emotion"] = str(self._stage.classifier.version)  # from the entry it loaded
             self.model_versions["face_detector"] = "blazeface-" + (
                 "full" if v.detector == "full" else "short")
@@ -89,9 +107,16 @@ class DeviceService:
         if s.enabled and s.emotion_model and self.config.microphone is not None:
             from device.models.speech_emotion import SpeechEmotionModel
 
-            self._speech_model = SpeechEmotionModel.load(s.emotion_model, runtime=s.runtime)
-            self.model_versions["speech_emotion"] = str(self._speech_model.version)
-            temps[Modality.SPEECH] = self._speech_model.temperature
+            try:
+                self._speech_model = SpeechEmotionModel.load(s.emotion_model, runtime=s.runtime)
+            except (ModelError, BackendUnavailable) as exc:
+                if self.strict_models:
+                    raise
+                self._model_faults["audio"] = f"speech-emotion model: {exc}"
+                logger.error("speech emotion off (voice activity and words go on): %s", exc)
+            else:
+                self.model_versions["speech_emotion"] = str(self._speech_model.version)
+                temps[Modality.SPEECH] = self._speech_model.temperature
         self._load_text_path()
         # The models apply their own calibration temperature already; fusion must not apply it a second time.
         if self._text_path is not None:
@@ -133,7 +158,7 @@ class DeviceService:
     def _make_workers(self) -> list[StageWorker]:
         cfg = self.config
         workers: list[StageWorker] = []
-        if cfg.vision.enabled and cfg.camera is not None:
+        if cfg.vision.enabled and cfg.camera is not None and self._stage is not None:
             v = cfg.vision
             workers.append(VisionWorker(self.buckets, self.paused, cfg.camera, self._stage,
                                         AnalysisRate(v.analysis_fps, v.min_analysis_fps, v.max_duty)))
@@ -189,6 +214,7 @@ class DeviceService:
         storage = getattr(self.publisher, "fault", None)
         if storage:
             faults.append(storage)
+        faults.extend(self._model_faults.values())
         if self._text_fault:
             faults.append(f"text: {self._text_fault}")
         if faults:

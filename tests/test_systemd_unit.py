@@ -24,7 +24,7 @@ def test_unit_has_notify_watchdog_restart_and_ordering():
     assert svc["Type"] == "notify" and int(svc["WatchdogSec"]) > 0
     assert svc["Restart"] == "always" and "StartLimitBurst" in unit and "StartLimitIntervalSec" in unit
     assert "network-online.target" in unit["After"] and "network-online.target" in unit["Wants"]
-    assert svc["RestartPreventExitStatus"] == "2"  # config and model errors do not crash-loop
+    assert svc["RestartPreventExitStatus"] == "2"  # config errors do not crash-loop
     assert "device run" in svc["ExecStart"] and "validate-config" in svc["ExecStartPre"]
 
 
