@@ -526,10 +526,19 @@ def revoke_token(token_id: int, who: Admin, c: Ctx) -> dict[str, bool]:
 # ---- health -------------------------------------------------------------------------------------------------
 
 
-@router.get("/healthz", summary="Counters, broker and database state (503 when the database is down)")
-def healthz(c: Ctx) -> JSONResponse:
+# What /healthz tells any client: enough for a load balancer or an uptime check, and nothing about the fleet.
+PUBLIC_HEALTH = ("status", "database", "broker_connected")
+
+
+@router.get("/healthz", summary="Status, broker and database state (503 when the database is down); the counters "
+                                "and errors only for loopback clients or with the metrics token")
+def healthz(request: Request, c: Ctx) -> JSONResponse:
     data = c.health()
-    return JSONResponse(data, status_code=200 if data["database"] == "ok" else 503)
+    code = 200 if data["database"] == "ok" else 503
+    env = c.config.http.metrics_token_env
+    if not metrics_allowed(request, os.environ.get(env) if env else None):
+        data = {k: data[k] for k in PUBLIC_HEALTH}  # error texts and counters describe the school's server
+    return JSONResponse(data, status_code=code)
 
 
 def metrics_text(c: AppContext) -> str:

@@ -375,5 +375,12 @@ def test_metrics_answer_loopback_or_the_token_only(tmp_path, mosquitto, monkeypa
         assert wrong.status_code == 403
         right = client.get("/metrics", headers={**remote, "Authorization": "Bearer s3cret-metrics"})
         assert right.status_code == 200 and "aula_events_ingested_total" in right.text
+        # /healthz answers everyone, but tells a remote client only what an uptime check needs: no counters and
+        # no error texts (a writer's exception could name tables, paths or the database host).
+        public = client.get("/healthz", headers=remote)
+        assert public.status_code == 200 and set(public.json()) == {"status", "database", "broker_connected"}
+        full = client.get("/healthz", headers={**remote, "Authorization": "Bearer s3cret-metrics"}).json()
+        assert "writer_error" in full and "events_ingested" in full
+        assert "writer_error" in client.get("/healthz").json()  # loopback
     finally:
         made.stop()
