@@ -143,7 +143,7 @@ class Api:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Accept", "application/json")
-        if body is not None:
+        if method != "GET":  # the server wants both on every unsafe request, with or without a body
             req.add_header("Content-Type", "application/json")
             req.add_header("X-CSRF-Token", self.csrf)
         try:
@@ -694,3 +694,26 @@ def test_admin_manages_accounts_and_tokens_from_the_page_in_chromium(server, bro
     driver.switch_to.alert.accept()
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, row))
     assert all(u["username"] != TEACHER[0] for u in api.ok("GET", "/api/users"))
+
+
+def test_room_page_stops_watching_when_the_room_is_taken_away_in_chromium(server, browser):
+    """The stream re-checks its caller every http.sse_ping_s (15 s) and then sends `end`; the open room page must
+    close it and say that the teacher has no access any more, instead of going on showing a live room."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _, _ = server
+    api = Api(base)
+    api.login(*ADMIN)
+    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101"})
+    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
+    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+    driver = browser
+    driver.delete_all_cookies()
+    wait = WebDriverWait(driver, 20)
+    _login(driver, wait, base, TEACHER, f"/rooms/{room['id']}")
+    wait.until(lambda d: d.find_element(By.ID, "conn").text == "live")
+    api.ok("DELETE", f"/api/users/{TEACHER[0]}/rooms/{room['id']}")
+    WebDriverWait(driver, 30).until(lambda d: "do not have access" in d.find_element(By.ID, "messages").text)
+    assert driver.find_element(By.ID, "conn").text == "not connected"
+    assert not driver.find_element(By.ID, "room-body").is_displayed()

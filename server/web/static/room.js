@@ -411,6 +411,15 @@
     });
     es.addEventListener("window", onWindow);
     es.addEventListener("status", onStatus);
+    es.addEventListener("end", () => {
+      // The server ended the stream: the session ended, or this room was taken away. Do not let the browser
+      // reconnect blindly; ask why, which leads to the login page or to the "no access" message.
+      es.close();
+      setConn("off", "not connected");
+      A.api("/api/me").then(() => loadLive()).then(() => {
+        if (!state.denied) connect();
+      }).catch(handleLoadError);
+    });
     es.addEventListener("error", () => {
       hadError = true;
       if (es.readyState === EventSource.CONNECTING) {
