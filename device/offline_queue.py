@@ -173,6 +173,18 @@ def classify(exc: BaseException, directory: Path) -> QueueFault:
         return QueueFault.READ_ONLY
     if st.f_bavail == 0 or st.f_bfree == 0:
         return QueueFault.DISK_FULL
+    return _probe_write(directory)
+
+
+def _probe_write(directory: Path) -> QueueFault:
+    """Create and remove a file: a file system that turned read-only after an error (ext4's errors=remount-ro,
+    a failing SD card) refuses with EROFS although its mount flags and statvfs still say read-write."""
+    probe = directory / f".aula-write-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        return _ERRNO_FAULTS.get(exc.errno, QueueFault.UNAVAILABLE)
     return QueueFault.UNAVAILABLE
 
 
@@ -415,6 +427,19 @@ class OfflineQueue:
         self._db.execute("INSERT OR REPLACE INTO seen (id, boot_id, mono_ms, wall_ms) VALUES (1, ?, ?, ?)",
                          (self.boot_id, now_mono, now_wall))
 
+    def _drop_stale_lock(self) -> None:
+        """Let go of a lock file that is no longer the one at its path (its file system was unmounted)."""
+        if self._lock_fd is None:
+            return
+        try:
+            held, now = os.fstat(self._lock_fd), os.stat(f"{self.path}.lock")
+            stale = (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino)
+        except OSError:
+            stale = True
+        if stale:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def _close_db(self) -> None:
         if self._db is not None:
             try:
@@ -506,6 +531,11 @@ class OfflineQueue:
                     if err.fault in (QueueFault.DISK_FULL, QueueFault.LOCKED):
                         raise err from None
                     self._close_db()
+            if self._db is not None and self.fault not in (QueueFault.DISK_FULL, QueueFault.LOCKED):
+                # A file system that turned read-only or went away: the old connection (and lock) still point at
+                # it, and only a new one finds the file as it is now, for example on the same disk mounted again.
+                self._close_db()
+                self._drop_stale_lock()
             if self._db is None:
                 self._open()
             self._write([], probe=True)

@@ -62,6 +62,60 @@ class SmallDisk:
         subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
 
 
+class FailingDisk:
+    """A small ext4 file system on a loop device, mounted with errors=remount-ro (as a Pi's root usually is).
+
+    `fail()` makes ext4 take an error, as a failing SD card does, so that it turns read-only under the open
+    queue (a tmpfs cannot be remounted read-only while a file is open for writing). `repair()` does what a
+    technician or a reboot does: unmount, e2fsck, mount again at the same place.
+    """
+
+    def __init__(self, path: Path, image: Path, size_mb: int = 8):
+        self.path, self.image = path, image
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["truncate", "-s", f"{size_mb}M", str(image)], check=True, capture_output=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+        self.mount()
+
+    def mount(self) -> None:
+        subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.path)], check=True,
+                       capture_output=True)
+        self.path.chmod(0o755)
+        source = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(self.path)], check=True, capture_output=True,
+                                text=True).stdout.strip()
+        self.trigger = Path("/sys/fs/ext4") / Path(source).name / "trigger_fs_error"
+
+    def fail(self) -> None:
+        self.trigger.write_text("aula test: the SD card failed\n")
+
+    def repair(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=True, capture_output=True)
+        # The open queue keeps the old file system alive after a lazy unmount, and mounting the same image again
+        # would give that same read-only instance back: check and mount a copy, as after a reboot.
+        repaired = self.image.with_suffix(".repaired.img")
+        subprocess.run(["cp", "--sparse=always", str(self.image), str(repaired)], check=True, capture_output=True)
+        subprocess.run(["e2fsck", "-f", "-y", str(repaired)], capture_output=True)  # exit 1: errors corrected
+        self.image = repaired
+        self.mount()
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+def can_fail_ext4(tmp_path: Path) -> str | None:
+    """Why a FailingDisk cannot be made here (root, loop devices, ext4's trigger_fs_error), or None."""
+    if os.geteuid() != 0:
+        return "a loop mount needs root"
+    try:
+        disk = FailingDisk(tmp_path / "probe-ext4", tmp_path / "probe-ext4.img", 4)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return f"cannot mount an ext4 image on a loop device ({exc})"
+    try:
+        return None if disk.trigger.exists() else "this kernel's ext4 has no trigger_fs_error"
+    finally:
+        disk.close()
+
+
 def can_mount(tmp_path: Path) -> bool:
     """True where this process may mount a tmpfs (root with CAP_SYS_ADMIN)."""
     if os.geteuid() != 0:

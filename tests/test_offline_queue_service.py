@@ -16,7 +16,7 @@ from device.offline_queue import QueueError, QueueFault
 from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)
 from tests.mqtt_helpers import Collector, wait_for
 from tests.test_device_service import TOPICS, stop_device
-from tests.test_offline_queue import SmallDisk, can_mount
+from tests.test_offline_queue import FailingDisk, SmallDisk, can_fail_ext4, can_mount
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,6 +108,53 @@ def test_a_read_only_state_directory_does_not_stop_the_device(mosquitto, tmp_pat
         if proc.poll() is None:
             proc.kill()
         collector.close()
+
+
+def test_a_disk_that_turns_read_only_while_the_device_runs_degrades_it_and_loses_nothing(mosquitto, tmp_path):
+    """ext4 turns read-only under the open queue (errors=remount-ro after an I/O error); after a repair and a
+    mount at the same place the device is online again by itself, and every event reached the broker."""
+    why = can_fail_ext4(tmp_path)
+    if why:
+        pytest.skip(why)
+    disk = FailingDisk(tmp_path / "state", tmp_path / "state.img")
+    collector = Collector(mosquitto, "aula/#", client_id="q-ro")
+    log = tmp_path / "device.log"
+    proc = start_device(mosquitto, disk.path, log, "--loop")
+    try:
+        assert wait_for(lambda: len(collector.events(TOPICS)) >= 2, 30), log.read_text()[-3000:]
+        failed_ms = time.time() * 1000
+        disk.fail()
+        assert wait_for(lambda: ("degraded", "offline queue: disk read-only") in _states(collector), 20), \
+            (_states(collector), log.read_text()[-1500:])
+        n = len(collector.events(TOPICS))
+        assert wait_for(lambda: len(collector.events(TOPICS)) >= n + 3, 20)  # published directly meanwhile
+        assert proc.poll() is None
+        repaired_ms = time.time() * 1000
+        disk.repair()
+        assert wait_for(lambda: _states(collector)[-1] == ("online", None), 20), log.read_text()[-3000:]
+        n = len(collector.events(TOPICS))
+        assert wait_for(lambda: len(collector.events(TOPICS)) >= n + 2, 20)
+        stop_device(proc)
+        assert proc.returncode == 0
+        last = max(e.seq for e in collector.events(TOPICS))
+        assert wait_for(lambda: {e.seq for e in collector.events(TOPICS)} >= set(range(1, last + 1)), 10), \
+            sorted({e.seq for e in collector.events(TOPICS)})  # lost: 0
+        statuses = collector.statuses(TOPICS)
+        degraded = next(s.ts_ms for s in statuses if s.state.value == "degraded")
+        online = next(s.ts_ms for s in statuses if s.state.value == "online" and s.ts_ms > repaired_ms)
+        events = collector.events(TOPICS)
+        print(json.dumps({  # the figures docs/reliability.md quotes (pytest -s)
+            "degraded_after_failure_s": round((degraded - failed_ms) / 1000, 1),
+            "online_after_repair_s": round((online - repaired_ms) / 1000, 1),
+            "events": last, "lost": last - len({e.seq for e in events}),
+            "published_while_degraded": sum(1 for e in events if degraded <= e.window_end_ms <= online),
+            "duplicates": len(events) - len({e.event_id for e in events}),
+        }))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        collector.close()
+        disk.close()
 
 
 def test_a_second_device_on_the_same_state_directory_finds_the_queue_locked(mosquitto, tmp_path):
