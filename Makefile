@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.aula-installed
-EXTRAS ?= device,server,converter,dev
+EXTRAS ?= device,server,converter,fleet,dev
 
-.PHONY: help setup system-deps test lint demo bench soak selftest validate-models vosk-model clean
+.PHONY: help setup system-deps test lint demo bench soak selftest models-verify certs revoke-cert broker-setup vosk-model clean
 
 help:
 	@echo "make setup     - create $(VENV) with the device, server, converter and dev dependencies"
@@ -17,6 +17,10 @@ help:
 	@echo "make bench     - speed, accuracy and memory benchmarks with ratios against baselines"
 	@echo "make soak      - the fault and abuse suite at full durations (about 15 minutes); figures in artifacts/soak.json"
 	@echo "make selftest  - on-device self-check (camera, models); exits non-zero on failure"
+	@echo "make models-verify - every model file against models_tflite/manifest.json; non-zero and the file's name on a mismatch"
+	@echo "make certs INVENTORY=fleet.csv BROKER_HOSTS=name[,ip] [FEEDS=feeds.csv] [CERTS=$(CERTS)] - CA and certificates"
+	@echo "make revoke-cert NAME=<device|server|feed> [CERTS=$(CERTS)] - revoke a lost or stolen client's certificate"
+	@echo "make broker-setup INVENTORY=fleet.csv [FEEDS=..] [BROKER_DIR=$(BROKER_DIR)] - Mosquitto: TLS, client certificates, ACL"
 	@echo "make vosk-model VOSK_MODEL=<archive or URL> [VOSK_DIR=$(VOSK_DIR)] - install a Vosk speech model"
 
 system-deps:
@@ -55,6 +59,32 @@ soak: setup
 
 selftest: setup
 	$(PY) -m device selftest
+
+models-verify: setup
+	$(PY) -m device verify-models
+
+# The fleet's certificates and broker (docs/fleet.md). The certificates' folder holds the CA's key: keep it private
+# and backed up, never commit it (it is in .gitignore).
+CERTS ?= certs
+BROKER_DIR ?= /etc/mosquitto/aula
+BROKER_PORT ?= 8883
+BROKER_BIND ?= 0.0.0.0
+FLEET_ARGS = --inventory "$(INVENTORY)" $(if $(FEEDS),--feeds "$(FEEDS)") $(foreach s,$(SERVERS),--server $(s))
+
+certs: setup
+	@test -n "$(INVENTORY)" || { echo "usage: make certs INVENTORY=fleet.csv BROKER_HOSTS=mqtt.school.lan[,10.0.0.5] [FEEDS=feeds.csv] [CERTS=$(CERTS)]" >&2; exit 2; }
+	@test -n "$(BROKER_HOSTS)" || { echo "make certs: BROKER_HOSTS is empty: the names or addresses the devices use for the broker" >&2; exit 2; }
+	$(PY) -m fleet certs --dir "$(CERTS)" --broker-host "$(BROKER_HOSTS)" $(FLEET_ARGS)
+
+revoke-cert: setup
+	@test -n "$(NAME)" || { echo "usage: make revoke-cert NAME=<device id, server or feed name> [CERTS=$(CERTS)]" >&2; exit 2; }
+	$(PY) -m fleet revoke --dir "$(CERTS)" "$(NAME)"
+
+# Writes the configuration where Mosquitto reads it. As root on a host with systemd it also points the mosquitto
+# unit at it (a drop-in) and restarts the broker when anything changed.
+broker-setup: setup
+	@test -n "$(INVENTORY)" || { echo "usage: make broker-setup INVENTORY=fleet.csv [FEEDS=feeds.csv] [BROKER_DIR=$(BROKER_DIR)]" >&2; exit 2; }
+	$(PY) -m fleet broker-config --certs "$(CERTS)" --out "$(BROKER_DIR)" --port $(BROKER_PORT) --bind $(BROKER_BIND) --systemd $(FLEET_ARGS)
 
 # A Vosk model for text.transcribers: vosk; from a local .zip/.tar.gz or a URL (on a networked machine).
 # Safe to run again: the same archive is not installed twice, and a new one replaces the old by rename.

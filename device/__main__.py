@@ -103,6 +103,22 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_models(args: argparse.Namespace) -> int:
+    """Check every file in the model folder against the manifest's sha256 sums; non-zero on a mismatch."""
+    from device.model_store import models_dir, verify_all
+
+    folder = args.dir or models_dir()
+    results = verify_all(folder)
+    for name, path, problem in results:
+        print(f"{'OK  ' if problem is None else 'FAIL'}  {name:28s} {path.name}")
+        if problem:
+            print(f"      {problem}")
+    bad = [path.name for _, path, problem in results if problem]
+    print(f"{folder}: {len(results) - len(bad)} of {len(results)} models match the manifest"
+          + (f"; mismatched: {', '.join(bad)}" if bad else ""))
+    return 1 if bad else 0
+
+
 def cmd_selftest(args: argparse.Namespace) -> int:
     """Run the on-device self-check and print a pass/fail table."""
     from device.selftest import run_selftest
@@ -138,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     val = sub.add_parser("validate-config", help=cmd_validate_config.__doc__)
     val.add_argument("file", type=Path)
     val.set_defaults(func=cmd_validate_config)
+
+    vm = sub.add_parser("verify-models", help=cmd_verify_models.__doc__)
+    vm.add_argument("--dir", type=Path, help="model folder (default: $AULA_MODELS_DIR or models_tflite/)")
+    vm.set_defaults(func=cmd_verify_models)
 
     st = sub.add_parser("selftest", help=cmd_selftest.__doc__)
     st.add_argument("--config", type=Path, help="device config YAML whose camera is tested")

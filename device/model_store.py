@@ -117,3 +117,19 @@ def entry_for_file(path: Path) -> ModelEntry | None:
         if meta.get("file") == path.name:
             return ModelEntry(name, path, meta)
     return None
+
+
+def verify_all(folder: Path | None = None) -> list[tuple[str, Path, str | None]]:
+    """Check every model of the manifest (and its companion files): (name, file, problem or None) per model."""
+    folder = Path(folder) if folder else models_dir()
+    _read_manifest.cache_clear()  # a technician runs this right after copying files in
+    results = []
+    for name, meta in sorted(_read_manifest(folder).get("models", {}).items()):
+        entry = ModelEntry(name, folder / meta["file"], meta)
+        try:
+            entry.verify()
+        except ModelError as exc:
+            results.append((name, entry.path, str(exc)))
+        else:
+            results.append((name, entry.path, None))
+    return results

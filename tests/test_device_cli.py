@@ -118,3 +118,16 @@ def test_documented_example_config_is_valid():
 
     example = Path(__file__).resolve().parent.parent / "docs" / "device.example.yaml"
     assert main(["validate-config", str(example)]) == 0
+
+
+def test_verify_models_names_a_mismatched_and_a_missing_file(tmp_path):
+    folder = tmp_path / "models"
+    shutil.copytree(models_dir(), folder)
+    ok = _run("verify-models", "--dir", str(folder))
+    assert ok.returncode == 0 and "match the manifest" in ok.stdout, ok.stdout + ok.stderr
+    (folder / "face_emotion_int8.tflite").write_bytes(b"\x00" * 10)
+    (folder / "whisper-tiny.en" / "tokenizer.json").unlink()  # a companion file of a model of several files
+    bad = _run("verify-models", "--dir", str(folder))
+    assert bad.returncode == 1
+    assert "mismatched: face_emotion_int8.tflite, model.bin" in bad.stdout
+    assert "tokenizer.json" in bad.stdout and "Traceback" not in bad.stderr
