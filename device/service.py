@@ -51,8 +51,11 @@ class DeviceService:
         self.state = ServiceState.STARTING
         self.state_reason: str | None = None
         self.paused = threading.Event()
+        # Who set the privacy pause: the config file (only the config lifts it) or a command over MQTT.
+        self.pause_source: str | None = None
         if config.privacy.paused:
             self.paused.set()
+            self.pause_source = "config"
         self.notifier = SystemdNotifier()
         self.t_start = time.monotonic()
         self.wall_offset = time.time() - time.monotonic()
@@ -251,12 +254,18 @@ class DeviceService:
         name = command.command.value
         if name == "pause":
             self.paused.set()
+            self.pause_source = self.pause_source or "command"
             for w in self.workers:
                 w.interrupt()  # close camera and mic now, not at the next frame
             if self._text_path is not None:
                 self._text_path.discard_waiting()  # speech heard before the pause is not transcribed after it
         elif name == "resume":
+            if self.pause_source == "config":
+                # Set on site, in the device's own config: a message over the network must not lift it.
+                raise PermissionError("the privacy pause is set in this device's config (privacy.paused); "
+                                      "only a change there and a reload or restart lifts it")
             self.paused.clear()
+            self.pause_source = None
         elif name == "reload":
             if self.config_path is None:
                 raise ValueError("this device runs on built-in defaults; there is no config file to reload")
@@ -279,10 +288,21 @@ class DeviceService:
         self.config = new
         if new.privacy.paused:
             self.paused.set()
+            self.pause_source = "config"
+        elif self.pause_source == "config":  # the config that set the pause no longer does
+            self.paused.clear()
+            self.pause_source = None
+        self._sync_pause()
         self._load_models()
         self.workers = self._make_workers()
         for w in self.workers:
             w.start()
+
+    def _sync_pause(self) -> None:
+        """Tell the publisher the pause state, so that the retained status carries it."""
+        connection = getattr(self.publisher, "connection", None)
+        if connection is not None and connection.paused != self.paused.is_set():
+            connection.set_paused(self.paused.is_set())
 
     # ---- the window clock --------------------------------------------------------------------------------------
 
@@ -335,6 +355,7 @@ class DeviceService:
         factory = self._publisher_factory or EventPublisher
         self.publisher = factory(self._mqtt_config(), health_provider=self.health)
         self.publisher.on_command(self.on_command)
+        self._sync_pause()  # a pause from the config shows in the first status
         self.publisher.start()
         self.buckets = WindowBuckets(time.monotonic(), self.config.fusion.window_s)
         self.workers = self._make_workers()

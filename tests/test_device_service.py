@@ -61,6 +61,32 @@ def send_command(broker, name: str, command_id: str) -> None:
     client.disconnect()
 
 
+def test_a_pause_set_in_the_config_cannot_be_lifted_over_mqtt(mosquitto, tmp_path):
+    config = tmp_path / "device.yaml"
+    config.write_text("privacy:\n  paused: true\n")
+    collector = Collector(mosquitto, "aula/#", client_id="c-cfg-pause")
+    proc = start_device(mosquitto, tmp_path / "state", "--loop", config=config)
+    try:
+        assert wait_for(lambda: collector.statuses(TOPICS), 30)
+        assert collector.statuses(TOPICS)[0].paused, "the retained status must say paused from the start"
+        send_command(mosquitto, "resume", "resume-cfg")
+        assert wait_for(lambda: any(a.id == "resume-cfg" for a in collector.acks(TOPICS)), 10)
+        ack = next(a for a in collector.acks(TOPICS) if a.id == "resume-cfg")
+        assert not ack.ok and ack.paused and "config" in ack.reason
+        t_ack_ms = time.time() * 1000
+        assert wait_for(lambda: sum(e.window_start_ms > t_ack_ms for e in collector.events(TOPICS)) >= 2, 10)
+        assert all(e.paused and e.counts["faces"] == 0 for e in collector.events(TOPICS))
+        # A pause and a resume over MQTT on top of it change nothing either: the config's pause stays.
+        send_command(mosquitto, "pause", "pause-cfg")
+        send_command(mosquitto, "resume", "resume-cfg-2")
+        assert wait_for(lambda: any(a.id == "resume-cfg-2" for a in collector.acks(TOPICS)), 10)
+        assert not next(a for a in collector.acks(TOPICS) if a.id == "resume-cfg-2").ok
+        assert collector.statuses(TOPICS)[-1].paused
+    finally:
+        stop_device(proc)
+        collector.close()
+
+
 def test_replay_publishes_schema_valid_events_and_status(mosquitto, tmp_path):
     collector = Collector(mosquitto, "aula/#", client_id="c1")
     proc = start_device(mosquitto, tmp_path, "--fast")
