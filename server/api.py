@@ -19,8 +19,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, field_validator
 
 from device.common.config_loader import StrictModel
+from device.contract import CommandName
 from device.contract.labels import LABELS
 from server.auth import SESSION_COOKIE, Principal, check_csrf, identify
+from server.commands import send_to_room
 from server.context import AppContext
 from server.hub import CLOSED
 from server.metrics import prometheus_text
@@ -90,6 +92,10 @@ class PasswordResetBody(Body):
 
 class UserChangeBody(Body):
     disabled: bool
+
+
+class PrivacyBody(Body):
+    paused: bool = Field(description="true: pause sensing on every device of the room; false: resume it")
 
 
 def ctx(request: Request) -> AppContext:
@@ -332,6 +338,26 @@ def stop_segment(room_id: int, segment_id: int, who: Who, c: Ctx) -> dict[str, A
         return c.storage.segments.stop(room_id, segment_id)
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from None
+
+
+@router.post(
+    "/api/rooms/{room_id}/privacy",
+    summary="Pause or resume sensing on the room's devices (a logged-in teacher of the room, or an admin)",
+    description="Sends `pause` or `resume` to each device of the room over MQTT and returns `{command, devices: "
+    "[{device_id, id, sent}]}` at once. Each device's answer arrives on the room's stream as an `ack` event; its "
+    "retained status then says `paused`. A device whose config sets the pause refuses a resume.",
+)
+def room_privacy(room_id: int, body: PrivacyBody, who: Who, c: Ctx) -> dict[str, Any]:
+    room_for(c, who, room_id)
+    if who.kind != "session":
+        raise HTTPException(403, "an API token may read a room but not command its devices; log in as its teacher")
+    if c.broker is None or not c.broker.connected:
+        raise HTTPException(503, "the server is not connected to the broker right now; try again in a moment")
+    name = CommandName.PAUSE if body.paused else CommandName.RESUME
+    sent = send_to_room(c.storage.devices.list(room_id), name, lambda t, p: c.broker.publish(t, p, qos=1))
+    c.stats.add("commands_sent", sum(x.sent for x in sent))
+    logger.info("room %s: %s sent by %s to %d device(s)", room_id, name.value, who.username, len(sent))
+    return {"command": name.value, "devices": [x.to_dict() for x in sent]}
 
 
 @router.get(

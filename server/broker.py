@@ -13,7 +13,7 @@ from paho.mqtt.properties import Properties
 from device.common.credentials import install_redaction, resolve_password
 from device.common.paho_client import bind_callbacks, new_client
 from device.contract import MAX_PAYLOAD_BYTES
-from device.contract.topics import ALL_EVENTS, ALL_HEALTH, ALL_STATUS
+from device.contract.topics import ALL_ACKS, ALL_EVENTS, ALL_HEALTH, ALL_STATUS
 from server.config import ServerMqttConfig
 from server.mqtt_transport import IntakeClient
 
@@ -28,8 +28,9 @@ MessageHandler = Callable[[str, bytes, bool, tuple | None], None]
 def subscriptions(config: ServerMqttConfig) -> list[tuple[str, int]]:
     """Topics of the storing client; events and health are shared when a group is set, status never is."""
     share = f"$share/{config.shared_group}/" if config.shared_group else ""
-    # Status is retained, and brokers do not send retained messages to shared subscriptions.
-    return [(share + ALL_EVENTS, 1), (share + ALL_HEALTH, 1), (ALL_STATUS, 1)]
+    # Status is retained, and brokers do not send retained messages to shared subscriptions. Command acks go to
+    # every instance: the one whose teacher sent the command shows the answer.
+    return [(share + ALL_EVENTS, 1), (share + ALL_HEALTH, 1), (ALL_STATUS, 1), (ALL_ACKS, 1)]
 
 
 class BrokerClient:

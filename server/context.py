@@ -46,6 +46,7 @@ class AppContext:
             "state": state,
             "reason": reason,
             "last_seen_ms": device["last_seen_ms"],
+            "paused": bool(device.get("paused")),
             "health": device["health"],
         }
 

@@ -19,6 +19,7 @@ class DeviceLive:
     reported_room: str
     state: str | None = None
     reason: str | None = None
+    paused: bool = False  # the privacy pause, from the last status or command ack
     last_seen_ms: int = 0
     tokens: float = 0.0  # the rate limit's bucket, refilled lazily on each message
     refilled: float = 0.0  # time.monotonic() of the last refill
@@ -138,12 +139,26 @@ class DeviceRegistry:
         with self._lock:
             return self._unassigned_total
 
-    def set_state(self, site: str, device_id: str, state: str, reason: str | None) -> DeviceLive | None:
+    def set_state(self, site: str, device_id: str, state: str, reason: str | None,
+                  paused: bool | None = None) -> DeviceLive | None:
         with self._lock:
             live = self._devices.get((site, device_id))
             if live is not None:
                 live.state, live.reason = state, reason
+                if paused is not None:
+                    live.paused = paused
             return live
+
+    def set_paused(self, site: str, device_id: str, paused: bool) -> DeviceLive | None:
+        with self._lock:
+            live = self._devices.get((site, device_id))
+            if live is not None:
+                live.paused = paused
+            return live
+
+    def live(self, site: str, device_id: str) -> DeviceLive | None:
+        with self._lock:
+            return self._devices.get((site, device_id))
 
     def update_rooms(self, device_rooms: dict[tuple[str, str], tuple[int | None, str]]) -> None:
         """Take the rooms the database returned (another instance or an admin may have changed them)."""
@@ -193,4 +208,5 @@ class DeviceRegistry:
         """The stream's `status` event for a device."""
         now = int(time.time() * 1000)
         state, reason = effective_state("assigned", live.state, live.reason, live.last_seen_ms, now, self.stale_ms)
-        return {"device_id": device_id, "state": state, "reason": reason, "last_seen_ms": live.last_seen_ms}
+        return {"device_id": device_id, "state": state, "reason": reason, "last_seen_ms": live.last_seen_ms,
+                "paused": live.paused}

@@ -8,8 +8,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from device.contract import faces_of, parse_device_topic, topic
-from device.contract.topics import EVENTS, STATUS
+from device.contract import CommandAck, SchemaError, faces_of, parse_device_topic, topic
+from device.contract.topics import CMD_ACK, EVENTS, STATUS, parse_ack_topic
 from server.aggregates import MODALITIES, Sums
 from server.devices import DeviceRegistry
 from server.hub import LiveHub
@@ -166,6 +166,8 @@ class Ingestor:
     def handle(self, topic: str, payload: bytes, retained: bool = False, token=None) -> str:
         """Process one message; return what it was: event, duplicate, status, health, quarantine or invalid:<reason>."""
         now = int(time.time() * 1000)
+        if topic.endswith("/" + CMD_ACK):
+            return self._command_ack(topic, payload, token)
         parts = parse_device_topic(topic)
         # The rate limit comes before decoding, so a flood costs little; the live feed only looks, the
         # storing path spends the device's tokens.
@@ -184,6 +186,29 @@ class Ingestor:
         if incoming.leaf == STATUS:
             return self._status(incoming, now, retained, token)
         return self._health(incoming, now, token)
+
+    def _command_ack(self, topic: str, payload: bytes, token) -> str:
+        """A device's answer to a command: shown on its room's live page, never stored."""
+        where = parse_ack_topic(topic)
+        try:
+            if where is None:
+                raise SchemaError("not a device's cmd/ack topic")
+            ack = CommandAck.from_payload(payload)
+        except SchemaError as exc:
+            return self._reject(topic, "schema", str(exc), token)
+        self._ack_now(token)
+        site, _, device_id = where
+        if ack.device_id != device_id:
+            return self._reject(topic, "schema", "the ack's device_id is not its topic's", None)
+        live = self.registry.set_paused(site, device_id, ack.paused)
+        if live is None or live.room_id is None:
+            return "ack"
+        if self.writer is not None:
+            self.stats.add("command_acks")
+        if self.hub is not None:
+            self.hub.publish(live.room_id, "ack", {"device_id": device_id, "id": ack.id, "command": ack.command,
+                                                   "ok": ack.ok, "reason": ack.reason, "paused": ack.paused})
+        return "ack"
 
     def _reject(self, topic: str, reason: str, detail: str, token) -> str:
         if self.writer is not None:
@@ -250,7 +275,7 @@ class Ingestor:
         if touched is None:
             return self._unknown_device(incoming, token)
         touch, live = touched
-        self.registry.set_state(incoming.site, incoming.device_id, status.state.value, status.reason)
+        self.registry.set_state(incoming.site, incoming.device_id, status.state.value, status.reason, status.paused)
         if live.room_id is not None:
             if self.hub is not None:
                 self.hub.publish(live.room_id, "status", self.registry.status_view(incoming.device_id, live))

@@ -717,3 +717,44 @@ def test_room_page_stops_watching_when_the_room_is_taken_away_in_chromium(server
     WebDriverWait(driver, 30).until(lambda d: "do not have access" in d.find_element(By.ID, "messages").text)
     assert driver.find_element(By.ID, "conn").text == "not connected"
     assert not driver.find_element(By.ID, "room-body").is_displayed()
+
+
+def test_teacher_pauses_and_resumes_the_room_from_the_page_in_chromium(server, browser, tmp_path):
+    """The room page's privacy buttons reach the real device (`python -m device run`), and its answer shows."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, broker_port, _ = server
+    api = Api(base)
+    api.login(*ADMIN)
+    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101"})
+    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
+    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+    device_log = tmp_path / "device.log"
+    with device_log.open("w") as log:
+        device = subprocess.Popen([sys.executable, "-m", "device", "run", "--loop", "--broker",
+                                   f"mqtt://127.0.0.1:{broker_port}", "--site", SITE, "--room", ROOM, "--device-id",
+                                   "pi-real", "--state-dir", str(tmp_path / "state")],
+                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(d.get("device_id") == "pi-real" for d in api.ok("GET", "/api/devices")):
+            assert time.monotonic() < deadline, device_log.read_text()[-3000:]
+            time.sleep(0.3)
+        api.ok("POST", f"/api/devices/{SITE}/pi-real/assign", {"room_id": room["id"]})
+        driver = browser
+        driver.delete_all_cookies()
+        wait = WebDriverWait(driver, 20)
+        _login(driver, wait, base, TEACHER, f"/rooms/{room['id']}")
+        wait.until(lambda d: d.find_element(By.ID, "privacy-state").text == "Sensing is on.")
+        driver.find_element(By.ID, "privacy-pause").click()
+        wait.until(lambda d: "pi-real: paused." in d.find_element(By.ID, "privacy-answers").text)
+        wait.until(lambda d: d.find_element(By.ID, "privacy-state").text == "Sensing is paused.")
+        assert "camera and microphone closed" in driver.find_element(By.ID, "devices").text
+        assert not driver.find_element(By.ID, "privacy-pause").is_displayed()
+        driver.find_element(By.ID, "privacy-resume").click()
+        wait.until(lambda d: "pi-real: resumed." in d.find_element(By.ID, "privacy-answers").text)
+        wait.until(lambda d: d.find_element(By.ID, "privacy-state").text == "Sensing is on.")
+    finally:
+        device.terminate()
+        device.wait(15)

@@ -185,6 +185,7 @@ def test_live_view_and_stream_deliver_within_a_second(harness, device):
             "state": "online",
             "reason": None,
             "last_seen_ms": live["devices"][0]["last_seen_ms"],
+            "paused": False,
             "health": None,
         }
     ]

@@ -21,6 +21,7 @@ ALL_EVENTS = f"{TOPIC_ROOT}/+/+/+/{EVENTS}"
 ALL_STATUS = f"{TOPIC_ROOT}/+/+/+/{STATUS}"
 ALL_HEALTH = f"{TOPIC_ROOT}/+/+/+/{HEALTH}"
 ALL_SUMMARIES = f"{TOPIC_ROOT}/+/+/{SUMMARY}"
+ALL_ACKS = f"{TOPIC_ROOT}/+/+/+/{CMD_ACK}"
 
 _WILDCARDS = frozenset("+#")
 
@@ -48,6 +49,17 @@ class DeviceTopics:
     @classmethod
     def for_device(cls, site: str, room: str, device_id: str) -> DeviceTopics:
         return cls(*(topic(site, room, device_id, leaf) for leaf in (EVENTS, STATUS, HEALTH, CMD, CMD_ACK)))
+
+
+def parse_ack_topic(name: str) -> tuple[str, str, str] | None:
+    """Split a device's `.../cmd/ack` topic into (site, room, device); None when it is not one."""
+    parts = name.split("/")
+    if len(parts) != 7 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT or f"{parts[5]}/{parts[6]}" != CMD_ACK:
+        return None
+    site, room, device = parts[2:5]
+    if not (_level(site) and _level(room) and _level(device)):
+        return None
+    return site, room, device
 
 
 def _level(value: str) -> bool:

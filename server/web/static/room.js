@@ -292,6 +292,7 @@
   }
 
   function renderDevices() {
+    renderPrivacy();
     const box = clear($("#devices"));
     const devices = [...state.devices.values()].sort((a, b) => String(a.device_id).localeCompare(String(b.device_id)));
     if (!devices.length) {
@@ -308,6 +309,7 @@
           h("h3", { class: "device-name" }, d.device_id),
           h("span", { class: `badge badge-${st}` }, h("span", { class: "badge-icon", "aria-hidden": "true" }), STATE_TEXT[st])),
         d.reason ? h("p", { class: "device-reason" }, d.reason) : null,
+        d.paused === true ? h("p", { class: "device-paused" }, "Privacy pause: camera and microphone closed.") : null,
         late ? h("p", { class: "device-reason" }, "Nothing received for a while.") : null,
         h("p", { class: "device-seen muted small" }, "Last seen ",
           h("time", { class: "ago", dataset: { ms: d.last_seen_ms ?? "" } }, A.ago(d.last_seen_ms, now))),
@@ -385,8 +387,59 @@
     if (!s || !s.device_id) return;
     const d = state.devices.get(s.device_id) || { device_id: s.device_id, health: null };
     Object.assign(d, { state: s.state, reason: s.reason ?? null });
+    if (typeof s.paused === "boolean") d.paused = s.paused;
     if (Number.isFinite(s.last_seen_ms)) d.last_seen_ms = s.last_seen_ms;
     state.devices.set(s.device_id, d);
+    renderDevices();
+  }
+
+  // ---- privacy pause ------------------------------------------------------------------------------------------
+
+  function renderPrivacy() {
+    const devices = [...state.devices.values()];
+    const paused = devices.filter((d) => d.paused === true).length;
+    let text = "Sensing: no device yet";
+    if (devices.length && paused === devices.length) text = devices.length === 1 ? "Sensing is paused." : `Sensing is paused on all ${devices.length} devices.`;
+    else if (paused) text = `Sensing is paused on ${paused} of ${devices.length} devices.`;
+    else if (devices.length) text = "Sensing is on.";
+    const el = $("#privacy-state");
+    el.textContent = text;
+    el.dataset.paused = String(paused);
+    $("#privacy-pause").hidden = !devices.length || paused === devices.length;
+    $("#privacy-resume").hidden = !paused;
+  }
+
+  async function sendPrivacy(paused) {
+    const area = $("#privacy-messages");
+    for (const b of [$("#privacy-pause"), $("#privacy-resume")]) b.disabled = true;
+    try {
+      const res = await A.api(`/api/rooms/${roomId}/privacy`, { method: "POST", body: { paused } });
+      const sent = (res.devices || []).filter((d) => d.sent).length;
+      state.pending = new Map((res.devices || []).map((d) => [d.id, d.device_id]));
+      A.showMessage(sent
+        ? `${paused ? "Pause" : "Resume"} sent to ${sent} device${sent === 1 ? "" : "s"}; waiting for the answer…`
+        : "No device could be reached.", sent ? "info" : "error", { area });
+    } catch (err) {
+      A.showError(err, area);
+    } finally {
+      for (const b of [$("#privacy-pause"), $("#privacy-resume")]) b.disabled = false;
+    }
+  }
+
+  function onAck(ev) {
+    let a;
+    try {
+      a = JSON.parse(ev.data);
+    } catch (_) {
+      return;
+    }
+    if (!a || !a.device_id) return;
+    const d = state.devices.get(a.device_id);
+    if (d) d.paused = a.paused === true;
+    const verb = a.command === "pause" ? "paused" : a.command === "resume" ? "resumed" : a.command || "answered";
+    const line = a.ok ? `${a.device_id}: ${verb}.` : `${a.device_id} did not do it: ${a.reason || "no reason given"}`;
+    $("#privacy-answers").prepend(h("li", { class: a.ok ? "answer-ok" : "answer-refused", dataset: { device: a.device_id } }, line));
+    if (state.pending && state.pending.delete(a.id) && !state.pending.size) A.clearMessage($("#privacy-messages"));
     renderDevices();
   }
 
@@ -411,6 +464,7 @@
     });
     es.addEventListener("window", onWindow);
     es.addEventListener("status", onStatus);
+    es.addEventListener("ack", onAck);
     es.addEventListener("end", () => {
       // The server ended the stream: the session ended, or this room was taken away. Do not let the browser
       // reconnect blindly; ask why, which leads to the login page or to the "no access" message.
@@ -571,6 +625,8 @@
     renderHeard();
     renderSegments();
     $("#seg-form").addEventListener("submit", startSegment);
+    $("#privacy-pause").addEventListener("click", () => sendPrivacy(true));
+    $("#privacy-resume").addEventListener("click", () => sendPrivacy(false));
     try {
       await loadLive();
     } catch (err) {
