@@ -265,3 +265,32 @@ def test_a_revoked_certificate_is_refused_and_the_others_still_connect(broker, t
     a = Client(broker, "pi-a")
     assert a.ok()
     a.close()
+
+
+def test_the_real_device_and_server_work_through_the_locked_down_broker(broker, tmp_path):
+    """`python -m device run` and the server, each with its own certificate over TLS: the events are stored."""
+    from server.testing import ServerHarness
+
+    certs = broker.certs
+    url = f"mqtts://localhost:{broker.port}"
+    made = ServerHarness(tmp_path / "server", url, **{
+        "devices.auto_assign": True, "mqtt.tls.ca_file": str(certs / "ca.crt"),
+        "mqtt.tls.cert_file": str(certs / "clients" / "aula-server.crt"),
+        "mqtt.tls.key_file": str(certs / "clients" / "aula-server.key")})
+    server = made.start()
+    room = server.storage.rooms.create("school1", "room101", "Room 101")["id"]
+    server.registry.add_room("school1", "room101", room)
+    config = tmp_path / "device.yaml"
+    config.write_text(f"mqtt:\n  broker: {url}\n  site: school1\n  room: room101\n  device_id: pi-a\n  tls:\n"
+                      f"    ca_file: {certs / 'ca.crt'}\n    cert_file: {certs / 'clients' / 'pi-a.crt'}\n"
+                      f"    key_file: {certs / 'clients' / 'pi-a.key'}\n")
+    device = subprocess.run([sys.executable, "-m", "device", "run", "--fast", "--config", str(config),
+                             "--state-dir", str(tmp_path / "state")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=180)
+    try:
+        assert device.returncode == 0, device.stderr[-3000:]
+        assert wait_for(lambda: made.stat("events_ingested") >= 6, 15), (made.stat("events_ingested"), broker.log())
+        devices = server.storage.devices.list(room)
+        assert [d["device_id"] for d in devices] == ["pi-a"] and devices[0]["state"] == "stopped"
+    finally:
+        made.stop()
