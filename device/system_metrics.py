@@ -59,8 +59,20 @@ def memory_available_mb() -> float | None:
     return None
 
 
+RELEASE_FILE = Path(__file__).resolve().parent.parent / "RELEASE"
+
+
+def release_version() -> str | None:
+    """The installed release (the RELEASE file `make flash` writes at the tree's root), or None in a checkout."""
+    try:
+        text = RELEASE_FILE.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text[:64] if text and text.isprintable() else None
+
+
 def host_metrics() -> dict:
-    """Return CPU load, temperature and memory figures."""
+    """Return CPU load, temperature and memory figures, and the installed release."""
     load1, load5, _ = os.getloadavg()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
@@ -72,4 +84,5 @@ def host_metrics() -> dict:
         "rss_mb": rss_mb(),
         "peak_rss_mb": peak_rss_mb(),
         "mem_available_mb": memory_available_mb(),
+        "release": release_version(),
     }

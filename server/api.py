@@ -24,6 +24,7 @@ from device.contract.labels import LABELS
 from server.auth import SESSION_COOKIE, Principal, check_csrf, identify
 from server.commands import send_to_room
 from server.context import AppContext
+from server.fleet import prometheus_fleet
 from server.hub import CLOSED
 from server.metrics import prometheus_text
 from server.passwords import MAX_PASSWORD_CHARS
@@ -433,6 +434,20 @@ def assign(site: str, device_id: str, body: AssignBody, _: Admin, c: Ctx) -> dic
     return view
 
 
+@router.get(
+    "/api/fleet",
+    summary="Every device with its state and since when, release, models, latest health and trend; the alerts (admin)",
+    description="`devices`: as `/api/devices`, plus `site`, `room` (its name), `since_ms`, `release`, `models` and "
+    "`trend` (the last health figures, oldest first: `t_ms` and the figures of the fleet page). `alerts`: the "
+    "devices offline or degraded for at least `alert_after_s`.",
+)
+def fleet(who: Admin, c: Ctx) -> dict[str, Any]:
+    now = now_ms()
+    views = c.fleet_view(now)
+    return {"alert_after_s": c.config.fleet.alert_after_s, "devices": views,
+            "alerts": c.fleet.alerts(views, now) if c.fleet is not None else []}
+
+
 @router.get("/api/users", summary="Users and their rooms (admin)")
 def users(_: Admin, c: Ctx) -> list[dict[str, Any]]:
     return c.storage.users.list()
@@ -570,7 +585,12 @@ def healthz(request: Request, c: Ctx) -> JSONResponse:
 def metrics_text(c: AppContext) -> str:
     data = c.health()
     data["devices"] = c.registry.count
-    return prometheus_text(data)
+    text = prometheus_text(data)
+    if c.fleet is not None:
+        now = now_ms()
+        views = c.fleet_view(now)
+        text += prometheus_fleet(views, c.fleet.alerts(views, now))
+    return text
 
 
 def metrics_allowed(request: Request, token: str | None) -> bool:

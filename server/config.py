@@ -260,6 +260,18 @@ class DevicesConfig(StrictModel):
     )
 
 
+class FleetConfig(StrictModel):
+    """The fleet page's health trends and the alerts for devices that stay offline or degraded."""
+
+    alert_after_s: float = Field(
+        300.0, gt=0, le=7 * 86400, description="Alert when a device has been offline or degraded this long."
+    )
+    check_interval_s: float = Field(10.0, ge=1, le=3600, description="Seconds between alert checks.")
+    trend_samples: int = Field(
+        120, ge=2, le=10_000, description="Health messages kept per device for the trends (in memory)."
+    )
+
+
 class SummaryConfig(StrictModel):
     """Retained per-room summaries on aula/v1/<site>/<room>/summary."""
 
@@ -280,6 +292,7 @@ class ServerConfig(StrictModel):
     )
     devices: DevicesConfig = Field(default_factory=DevicesConfig, description="Device registration.")
     summaries: SummaryConfig = Field(default_factory=SummaryConfig, description="Room summaries over MQTT.")
+    fleet: FleetConfig = Field(default_factory=FleetConfig, description="Fleet trends and alerts.")
     current_window_s: float = Field(
         30.0, gt=0, le=3600, description="The `current` value of a room merges windows that started this recently."
     )

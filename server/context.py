@@ -26,6 +26,7 @@ class AppContext:
     hub: LiveHub
     registry: DeviceRegistry
     limiter: LoginLimiter
+    fleet: Any = None  # server.fleet.FleetMonitor
     broker: Any = None
     writer: Any = None
     started: float = field(default_factory=time.monotonic)
@@ -49,6 +50,32 @@ class AppContext:
             "paused": bool(device.get("paused")),
             "health": device["health"],
         }
+
+    def fleet_view(self, now_ms: int | None = None) -> list[dict[str, Any]]:
+        """Every device with its state since when, release, models, latest figures and trend (the fleet page)."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        stale_ms = int(self.config.devices.stale_after_s * 1000)
+        rooms = {r["id"]: r for r in self.storage.rooms.list()}
+        out = []
+        for d in self.storage.devices.list():
+            # The state the device reports (or offline when silent), also for one not yet in a room: a technician
+            # needs to see a new device that is degraded. `status` says whether it is assigned.
+            view = self.device_view({**d, "status": "assigned"}, now)
+            silent = view["state"] == "offline" and d["state"] != "offline"
+            hint = d["last_seen_ms"] + stale_ms if silent else None
+            health = d["health"] or {}
+            room = rooms.get(d["room_id"])
+            view.update({
+                "site": d["site"], "reported_room": d["reported_room"], "status": d["status"],
+                "room_id": d["room_id"], "room": room["name"] if room else None,
+                "since_ms": self.fleet.since(d["site"], d["device_id"], view["state"], now, hint)
+                if self.fleet is not None else None,
+                "release": (health.get("host") or {}).get("release"),
+                "models": health.get("models") or {},
+                "trend": self.fleet.trend(d["site"], d["device_id"]) if self.fleet is not None else [],
+            })
+            out.append(view)
+        return out
 
     def health(self) -> dict[str, Any]:
         """The /healthz document."""

@@ -149,6 +149,7 @@ class Ingestor:
         self.writer = writer
         self.hub = hub
         self.summaries = summaries
+        self.fleet = None  # server.fleet.FleetMonitor: health trends for the fleet page
         self.acker = acker
         self.live_events = live_events  # False when a separate live-feed client follows all events
         self._recent = RecentIds(recent_ids)
@@ -291,6 +292,10 @@ class Ingestor:
         touched = self.registry.touch(incoming.site, incoming.device_id, incoming.room, now)
         if touched is None:
             return self._unknown_device(incoming, token)
+        if self.fleet is not None and incoming.health is not None:
+            h = incoming.health
+            self.fleet.note_health(incoming.site, incoming.device_id,
+                                   {"vision": h.vision, "host": h.host, "mqtt": h.mqtt}, now)
         if self.writer is not None:
             self.stats.add("health_messages")
             item = WriteItem("health", touch=touched[0], payload=incoming.payload, ack=token)

@@ -99,6 +99,16 @@ def admin_page(request: Request, c: Ctx) -> Response:
     return _page("admin.html")
 
 
+@router.get("/fleet")
+def fleet_page(request: Request, c: Ctx) -> Response:
+    who = _logged_in(request, c)
+    if who is None:
+        return _to_login(request)
+    if not who.is_admin:
+        return _forbidden("Administrators only", "The fleet page is for administrators and technicians.")
+    return _page("fleet.html")
+
+
 @router.get("/api/docs")
 def api_docs(request: Request) -> HTMLResponse:
     """A plain list of the endpoints from the OpenAPI document; no scripts or styles from a CDN."""

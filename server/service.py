@@ -16,6 +16,7 @@ from server.config import ServerConfig
 from server.context import AppContext
 from server.db import Database
 from server.devices import DeviceLimits, DeviceRegistry
+from server.fleet import AlertLoop, FleetMonitor
 from server.hub import LiveHub
 from server.ingest import Ingestor
 from server.metrics import IngestStats
@@ -95,6 +96,8 @@ class AulaServer:
         self.ingestor: Ingestor | None = None
         self.summaries: RoomSummaries | None = None
         self.retention = RetentionSweeper(self.storage, config)
+        self.fleet = FleetMonitor(config.fleet.alert_after_s, config.fleet.trend_samples)
+        self.alerts: AlertLoop | None = None
         self.ctx = AppContext(
             config=config,
             db=self.db,
@@ -103,6 +106,7 @@ class AulaServer:
             hub=self.hub,
             registry=self.registry,
             limiter=LoginLimiter.from_config(config.http),
+            fleet=self.fleet,
         )
         self.app = create_app(self.ctx)
         self._http: _Uvicorn | None = None
@@ -135,6 +139,7 @@ class AulaServer:
         self.ingestor = Ingestor(
             self.stats, self.registry, self.writer, self.hub, None, acker=self._ack, live_events=not shared, **window
         )
+        self.ingestor.fleet = self.fleet
         self._intake_open.set()
         self.broker = BrokerClient(cfg.mqtt, self._on_message, subscriptions(cfg.mqtt))
         if cfg.summaries.enabled:
@@ -157,6 +162,8 @@ class AulaServer:
         self.ctx.broker = self.broker
         self.ctx.writer = self.writer
         self.retention.start()
+        self.alerts = AlertLoop(cfg.fleet.check_interval_s, self._fleet_alerts, self.fleet, self._publish_retained)
+        self.alerts.start()
 
     def _on_message(self, topic: str, payload: bytes, retained: bool, token) -> None:
         if not self._intake_open.is_set():
@@ -167,6 +174,11 @@ class AulaServer:
     def _ack(self, tokens: list) -> None:
         if self.broker is not None:
             self.broker.ack(tokens)
+
+    def _fleet_alerts(self) -> tuple[set[str], list]:
+        views = self.ctx.fleet_view()
+        self.fleet.forget({(v["site"], v["device_id"]) for v in views})
+        return {v["site"] for v in views}, self.fleet.alerts(views, int(time.time() * 1000))
 
     def _publish_retained(self, topic: str, payload: bytes) -> bool:
         return self.broker is not None and self.broker.publish(topic, payload, qos=1, retain=True)
@@ -187,6 +199,8 @@ class AulaServer:
         if self.summaries is not None:
             self.summaries.stop()
         self.retention.stop()
+        if self.alerts is not None:
+            self.alerts.stop()
         self.hub.close()
         self.db.close()
 

@@ -43,7 +43,8 @@ STATIC = ROOT / "server" / "web" / "static"
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-PAGES = ["login.html", "index.html", "room.html", "report.html", "admin.html", "account.html"]  # server/web/pages/
+# server/web/pages/
+PAGES = ["login.html", "index.html", "room.html", "report.html", "admin.html", "account.html", "fleet.html"]
 
 SITE, ROOM, DEVICE = "school1", "room101", "pi-dash"
 ADMIN = ("admin", "admin-pass-1234")
@@ -758,3 +759,30 @@ def test_teacher_pauses_and_resumes_the_room_from_the_page_in_chromium(server, b
     finally:
         device.terminate()
         device.wait(15)
+
+
+def test_the_fleet_page_shows_each_device_its_release_and_trends_in_chromium(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from server.testing import DeviceSimulator
+
+    base, broker_port, _ = server
+    device = DeviceSimulator(broker_port)
+    try:
+        device.status(SITE, ROOM, "pi-fleet", "degraded", "camera: no frames for 10 s")
+        for fps in (4.0, 5.0, 6.0):
+            device.health(SITE, ROOM, "pi-fleet", host={"cpu_temp_c": 50.0, "release": "r2026.12-ab12cd34"},
+                          vision={"frames_analysed_per_s": fps}, mqtt={"backlog": 0})
+        driver = browser
+        driver.delete_all_cookies()
+        wait = WebDriverWait(driver, 20)
+        _login(driver, wait, base, ADMIN, "/fleet")
+        row = "#devices tr[data-device='pi-fleet']"
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"{row} td[data-figure='frames_per_s'] polyline"))
+        text = driver.find_element(By.CSS_SELECTOR, row).text
+        assert "degraded" in text and "camera: no frames" in text and "r2026.12-ab12cd34" in text and "6.0" in text
+        assert "No alerts" in driver.find_element(By.ID, "alerts").text  # 5 minutes have not passed
+        assert any(a.text == "Fleet" for a in driver.find_elements(By.CSS_SELECTOR, "#nav a"))
+    finally:
+        device.close()

@@ -9,7 +9,7 @@ from server import page_layout
 
 def test_every_page_renders_once_with_the_shared_parts():
     names = page_layout.page_names()
-    assert names == ["account.html", "admin.html", "index.html", "login.html", "report.html", "room.html"]
+    assert names == ["account.html", "admin.html", "fleet.html", "index.html", "login.html", "report.html", "room.html"]
     for name in names:
         page = page_layout.render(name)
         assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>"), name

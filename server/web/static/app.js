@@ -287,7 +287,7 @@
     if (!nav) return;
     clear(nav);
     nav.append(h("a", { href: "/" }, "My rooms"));
-    if (user && user.role === "admin") nav.append(h("a", { href: "/admin" }, "Admin"));
+    if (user && user.role === "admin") nav.append(h("a", { href: "/admin" }, "Admin"), h("a", { href: "/fleet" }, "Fleet"));
     if (user && user.role !== "token") nav.append(h("a", { href: "/account" }, "My account"));
     const who = $("#who");
     if (who && user) {

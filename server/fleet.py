@@ -1,0 +1,186 @@
+"""The fleet at a glance: each device's health trend, and alerts for devices offline or degraded too long.
+
+Trends are the last `fleet.trend_samples` health messages of each device, kept in memory (after a restart
+they fill again as health arrives; the latest health of each device is also in the database). An alert is
+raised when a device's shown state has been `offline` or `degraded` for `fleet.alert_after_s`; it is shown
+on the fleet page, counted in /metrics, and published retained on `aula/v1/<site>/alerts` while any is active,
+so that a school's own monitoring can subscribe. When the last alert of a site clears, the retained message
+is cleared too (an empty retained payload).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from device.contract.topics import TOPIC_ROOT
+
+logger = logging.getLogger(__name__)
+
+# Trend name -> (health section, figure).
+TREND_FIELDS: dict[str, tuple[str, str]] = {
+    "frames_per_s": ("vision", "frames_analysed_per_s"),
+    "frames_dropped": ("vision", "frames_dropped"),
+    "detect_ms_p95": ("vision", "detect_ms_p95"),
+    "cpu_temp_c": ("host", "cpu_temp_c"),
+    "backlog": ("mqtt", "backlog"),
+}
+ALERT_STATES = ("offline", "degraded")
+
+
+def alerts_topic(site: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/alerts"
+
+
+def _figure(health: dict[str, Any], section: str, name: str) -> float | None:
+    value = (health.get(section) or {}).get(name)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class FleetMonitor:
+    """Health trends per device, how long each has been in its state, and the active alerts."""
+
+    def __init__(self, alert_after_s: float, samples: int = 120):
+        self.alert_after_ms = int(alert_after_s * 1000)
+        self.samples = samples
+        self._lock = threading.Lock()
+        self._trends: dict[tuple[str, str], deque] = {}
+        self._since: dict[tuple[str, str], tuple[str, int]] = {}  # shown state and since when
+        self._published: dict[str, str] = {}  # site -> the retained alerts payload last published
+
+    def note_health(self, site: str, device_id: str, health: dict[str, Any], ts_ms: int) -> None:
+        row = {"t_ms": ts_ms, **{k: _figure(health, *where) for k, where in TREND_FIELDS.items()}}
+        with self._lock:
+            trend = self._trends.get((site, device_id))
+            if trend is None:
+                trend = self._trends[(site, device_id)] = deque(maxlen=self.samples)
+            trend.append(row)
+
+    def trend(self, site: str, device_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._trends.get((site, device_id), ()))
+
+    def forget(self, keep: set[tuple[str, str]]) -> None:
+        with self._lock:
+            for key in [k for k in self._trends if k not in keep]:
+                del self._trends[key]
+            for key in [k for k in self._since if k not in keep]:
+                del self._since[key]
+
+    def since(self, site: str, device_id: str, state: str, now_ms: int, hint_ms: int | None = None) -> int:
+        """When the device entered its shown `state` (first seen in it now, or `hint_ms` when known)."""
+        with self._lock:
+            old = self._since.get((site, device_id))
+            if old is None or old[0] != state:
+                old = (state, hint_ms if hint_ms is not None and hint_ms <= now_ms else now_ms)
+                self._since[(site, device_id)] = old
+            return old[1]
+
+    def alerts(self, views: list[dict[str, Any]], now_ms: int) -> list[dict[str, Any]]:
+        """The active alerts among devices as the fleet view shows them (state, reason, since_ms set)."""
+        out = []
+        for v in views:
+            if v["state"] in ALERT_STATES and now_ms - v["since_ms"] >= self.alert_after_ms:
+                out.append({"site": v["site"], "device_id": v["device_id"], "room": v.get("room"),
+                            "state": v["state"], "reason": v.get("reason"), "since_ms": v["since_ms"]})
+        return out
+
+    def to_publish(self, sites: set[str], alerts: list[dict[str, Any]], now_ms: int) -> list[tuple[str, bytes]]:
+        """(topic, retained payload) for each site whose alerts changed; an empty payload clears the topic."""
+        by_site: dict[str, list[dict[str, Any]]] = {s: [] for s in sites | set(self._published)}
+        for a in alerts:
+            by_site.setdefault(a["site"], []).append({k: v for k, v in a.items() if k != "site"})
+        out = []
+        for site, items in sorted(by_site.items()):
+            key = json.dumps(items, sort_keys=True)
+            if self._published.get(site, "[]") == key:
+                continue
+            payload = b"" if not items else json.dumps(
+                {"type": "alerts", "schema": 1, "site": site, "ts_ms": now_ms, "alerts": items},
+                separators=(",", ":")).encode()
+            out.append((alerts_topic(site), payload))
+        return out
+
+    def published(self, topic_payloads: list[tuple[str, bytes]]) -> None:
+        """Record what the broker took, so that only changes are sent again."""
+        for topic_name, payload in topic_payloads:
+            site = topic_name.split("/")[2]
+            items = json.loads(payload)["alerts"] if payload else []
+            self._published[site] = json.dumps(items, sort_keys=True)
+
+
+class AlertLoop:
+    """Every `interval_s`: compute the fleet's alerts and publish each site's that changed."""
+
+    def __init__(self, interval_s: float, compute: Callable[[], tuple[set[str], list[dict[str, Any]]]],
+                 monitor: FleetMonitor, publish: Callable[[str, bytes], bool]):
+        self.interval_s = interval_s
+        self.compute = compute
+        self.monitor = monitor
+        self.publish = publish
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> int:
+        sites, alerts = self.compute()
+        pending = self.monitor.to_publish(sites, alerts, int(time.time() * 1000))
+        done = [(t, p) for t, p in pending if self.publish(t, p)]
+        self.monitor.published(done)
+        for t, p in done:
+            logger.info("fleet: %s %s", t, "cleared" if not p else f"{len(json.loads(p)['alerts'])} alert(s)")
+        return len(done)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception as exc:  # a database hiccup must not end the loop
+                logger.warning("fleet: alert check failed (%s); next in %.0f s", exc, self.interval_s)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="aula-fleet-alerts", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+def _label(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# Gauge name -> (help, how to read it from a fleet view).
+_GAUGES: dict[str, tuple[str, Callable[[dict[str, Any]], float | None]]] = {
+    "aula_device_up": ("1 while the device is online or degraded, 0 when offline, stopped or new.",
+                       lambda v: 1.0 if v["state"] in ("online", "degraded") else 0.0),
+    "aula_device_degraded": ("1 while the device reports degraded.", lambda v: float(v["state"] == "degraded")),
+    "aula_device_paused": ("1 while the device's privacy pause is on.", lambda v: float(bool(v.get("paused")))),
+    "aula_device_last_seen_seconds": ("Unix time of the device's last message.",
+                                      lambda v: v["last_seen_ms"] / 1000 if v["last_seen_ms"] else None),
+}
+for _name, (_section, _figure_name) in TREND_FIELDS.items():
+    _GAUGES[f"aula_device_{_name}"] = (f"The device's latest health figure {_section}.{_figure_name}.",
+                                       lambda v, s=_section, f=_figure_name: _figure(v.get("health") or {}, s, f))
+
+
+def prometheus_fleet(views: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> str:
+    """Per-device gauges (labels site, device, room) and the number of active alerts."""
+    lines = []
+    for name, (text, read) in _GAUGES.items():
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge"]
+        for v in views:
+            value = read(v)
+            if value is None:
+                continue
+            labels = f'site="{_label(v["site"])}",device="{_label(v["device_id"])}",room="{_label(v["room"] or "")}"'
+            lines.append(f"{name}{{{labels}}} {value:g}")
+    lines += ["# HELP aula_fleet_alerts Devices offline or degraded for longer than fleet.alert_after_s.",
+              "# TYPE aula_fleet_alerts gauge", f"aula_fleet_alerts {len(alerts)}"]
+    return "\n".join(lines) + "\n"
