@@ -123,7 +123,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     """Run the on-device self-check and print a pass/fail table."""
     from device.selftest import run_selftest
 
-    return run_selftest(args.config, frames=args.frames, camera=args.camera)
+    return run_selftest(args.config, frames=args.frames, camera=args.camera, broker_check=not args.no_broker)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--camera", choices=["auto", "picamera2", "opencv", "config"], default="auto",
                     help="camera to test (auto: picamera2 if installed, else OpenCV index 0; config: the config's)")
     st.add_argument("--frames", type=int, default=30, help="frames to grab")
+    st.add_argument("--no-broker", action="store_true", help="skip the broker check (a bench without a broker)")
     st.set_defaults(func=cmd_selftest)
 
     args = parser.parse_args(argv)

@@ -1,4 +1,5 @@
-"""On-device self-check for a technician: models, camera, and the vision step; exits non-zero on failure."""
+"""On-device self-check for a technician: models, camera, the vision step, microphone, broker and clock; exits
+non-zero on failure."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class Check:
 def _run(name: str, fn: Callable[[], str], results: list[Check]) -> bool:
     try:
         results.append(Check(name, True, fn()))
-    except (AulaError, OSError, RuntimeError, ValueError, AssertionError) as exc:
+    except (AulaError, OSError, RuntimeError, ValueError, AssertionError, ImportError) as exc:
         results.append(Check(name, False, f"{type(exc).__name__}: {exc}"))
     return results[-1].ok
 
@@ -53,7 +54,7 @@ def _camera_config(mode: str, config_path: Path | None):
 
 
 def run_selftest(config_path: Path | None = None, frames: int = 30, camera: str = "auto",
-                 out: Callable[[str], None] = print) -> int:
+                 out: Callable[[str], None] = print, broker_check: bool = True) -> int:
     """Run every check, print the table, and return 0 only if all passed."""
     from device.model_store import _read_manifest, model_entry, models_dir
     from device.runtime import InferenceBackend
@@ -151,6 +152,26 @@ def run_selftest(config_path: Path | None = None, frames: int = 30, camera: str 
         return (f"{opened.transcriber.name}: {len(heard.text.split())} words in {heard.audio_s:.0f} s of the sample "
                 f"at {heard.real_time_factor:.2f}x real time; text model {model.version} {ms:.1f} ms")
 
+    def microphone() -> str:
+        from device.config import load_config
+        from device.selftest_checks import microphone_level
+
+        cfg = load_config(config_path)
+        return microphone_level(cfg.microphone if cfg.speech.enabled else None)
+
+    def broker() -> str:
+        from device.common.credentials import resolve_password
+        from device.config import load_config
+        from device.selftest_checks import broker_reachable
+
+        mqtt = load_config(config_path).mqtt_config()
+        return broker_reachable(mqtt, resolve_password(mqtt))
+
+    def clock() -> str:
+        from device.selftest_checks import clock_synchronised
+
+        return clock_synchronised()
+
     ok_rt = _run("inference runtime", runtimes, results)
     ok_models = _run("model files", models, results)
     if ok_rt and ok_models and _run("load models", load, results):
@@ -159,6 +180,10 @@ def run_selftest(config_path: Path | None = None, frames: int = 30, camera: str 
         _run("vision on camera frames", vision_on_camera, results)
     if ok_models:
         _run("speech recogniser and text model", words, results)
+    _run("microphone", microphone, results)
+    if broker_check:
+        _run("broker", broker, results)
+    _run("clock", clock, results)
     results.append(Check("platform", True, f"{platform.machine()} {platform.python_version()}, "
                                            f"CPU temp {_cpu_temperature()}"))
     width = max(len(c.name) for c in results)

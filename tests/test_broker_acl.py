@@ -250,6 +250,26 @@ def test_reusing_another_devices_client_id_does_not_take_over_its_session(broker
     b.close()
 
 
+def test_the_device_selftest_checks_its_certificate_at_the_broker(broker, tmp_path):
+    """`device selftest`'s broker check: the TLS handshake with the device's own files, no MQTT login."""
+    from device.config import load_config
+    from device.selftest_checks import broker_reachable
+
+    def mqtt_for(cert: Path, key: Path):
+        return load_config(None, {"mqtt.broker": f"mqtts://localhost:{broker.port}", "mqtt.device_id": "pi-a",
+                                  "mqtt.tls.ca_file": str(broker.certs / "ca.crt"),
+                                  "mqtt.tls.cert_file": str(cert), "mqtt.tls.key_file": str(key)}).mqtt_config()
+
+    good = broker_reachable(mqtt_for(*map(Path, broker.key_pair("pi-a"))), None)
+    assert "handshake with the device's certificate accepted" in good
+    rogue = fleet("certs", "--dir", str(tmp_path / "rogue"), "--broker-host", "localhost",
+                  "--inventory", str(broker.inventory))
+    assert rogue.returncode == 0
+    with pytest.raises(OSError, match="refused the TLS handshake"):
+        broker_reachable(mqtt_for(tmp_path / "rogue" / "clients" / "pi-a.crt",
+                                  tmp_path / "rogue" / "clients" / "pi-a.key"), None)
+
+
 def test_a_revoked_certificate_is_refused_and_the_others_still_connect(broker, tmp_path):
     out = fleet("revoke", "--dir", str(broker.certs), "pi-b")
     assert out.returncode == 0, out.stderr

@@ -12,6 +12,7 @@ from device.__main__ import main
 from device.config import SAMPLE_VIDEO
 from device.contract import EmotionEvent
 from device.model_store import models_dir
+from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)
 
 
 def _run(*args, env=None):
@@ -88,14 +89,36 @@ def test_corrupt_model_gives_a_clear_error_and_no_traceback(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_selftest_passes_on_the_sample_recording(tmp_path):
+def test_selftest_passes_on_the_sample_recording(tmp_path, mosquitto):
     cfg = tmp_path / "selftest.yaml"
-    cfg.write_text(f"camera:\n  type: video\n  path: {SAMPLE_VIDEO}\n  realtime: false\n")
+    cfg.write_text(f"camera:\n  type: video\n  path: {SAMPLE_VIDEO}\n  realtime: false\n"
+                   f"mqtt:\n  broker: {mosquitto.url}\n")
     out = _run("selftest", "--camera", "config", "--config", str(cfg), "--frames", "10")
     assert out.returncode == 0, out.stdout + out.stderr
     rows = dict(re.findall(r"^(.+?)\s+(PASS|FAIL)\s", out.stdout, re.M))
     assert rows["vision on known image"] == "PASS" and rows["camera"] == "PASS"
+    assert rows["microphone"] == rows["broker"] == rows["clock"] == "PASS"
+    assert re.search(r"microphone\s+PASS\s+wav: 1\.\d s, level -\d+ dBFS", out.stdout)
     assert "FAIL" not in rows.values() and out.stdout.strip().endswith(": ready")
+
+
+def test_selftest_names_a_broker_it_cannot_reach(tmp_path):
+    from tests.mosquitto import free_port
+
+    cfg = tmp_path / "selftest.yaml"
+    cfg.write_text(f"camera:\n  type: video\n  path: {SAMPLE_VIDEO}\n  realtime: false\n"
+                   f"mqtt:\n  broker: mqtt://127.0.0.1:{free_port()}\n")
+    out = _run("selftest", "--camera", "config", "--config", str(cfg), "--frames", "3")
+    assert out.returncode == 1
+    assert re.search(r"broker\s+FAIL\s+OSError: broker mqtt://127\.0\.0\.1:\d+ is unreachable", out.stdout)
+
+
+def test_the_clock_check_refuses_an_unset_clock():
+    from device.selftest_checks import clock_synchronised
+
+    with pytest.raises(AssertionError, match="1970-01-01: it is not set"):
+        clock_synchronised(now=3600.0)
+    assert "2026-12-06" in clock_synchronised(now=1796544000.0)
 
 
 def test_selftest_fails_loudly_without_a_camera(tmp_path):
