@@ -22,6 +22,9 @@ help:
 	@echo "make revoke-cert NAME=<device|server|feed> [CERTS=$(CERTS)] - revoke a lost or stolen client's certificate"
 	@echo "make broker-setup INVENTORY=fleet.csv [FEEDS=..] [BROKER_DIR=$(BROKER_DIR)] - Mosquitto: TLS, client certificates, ACL"
 	@echo "make vosk-model VOSK_MODEL=<archive or URL> [VOSK_DIR=$(VOSK_DIR)] - install a Vosk speech model"
+	@echo "make flash HOST=user@host SITE=.. ROOM=.. DEVICE=.. BROKER=mqtts://host:8883 [CERTS=..] - install, check and start a device over ssh (docs/flash.md)"
+	@echo "make flash INVENTORY=fleet.csv DEVICE=.. BROKER=..  - the same, site, room and host from the inventory's row"
+	@echo "make flash-all INVENTORY=fleet.csv BROKER=.. [JOBS=$(JOBS)] - every device of the inventory, JOBS at a time; a summary table"
 
 system-deps:
 	bash scripts/install-system-deps.sh
@@ -92,6 +95,28 @@ VOSK_DIR ?= /var/lib/aula/vosk-model
 vosk-model:
 	@test -n "$(VOSK_MODEL)" || { echo "usage: make vosk-model VOSK_MODEL=<archive path or URL> [VOSK_DIR=$(VOSK_DIR)]" >&2; exit 2; }
 	$(PYTHON) scripts/install_vosk_model.py "$(VOSK_MODEL)" "$(VOSK_DIR)"
+
+# Flash devices over ssh and rsync (docs/flash.md): a release under /opt/aula/releases/<version> switched by a
+# `current` link, its venv from a wheelhouse made here, /etc/aula/device.yaml, the certificates and the unit; the
+# self-check, then the device's status on the broker; a failed upgrade goes back to the previous release.
+# Options: SSH_KEY, KNOWN_HOSTS, DEST_ROOT (a folder standing for the device's /), INPUTS=hardware|sample,
+# BASE_CONFIG (a device.yaml whose other keys are kept), WATCH_AS (the account that watches the broker).
+.PHONY: flash flash-all
+JOBS ?= 4
+DEST_ROOT ?= /
+FLASH_ARGS = --certs "$(CERTS)" --dest-root "$(DEST_ROOT)" $(if $(BROKER),--broker "$(BROKER)") \
+	$(if $(SSH_KEY),--identity "$(SSH_KEY)") $(if $(KNOWN_HOSTS),--known-hosts "$(KNOWN_HOSTS)") \
+	$(if $(INPUTS),--inputs "$(INPUTS)") $(if $(BASE_CONFIG),--base-config "$(BASE_CONFIG)") \
+	$(if $(WATCH_AS),--watch-as "$(WATCH_AS)")
+
+flash: setup
+	@test -n "$(HOST)$(INVENTORY)" || { echo "usage: make flash HOST=user@host SITE=.. ROOM=.. DEVICE=.. BROKER=mqtts://host:8883 [CERTS=$(CERTS)] (or INVENTORY=fleet.csv DEVICE=..)" >&2; exit 2; }
+	$(PY) -m fleet flash $(if $(HOST),--host "$(HOST)") $(if $(INVENTORY),--inventory "$(INVENTORY)") \
+	  $(if $(SITE),--site "$(SITE)") $(if $(ROOM),--room "$(ROOM)") $(if $(DEVICE),--device "$(DEVICE)") $(FLASH_ARGS)
+
+flash-all: setup
+	@test -n "$(INVENTORY)" || { echo "usage: make flash-all INVENTORY=fleet.csv BROKER=mqtts://host:8883 [JOBS=$(JOBS)] [CERTS=$(CERTS)]" >&2; exit 2; }
+	$(PY) -m fleet flash-all --inventory "$(INVENTORY)" --jobs $(JOBS) $(FLASH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

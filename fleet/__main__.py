@@ -68,6 +68,47 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flash_options(args: argparse.Namespace):
+    from fleet.flash import FlashOptions
+
+    return FlashOptions(certs=args.certs, broker=args.broker, dest_root=args.dest_root, identity=args.identity,
+                        known_hosts=args.known_hosts, connect_timeout=args.connect_timeout, inputs=args.inputs,
+                        base_config=args.base_config, wheelhouse_cache=args.wheelhouse_cache,
+                        online_timeout=args.online_timeout, watch_as=args.watch_as, keep_releases=args.keep_releases,
+                        reserve_mib=args.reserve_mib)
+
+
+def cmd_flash(args: argparse.Namespace) -> int:
+    """Install a release on one device over ssh, configure, self-check and start it; roll back if it fails."""
+    from fleet.flash import FlashError, flash_device, spec_from_args
+    from fleet.release import build_release
+
+    spec = spec_from_args(args.site, args.room, args.device, args.host, args.inventory)
+    opts = _flash_options(args)
+    release = build_release(args.source)
+    try:
+        flash_device(spec, release, opts, say=lambda line: print(line, flush=True))
+    except FlashError as exc:
+        print(f"error: {spec.device}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def cmd_flash_all(args: argparse.Namespace) -> int:
+    """Flash every device of the inventory in parallel; a table of which succeeded and why the others failed."""
+    from fleet.flash import flash_fleet, summary_table
+    from fleet.release import build_release
+
+    opts = _flash_options(args)
+    release = build_release(args.source)
+    print(f"release {release.version}: {len(release.files)} files; {args.jobs} device(s) at a time", flush=True)
+    results = flash_fleet(args.inventory, release, opts, jobs=args.jobs, out=lambda line: print(line, flush=True))
+    print(flush=True)
+    for line in summary_table(results):
+        print(line, flush=True)
+    return 0 if all(r.ok for r in results) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +143,49 @@ def main(argv: list[str] | None = None) -> int:
                    help="as root: point mosquitto.service at this configuration (a drop-in) and restart it on a change")
     accounts(b)
     b.set_defaults(func=cmd_broker_config)
+
+    def flashing(p: argparse.ArgumentParser) -> None:
+        from fleet.release import DEFAULT_WHEELHOUSE_CACHE, ROOT
+
+        p.add_argument("--certs", type=Path, default=Path("certs"), help="the folder `certs` made (default certs)")
+        p.add_argument("--broker", help="the broker as the devices reach it: mqtts://host:8883")
+        p.add_argument("--dest-root", default="/",
+                       help="prefix of every installed path on the device (default /; a scratch folder in tests: "
+                            "then the unit is enabled with systemctl --root and not started)")
+        p.add_argument("--identity", type=Path, help="ssh private key (default: ssh's own choice)")
+        p.add_argument("--known-hosts", type=Path,
+                       help="known_hosts file that must already hold the device's key (default: ~/.ssh/known_hosts, "
+                            "a new device's key accepted on first contact)")
+        p.add_argument("--connect-timeout", type=int, default=10, help="seconds for ssh to connect (default 10)")
+        p.add_argument("--inputs", choices=["hardware", "sample"],
+                       help="camera and microphone: hardware (picamera2, PyAudio) or sample (the bundled recording); "
+                            "default: the base config's, else hardware")
+        p.add_argument("--base-config", type=Path,
+                       help="a device.yaml whose other keys the rendered config keeps (identity, broker, TLS are set)")
+        p.add_argument("--source", type=Path, default=ROOT, help="the source tree to ship (default: this checkout)")
+        p.add_argument("--wheelhouse-cache", type=Path, default=DEFAULT_WHEELHOUSE_CACHE,
+                       help=f"where wheelhouses are kept between flashes (default {DEFAULT_WHEELHOUSE_CACHE})")
+        p.add_argument("--online-timeout", type=float, default=120.0,
+                       help="seconds to wait for the device's status online and its first health (default 120)")
+        p.add_argument("--watch-as", help="the certificate account that watches the broker (default aula-flash if "
+                                          "the certificates' folder has it, else aula-server)")
+        p.add_argument("--keep-releases", type=int, default=3, help="releases kept on the device (default 3)")
+        p.add_argument("--reserve-mib", type=int, default=64, help="MiB left free on the device (default 64)")
+
+    fl = sub.add_parser("flash", help=cmd_flash.__doc__)
+    fl.add_argument("--host", help="user@host or ssh://user@host:port (default: the inventory row's)")
+    fl.add_argument("--inventory", type=Path, help="fleet CSV to take the device's site, room and host from")
+    fl.add_argument("--site")
+    fl.add_argument("--room")
+    fl.add_argument("--device", help="device id (MQTT client id and certificate name)")
+    flashing(fl)
+    fl.set_defaults(func=cmd_flash)
+
+    fa = sub.add_parser("flash-all", help=cmd_flash_all.__doc__)
+    fa.add_argument("--inventory", type=Path, required=True, help="fleet CSV: site,room,device,host")
+    fa.add_argument("--jobs", type=int, default=4, help="devices flashed at a time (default 4)")
+    flashing(fa)
+    fa.set_defaults(func=cmd_flash_all)
 
     args = parser.parse_args(argv)
     if getattr(args, "server", None) is None and args.command != "revoke":
