@@ -164,10 +164,11 @@ def first(lab, request):
     t = time.monotonic()
     done = lab.flash()
     seconds = time.monotonic() - t
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     line = f"first `python -m fleet flash` against the loopback host: {seconds:.1f} s ({os.cpu_count()} CPUs)"
-    if reporter is not None:
-        reporter.write_line(f"\n{line}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():  # shown without -s too
+            print(f"\n{line}")
     else:
         print(line)
     assert done.returncode == 0, done.stdout + done.stderr
