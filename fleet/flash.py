@@ -700,7 +700,6 @@ class _Flash:
         self.spec, self.release, self.opts, self.say = spec, release, opts, say
         self.R = opts.root
         self.A = f"{self.R}/opt/aula"
-        self.remote = Remote(spec.host, opts)
         self.started = False  # whether this flash (re)started the unit
 
     def p(self, path: str) -> str:
@@ -716,6 +715,7 @@ class _Flash:
         config_text, picamera = render_config(spec, opts, layout)
         self.broker = parse_broker_url_from(config_text)
         certs = device_certs(spec, opts, layout) if parse_broker_url(self.broker).tls else []
+        self.remote = Remote(spec.host, opts)  # after the checks here, which need no connection
         try:
             self.remote.connect()
             state = probe(self.remote, self.R, layout)
