@@ -25,6 +25,7 @@ help:
 	@echo "make flash HOST=user@host SITE=.. ROOM=.. DEVICE=.. BROKER=mqtts://host:8883 [CERTS=..] - install, check and start a device over ssh (docs/flash.md)"
 	@echo "make flash INVENTORY=fleet.csv DEVICE=.. BROKER=..  - the same, site, room and host from the inventory's row"
 	@echo "make flash-all INVENTORY=fleet.csv BROKER=.. [JOBS=$(JOBS)] - every device of the inventory, JOBS at a time; a summary table"
+	@echo "make rollout INVENTORY=fleet.csv [VERSION=<tag>] DEVICES=a,b|ROOMS=..|PERCENT=.. BROKER=.. - a release to a group of devices"
 
 system-deps:
 	bash scripts/install-system-deps.sh
@@ -101,7 +102,7 @@ vosk-model:
 # self-check, then the device's status on the broker; a failed upgrade goes back to the previous release.
 # Options: SSH_KEY, KNOWN_HOSTS, DEST_ROOT (a folder standing for the device's /), INPUTS=hardware|sample,
 # BASE_CONFIG (a device.yaml whose other keys are kept), WATCH_AS (the account that watches the broker).
-.PHONY: flash flash-all
+.PHONY: flash flash-all rollout
 JOBS ?= 4
 DEST_ROOT ?= /
 FLASH_ARGS = --certs "$(CERTS)" --dest-root "$(DEST_ROOT)" $(if $(BROKER),--broker "$(BROKER)") \
@@ -117,6 +118,13 @@ flash: setup
 flash-all: setup
 	@test -n "$(INVENTORY)" || { echo "usage: make flash-all INVENTORY=fleet.csv BROKER=mqtts://host:8883 [JOBS=$(JOBS)] [CERTS=$(CERTS)]" >&2; exit 2; }
 	$(PY) -m fleet flash-all --inventory "$(INVENTORY)" --jobs $(JOBS) $(FLASH_ARGS)
+
+# A release (VERSION: a git tag or commit; empty: the working tree) to a group: DEVICES=a,b, ROOMS=r1,site/r2 or
+# PERCENT=10 of INVENTORY. Devices outside the group are not contacted.
+rollout: setup
+	@test -n "$(INVENTORY)" || { echo "usage: make rollout INVENTORY=fleet.csv [VERSION=<tag>] DEVICES=a,b | ROOMS=.. | PERCENT=.. BROKER=mqtts://host:8883" >&2; exit 2; }
+	$(PY) -m fleet rollout --inventory "$(INVENTORY)" --jobs $(JOBS) $(if $(VERSION),--version "$(VERSION)") \
+	  $(if $(DEVICES),--devices "$(DEVICES)") $(if $(ROOMS),--rooms "$(ROOMS)") $(if $(PERCENT),--percent "$(PERCENT)") $(FLASH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -22,6 +22,7 @@ def _accounts(args: argparse.Namespace):
 
 def cmd_certs(args: argparse.Namespace) -> int:
     """Make the CA, the broker's certificate and one client certificate per device, server and feed (idempotent)."""
+    from fleet.broker_config import MONITORS
     from fleet.certs import CertificateAuthority
 
     devices, feeds = _accounts(args)
@@ -34,6 +35,8 @@ def cmd_certs(args: argparse.Namespace) -> int:
         ca.client(d.device, "device")
     for f in feeds:
         ca.client(f.name, "feed")
+    for name in MONITORS:
+        ca.client(name, "monitor")
     ca.write_crl()
     for line in ca.report.lines():
         print(line)
@@ -109,6 +112,29 @@ def cmd_flash_all(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """Flash a release to a chosen group of devices; each verifies it first and goes back if its self-check fails."""
+    from fleet.flash import flash_fleet, summary_table
+    from fleet.inventory import read_inventory
+    from fleet.release import build_release
+    from fleet.rollout import export_ref, select_devices
+
+    rows = read_inventory(args.inventory)
+    split = lambda text: [x.strip() for x in (text or "").split(",") if x.strip()]  # noqa: E731
+    group = select_devices(rows, split(args.devices), split(args.rooms), args.percent)
+    source = export_ref(args.version) if args.version else args.source
+    release = build_release(source)
+    others = len(rows) - len(group)
+    print(f"rollout of release {release.version} to {len(group)} of {len(rows)} device(s) "
+          f"({', '.join(r.device for r in group)}); {others} not contacted", flush=True)
+    results = flash_fleet(args.inventory, release, _flash_options(args), jobs=args.jobs,
+                          out=lambda line: print(line, flush=True), rows=group)
+    print(flush=True)
+    for line in summary_table(results):
+        print(line, flush=True)
+    return 0 if all(r.ok for r in results) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--broker", help="the broker as the devices reach it: mqtts://host:8883")
         p.add_argument("--dest-root", default="/",
                        help="prefix of every installed path on the device (default /; a scratch folder in tests: "
-                            "then the unit is enabled with systemctl --root and not started)")
+                            "then the unit is enabled with systemctl --root and not started); {device} is the id")
         p.add_argument("--identity", type=Path, help="ssh private key (default: ssh's own choice)")
         p.add_argument("--known-hosts", type=Path,
                        help="known_hosts file that must already hold the device's key (default: ~/.ssh/known_hosts, "
@@ -186,6 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     fa.add_argument("--jobs", type=int, default=4, help="devices flashed at a time (default 4)")
     flashing(fa)
     fa.set_defaults(func=cmd_flash_all)
+
+    ro = sub.add_parser("rollout", help=cmd_rollout.__doc__)
+    ro.add_argument("--inventory", type=Path, required=True, help="fleet CSV: site,room,device,host")
+    ro.add_argument("--version", help="a git tag or commit to roll out (default: the source tree as it is)")
+    ro.add_argument("--devices", help="comma-separated device ids")
+    ro.add_argument("--rooms", help="comma-separated rooms (room or site/room)")
+    ro.add_argument("--percent", type=float, help="this share of the inventory, chosen by a hash of the device id")
+    ro.add_argument("--jobs", type=int, default=4, help="devices flashed at a time (default 4)")
+    flashing(ro)
+    ro.set_defaults(func=cmd_rollout)
 
     args = parser.parse_args(argv)
     if getattr(args, "server", None) is None and args.command != "revoke":

@@ -70,11 +70,17 @@ def read_feeds(path: Path | None) -> list[Feed]:
     return [Feed(name, tuple(r)) for name, r in rooms.items()]
 
 
-def check_accounts(devices: list[DeviceRow], servers: list[str], feeds: list[Feed]) -> None:
-    """Every certificate name is one account: a device, a server and a feed must not share one."""
+# The account `make flash` and `make rollout` watch devices come online with: it reads status and health only.
+# A second connection under the server's own account would take over the running server's session.
+MONITORS = ("aula-flash",)
+
+
+def check_accounts(devices: list[DeviceRow], servers: list[str], feeds: list[Feed],
+                   monitors: tuple[str, ...] = MONITORS) -> None:
+    """Every certificate name is one account: a device, a server, a feed and a monitor must not share one."""
     seen: dict[str, str] = {}
     for name, what in ([(d.device, f"device on line {d.line}") for d in devices] + [(s, "server") for s in servers]
-                       + [(f.name, "feed") for f in feeds]):
+                       + [(f.name, "feed") for f in feeds] + [(m, "monitor") for m in monitors]):
         if name in seen:
             raise ConfigError(f"the name {name!r} is used twice ({seen[name]} and {what}); each account needs its own")
         seen[name] = what
@@ -94,6 +100,8 @@ def render_acl(devices: list[DeviceRow], servers: list[str], feeds: list[Feed]) 
         out += [f"topic read {t.cmd}", ""]
     for f in feeds:
         out += [f"user {f.name}"] + [f"topic read {summary_topic(site, room)}" for site, room in f.rooms] + [""]
+    for name in MONITORS:  # make flash and make rollout: is the device online, and its first health
+        out += [f"user {name}", f"topic read {TOPIC_ROOT}/+/+/+/status", f"topic read {TOPIC_ROOT}/+/+/+/health", ""]
     return "\n".join(out)
 
 

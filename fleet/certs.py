@@ -34,7 +34,7 @@ LEAF_DAYS = 825  # the longest that browsers and most TLS stacks accept for a le
 RENEW_DAYS = 30  # a certificate closer than this to its end is issued again
 CRL_DAYS = 365
 CRL_RENEW_DAYS = 90
-ROLES = ("device", "server", "feed")
+ROLES = ("device", "server", "feed", "monitor")
 
 
 def _now() -> dt.datetime:

@@ -139,10 +139,20 @@ class FlashOptions:
     @property
     def root(self) -> str:
         """The prefix of every installed path: '' for a real device's /."""
-        root = str(self.dest_root or "/").rstrip("/")
+        return self.root_for("")
+
+    def root_for(self, device: str) -> str:
+        """The prefix for one device; `{device}` in DEST_ROOT is its id (several test roots on one host)."""
+        root = str(self.dest_root or "/").replace("{device}", device).rstrip("/")
         if root and not root.startswith("/"):
             raise ConfigError(f"DEST_ROOT {self.dest_root!r} must be an absolute path on the device")
         return root
+
+    def base_config_for(self, device: str) -> Path | None:
+        """The base config for one device; `{device}` in BASE_CONFIG is its id (per-device settings)."""
+        if self.base_config is None:
+            return None
+        return Path(str(self.base_config).replace("{device}", device))
 
 
 @dataclass
@@ -437,13 +447,14 @@ def render_config(spec: DeviceSpec, opts: FlashOptions, layout: TlsLayout) -> tu
     """/etc/aula/device.yaml for the device, and whether its camera is picamera2 (which needs Debian's
     python3-picamera2: the venv then sees the system's packages). Keys of --base-config are kept."""
     base: dict = {}
-    if opts.base_config is not None:
+    base_path = opts.base_config_for(spec.device)
+    if base_path is not None:
         try:
-            base = yaml.safe_load(Path(opts.base_config).read_text(encoding="utf-8")) or {}
+            base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read the base config {opts.base_config}: {exc}") from None
+            raise ConfigError(f"cannot read the base config {base_path}: {exc}") from None
         if not isinstance(base, dict):
-            raise ConfigError(f"the base config {opts.base_config} must be a mapping of device config keys")
+            raise ConfigError(f"the base config {base_path} must be a mapping of device config keys")
     cfg = dict(base)
     mqtt = dict(cfg.get("mqtt") or {})
     broker = opts.broker or mqtt.get("broker")
@@ -687,7 +698,7 @@ def watcher_account(opts: FlashOptions, say: Say) -> str:
         return "aula-flash"
     say("note: watching as aula-server. The broker makes a certificate's name its client id, so while flash watches, "
         "a running server with that account is disconnected and reconnects; make an account for flash "
-        "(make certs SERVERS='aula-server aula-flash', then make broker-setup with the same SERVERS)")
+        "(run make certs and make broker-setup again: they make the read-only monitor account aula-flash)")
     return "aula-server"
 
 
@@ -698,7 +709,7 @@ class _Flash:
 
     def __init__(self, spec: DeviceSpec, release: Release, opts: FlashOptions, say: Say):
         self.spec, self.release, self.opts, self.say = spec, release, opts, say
-        self.R = opts.root
+        self.R = opts.root_for(spec.device)
         self.A = f"{self.R}/opt/aula"
         self.started = False  # whether this flash (re)started the unit
 
@@ -709,7 +720,7 @@ class _Flash:
         t0 = time.monotonic()
         spec, opts, say, release = self.spec, self.opts, self.say, self.release
         say(f"flash {spec.device} ({spec.site}/{spec.room}) to {spec.host}"
-            + (f", DEST_ROOT {opts.dest_root}" if self.R else ""))
+            + (f", DEST_ROOT {self.R}" if self.R else ""))
         unit_text = release.unit_text()
         layout = tls_layout(unit_text, spec.device)
         config_text, picamera = render_config(spec, opts, layout)
@@ -817,6 +828,19 @@ class _Flash:
             say(f"config {config}: {'written, ' if config_changed else ''}validates on the device")
         else:
             say(f"config {config}: unchanged")
+
+        if need_release or release_changed:
+            # The device checks every model file of the new release against its manifest before the switch, so
+            # a release damaged in transit or on the card never becomes current.
+            done = remote.run('cd "$1" && ./.venv/bin/python -m device verify-models', f"{self.A}/releases/{version}",
+                              check=False, timeout=600)
+            lines = (done.stdout or "").strip().splitlines()
+            if done.returncode != 0:
+                bad = [ln.strip() for ln in lines if ln.startswith("FAIL") or ln.startswith("      ")]
+                raise FlashError(f"release {version} does not match its manifest on the device (nothing was "
+                                 f"switched; current stays {previous or 'unset'}):\n  "
+                                 + "\n  ".join(bad + lines[-1:] or [_last_lines(done.stderr, 5)]))
+            say(f"sha256 on the device before the switch: {lines[-1].split(': ', 1)[-1] if lines else 'ok'}")
 
         # From here on the device changes: remember how to go back.
         undo = _Undo(previous=previous if release_changed else None, config=config_changed and raw["files"]["config"]
@@ -993,7 +1017,7 @@ class _Flash:
 
     def _start(self, systemd: bool, raw: dict) -> Online | None:
         if self.R:
-            self.say(f"not started: DEST_ROOT is {self.opts.dest_root}, not the device's /")
+            self.say(f"not started: DEST_ROOT is {self.R}, not the device's /")
             return None
         if not systemd:
             self.say("not started: systemd is not running on the device (no /run/systemd/system); "
@@ -1139,9 +1163,10 @@ def spec_from_row(row: DeviceRow, inventory: Path, host: str | None = None) -> D
 
 
 def flash_fleet(inventory: Path, release: Release, opts: FlashOptions, jobs: int = 4,
-                out: Say = print) -> list[FlashResult]:
-    """Flash every device of the inventory, `jobs` at a time; one failure does not stop the others."""
-    rows = read_inventory(inventory)
+                out: Say = print, rows: list[DeviceRow] | None = None) -> list[FlashResult]:
+    """Flash every device of the inventory (or `rows` of it), `jobs` at a time; one failure does not stop the
+    others."""
+    rows = read_inventory(inventory) if rows is None else rows
     lock = threading.Lock()
     width = max(len(r.device) for r in rows)
 

@@ -215,6 +215,24 @@ def test_a_teacher_feed_reads_only_its_rooms_summaries_and_publishes_nothing(bro
     feed.close()
 
 
+def test_the_monitor_account_reads_status_and_health_only(broker, server):
+    """aula-flash, which make flash and make rollout watch with, beside a running server: neither is thrown off."""
+    monitor = Client(broker, "aula-flash")
+    assert monitor.ok()
+    monitor.subscribe("aula/v1/#")
+    a = Client(broker, "pi-a")
+    assert a.ok()
+    for t in (A.status, A.health, A.events):
+        assert a.publish(t, b'{"n":5}') == 0
+    assert wait_for(lambda: monitor.on(A.status) and monitor.on(A.health), 5)
+    time.sleep(0.3)
+    assert monitor.on(A.events) == []
+    assert monitor.publish(A.cmd, b'{"forged":1}') == NOT_AUTHORIZED
+    assert not server.disconnected.is_set()
+    a.close()
+    monitor.close()
+
+
 def test_plaintext_no_certificate_and_another_cas_certificate_are_refused(broker, tmp_path):
     assert Client(broker, None, tls=False).refused()
     assert Client(broker, None, client_id="no-cert").refused()  # TLS, but no client certificate

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from device.common.errors import ConfigError
 from device.contract import DeviceTopics
 from fleet.flash import (
     BrokerUnreachable,
@@ -119,12 +120,14 @@ class Lab:
         return f"mqtts://localhost:{self.broker.port}"
 
     def flash(self, *args: str, command: str = "flash", identity: str = "client_key", known_hosts: Path | None = None,
-              device: str | None = "pi-a", timeout: float = 400) -> subprocess.CompletedProcess:
+              device: str | None = "pi-a", timeout: float = 400, inputs: str | None = "sample"
+              ) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "fleet", command, "--inventory", str(self.inventory),
                *(["--device", device] if device and command == "flash" else []),
                "--certs", str(self.broker.certs), "--broker", self.broker_url, "--dest-root", str(self.root),
                "--identity", str(self.sshd.work / identity), "--known-hosts", str(known_hosts or self.sshd.known_hosts),
-               "--connect-timeout", "5", "--inputs", "sample", "--base-config", str(self.base_config),
+               "--connect-timeout", "5", *(["--inputs", inputs] if inputs else []),
+               "--base-config", str(self.base_config),
                "--source", str(self.source), "--wheelhouse-cache", str(self.wheelhouse), *args]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         print(f"$ {' '.join(cmd)}\n{done.stdout}{done.stderr}")
@@ -245,7 +248,7 @@ def test_a_second_flash_changes_nothing_and_says_so(lab, first):
     assert (lab.current(), config.stat().st_mtime_ns, sorted(os.listdir(lab.root / "opt/aula/releases"))) == before
 
 
-def test_an_upgrade_whose_self_check_fails_switches_back_to_the_previous_release(lab, first):
+def test_an_upgrade_whose_models_do_not_match_is_never_switched_to(lab, first):
     good = lab.current()
     broken = lab.work / "broken-source"
     shutil.copytree(lab.source, broken, ignore=shutil.ignore_patterns(".git"))
@@ -255,14 +258,30 @@ def test_an_upgrade_whose_self_check_fails_switches_back_to_the_previous_release
     model.write_bytes(bytes(data))
     done = lab.flash("--source", str(broken))
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "self-check failed: verify-models" in done.stderr and "face_emotion_int8.tflite" in done.stderr
-    assert f"rolled back: current -> {good}" in done.stderr
-    assert "current -> releases/nogit-" in done.stdout  # it was switched before the check
+    assert "does not match its manifest on the device (nothing was switched" in done.stderr
+    assert "face_emotion_int8.tflite" in done.stderr
+    assert "current -> releases/nogit-" not in done.stdout  # checked on the device before the switch
     assert lab.current() == good
     check = subprocess.run([str(lab.root / "opt/aula/current/.venv/bin/python"), "-m", "device", "verify-models"],
                            cwd=lab.root / "opt/aula/current", capture_output=True, text=True, timeout=60)
-    assert check.returncode == 0, check.stdout  # the release it went back to is intact (hard links are not shared
-    # with the broken file: rsync wrote a new one)
+    assert check.returncode == 0, check.stdout  # the current release is intact (hard links are not shared with
+    # the broken file: rsync wrote a new one)
+
+
+def test_a_rollout_group_by_devices_rooms_or_share_is_stable():
+    from fleet.inventory import DeviceRow
+    from fleet.rollout import select_devices
+
+    rows = [DeviceRow("s1", f"r{i % 4}", f"pi-{i}", None, i + 2) for i in range(40)]
+    assert [r.device for r in select_devices(rows, devices=["pi-3", "pi-1"])] == ["pi-1", "pi-3"]
+    assert {r.room for r in select_devices(rows, rooms=["r1", "s1/r2"])} == {"r1", "r2"}
+    ten, quarter = select_devices(rows, percent=10), select_devices(rows, percent=25)
+    assert len(ten) == 4 and len(quarter) == 10 and {r.device for r in ten} <= {r.device for r in quarter}
+    assert select_devices(list(reversed(rows)), percent=10) == list(reversed(ten))
+    with pytest.raises(ConfigError, match="'pi-99' is not in the inventory"):
+        select_devices(rows, devices=["pi-99"])
+    with pytest.raises(ConfigError, match="choose the devices"):
+        select_devices(rows)
 
 
 def test_the_installed_device_comes_online_on_the_broker(lab, first):
@@ -392,3 +411,49 @@ def test_ssh_targets_units_and_platform_tags():
     assert tags[0] == "manylinux_2_36_aarch64" and "manylinux_2_17_aarch64" in tags
     assert tags[-1] == "manylinux2014_aarch64"
     assert summary_table([])[-1] == "0 device(s): 0 installed, 0 unchanged, 0 failed"
+
+
+# Last: it moves pi-a to a second release, which the tests above do not expect.
+def test_a_rollout_to_two_of_three_devices_rolls_back_the_one_that_fails_its_self_check(lab, first):
+    """pi-a and pi-b get release 2; pi-b's camera fails its self-check after the switch, so pi-b goes back to
+    release 1 on its own config; pi-c, outside the group (and unreachable), is never contacted."""
+    roots = lab.work / "roots"
+    roots.mkdir()
+    (roots / "pi-a").symlink_to(lab.root)  # pi-a as the first flash left it
+    inventory = lab.work / "rollout.csv"
+    inventory.write_text(f"site,room,device,host\nschool1,room101,pi-a,{lab.sshd.host}\n"
+                         f"school1,room102,pi-b,{lab.sshd.host}\n"
+                         f"school1,room103,pi-c,ssh://root@127.0.0.1:{free_port()}\n")
+    samples = lab.source / "device" / "samples"
+    inputs = (f"camera:\n  type: video\n  path: {samples / 'classroom_sample.mp4'}\n  realtime: false\n"
+              f"microphone:\n  type: wav\n  path: {samples / 'classroom_sample.wav'}\n")
+    for device in ("pi-a", "pi-b"):
+        (lab.work / f"base-{device}.yaml").write_text(lab.base_config.read_text() + inputs)
+    group = Lab(**{**lab.__dict__, "inventory": inventory, "root": roots / "{device}",
+                   "base_config": lab.work / "base-{device}.yaml"})
+    assert group.flash(device="pi-b", inputs=None).returncode == 0  # pi-b on release 1
+    release_1 = os.readlink(roots / "pi-b" / "opt/aula/current")
+
+    newer = lab.work / "newer-source"
+    shutil.copytree(lab.source, newer, ignore=shutil.ignore_patterns(".git"))
+    with (newer / "docs" / "flash.md").open("a") as f:
+        f.write("\n<!-- release 2 -->\n")
+    (lab.work / "base-pi-b.yaml").write_text(lab.base_config.read_text()
+                                             + "camera:\n  type: opencv\n  device: 97\n")  # its camera broke
+    t = time.monotonic()
+    done = group.flash("--source", str(newer), "--devices", "pi-a,pi-b", "--jobs", "2", command="rollout",
+                       device=None, inputs=None)
+    print(f"rollout to 2 devices: {time.monotonic() - t:.1f} s")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "to 2 of 3 device(s) (pi-a, pi-b); 1 not contacted" in done.stdout
+    table = done.stdout[done.stdout.index("device  "):].splitlines()
+    by_device = {ln.split()[0]: ln for ln in table[1:3]}
+    assert set(by_device) == {"pi-a", "pi-b"} and "pi-c" not in done.stdout.split("not contacted", 1)[1]
+    assert " ok " in by_device["pi-a"]
+    assert "FAILED" in by_device["pi-b"] and "self-check failed" in by_device["pi-b"]
+    assert f"rolled back: current -> {release_1}" in done.stdout
+    release_2 = os.readlink(roots / "pi-a" / "opt/aula/current")
+    assert release_2 != release_1 and os.readlink(roots / "pi-b" / "opt/aula/current") == release_1
+    assert "type: video" in (roots / "pi-b" / "etc/aula/device.yaml").read_text()  # its config came back too
+    assert not (roots / "pi-c").exists()
+    assert table[3] == "2 device(s): 1 installed, 0 unchanged, 1 failed"
