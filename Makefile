@@ -16,7 +16,7 @@ help:
 	@echo "make lint      - ruff and the import contracts (lint-imports)"
 	@echo "make bench     - speed, accuracy and memory benchmarks with ratios against baselines"
 	@echo "make soak      - the fault and abuse suite at full durations (about 15 minutes); figures in artifacts/soak.json"
-	@echo "make selftest  - on-device self-check (models, camera, microphone, broker, clock); exits non-zero on failure"
+	@echo "make selftest [HOST=user@host] - self-check (models, camera, microphone, broker, clock) here or on a flashed device"
 	@echo "make models-verify - every model file against models_tflite/manifest.json; non-zero and the file's name on a mismatch"
 	@echo "make certs INVENTORY=fleet.csv BROKER_HOSTS=name[,ip] [FEEDS=feeds.csv] [CERTS=$(CERTS)] - CA and certificates"
 	@echo "make revoke-cert NAME=<device|server|feed> [CERTS=$(CERTS)] - revoke a lost or stolen client's certificate"
@@ -61,8 +61,9 @@ bench: setup
 soak: setup
 	$(PY) -m tests.fault_suite
 
+# Here, or on a flashed device over ssh with HOST=user@host (docs/flash.md).
 selftest: setup
-	$(PY) -m device selftest
+	$(if $(HOST),$(PY) -m fleet selftest --host "$(HOST)" $(FLASH_ARGS),$(PY) -m device selftest)
 
 models-verify: setup
 	$(PY) -m device verify-models

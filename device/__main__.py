@@ -123,7 +123,8 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     """Run the on-device self-check and print a pass/fail table."""
     from device.selftest import run_selftest
 
-    return run_selftest(args.config, frames=args.frames, camera=args.camera, broker_check=not args.no_broker)
+    return run_selftest(args.config, frames=args.frames, camera=args.camera, broker_check=not args.no_broker,
+                        key_file=args.key_file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="camera to test (auto: picamera2 if installed, else OpenCV index 0; config: the config's)")
     st.add_argument("--frames", type=int, default=30, help="frames to grab")
     st.add_argument("--no-broker", action="store_true", help="skip the broker check (a bench without a broker)")
+    st.add_argument("--key-file", type=Path, help="the TLS key for the broker check, when the config names the "
+                                                  "unit's credential (make selftest HOST=.. passes the installed key)")
     st.set_defaults(func=cmd_selftest)
 
     args = parser.parse_args(argv)

@@ -135,6 +135,18 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """The device's self-check over ssh (models, camera, microphone, broker with its key, clock): a pass/fail table."""
+    from fleet.flash import FlashError
+    from fleet.remote_selftest import remote_selftest
+
+    try:
+        return remote_selftest(args.host, _flash_options(args), say=lambda line: print(line, flush=True))
+    except FlashError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     ro.add_argument("--jobs", type=int, default=4, help="devices flashed at a time (default 4)")
     flashing(ro)
     ro.set_defaults(func=cmd_rollout)
+
+    st = sub.add_parser("selftest", help=cmd_selftest.__doc__)
+    st.add_argument("--host", required=True, help="user@host or ssh://user@host:port")
+    flashing(st)
+    st.set_defaults(func=cmd_selftest)
 
     args = parser.parse_args(argv)
     if getattr(args, "server", None) is None and args.command != "revoke":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -320,6 +321,23 @@ def test_the_installed_device_comes_online_on_the_broker(lab, first):
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(15)
+
+
+def test_make_selftest_over_ssh_checks_the_installed_device_with_its_key(lab, first):
+    """`python -m fleet selftest --host` (make selftest HOST=..): the installed release and config, the broker
+    reached with the installed key although the config names the unit's credential."""
+    if not _listening(lab.broker.port):
+        lab.broker.start()
+    cmd = [sys.executable, "-m", "fleet", "selftest", "--host", lab.sshd.host, "--dest-root", str(lab.root),
+           "--identity", str(lab.sshd.work / "client_key"), "--known-hosts", str(lab.sshd.known_hosts)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = dict(re.findall(r"^\s*(.+?)\s+(PASS|FAIL)\s", done.stdout, re.M))
+    assert rows["broker"] == rows["camera"] == rows["model files"] == rows["clock"] == "PASS"
+    assert "handshake with the device's certificate accepted" in done.stdout
+    empty = subprocess.run([*cmd[:5], f"ssh://root@127.0.0.1:{free_port()}", *cmd[6:]], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 2 and "cannot reach 127.0.0.1" in empty.stderr
 
 
 def test_a_broker_that_is_down_is_named_as_such(lab):
