@@ -124,7 +124,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     from device.selftest import run_selftest
 
     return run_selftest(args.config, frames=args.frames, camera=args.camera, broker_check=not args.no_broker,
-                        key_file=args.key_file)
+                        tls_dir=args.tls_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="camera to test (auto: picamera2 if installed, else OpenCV index 0; config: the config's)")
     st.add_argument("--frames", type=int, default=30, help="frames to grab")
     st.add_argument("--no-broker", action="store_true", help="skip the broker check (a bench without a broker)")
-    st.add_argument("--key-file", type=Path, help="the TLS key for the broker check, when the config names the "
-                                                  "unit's credential (make selftest HOST=.. passes the installed key)")
+    st.add_argument("--tls-dir", type=Path, help="take ca.crt, device.crt and device.key for the broker check from "
+                                                 "this folder (make selftest HOST=.. passes /etc/aula/certs: the "
+                                                 "config names the unit's credential, which exists only in the unit)")
     st.set_defaults(func=cmd_selftest)
 
     args = parser.parse_args(argv)

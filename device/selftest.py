@@ -54,7 +54,7 @@ def _camera_config(mode: str, config_path: Path | None):
 
 
 def run_selftest(config_path: Path | None = None, frames: int = 30, camera: str = "auto",
-                 out: Callable[[str], None] = print, broker_check: bool = True, key_file: Path | None = None) -> int:
+                 out: Callable[[str], None] = print, broker_check: bool = True, tls_dir: Path | None = None) -> int:
     """Run every check, print the table, and return 0 only if all passed."""
     from device.model_store import _read_manifest, model_entry, models_dir
     from device.runtime import InferenceBackend
@@ -165,9 +165,12 @@ def run_selftest(config_path: Path | None = None, frames: int = 30, camera: str 
         from device.selftest_checks import broker_reachable
 
         mqtt = load_config(config_path).mqtt_config()
-        if key_file is not None and mqtt.address.tls:
-            # The unit's key is a systemd credential (/run/credentials/...), which exists only inside the unit.
-            mqtt = mqtt.model_copy(update={"tls": mqtt.tls.model_copy(update={"key_file": key_file})})
+        if tls_dir is not None and mqtt.address.tls:
+            # The unit's key is a systemd credential (/run/credentials/...), which exists only inside the unit:
+            # take the installed files (ca.crt, device.crt, device.key) from the folder make flash put them in.
+            files = {"ca_file": tls_dir / "ca.crt", "cert_file": tls_dir / "device.crt",
+                     "key_file": tls_dir / "device.key"}
+            mqtt = mqtt.model_copy(update={"tls": mqtt.tls.model_copy(update=files)})
         return broker_reachable(mqtt, resolve_password(mqtt))
 
     def clock() -> str:

@@ -63,6 +63,9 @@ def broker_reachable(mqtt, password: str | None, timeout: float = 5.0) -> str:
             tls = mqtt.tls
             context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
             context.check_hostname = not tls.insecure
+            for f in (tls.ca_file, tls.cert_file, tls.key_file):
+                if f is not None and not Path(f).is_file():
+                    raise OSError(f"{f} is missing or unreadable; the broker cannot be checked without it")
             if tls.cert_file:
                 context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
             try:

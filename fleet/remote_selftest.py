@@ -1,9 +1,9 @@
 """`make selftest HOST=..`: the device's self-check over ssh, as a pass/fail table.
 
 It runs the installed release's `python -m device selftest` with the installed config. Outside the unit the
-broker key is not at the credential path the config names, so the check is given the installed key
-(/etc/aula/certs/device.key), readable by root. A running `aula-device` holds the camera, so it is stopped for
-the check and started again afterwards; the technician is told.
+broker key is not at the credential path the config names, so the check is given the installed files
+(/etc/aula/certs: ca.crt, device.crt, device.key, the key readable by root). A running `aula-device` holds the
+camera, so it is stopped for the check and started again afterwards; the technician is told.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def remote_selftest(host: str, opts: FlashOptions, say: Say = print) -> int:
             say(f"{UNIT} is running: stopped for the check (it holds the camera), started again after it")
             remote.run(f"systemctl stop {UNIT}", what=f"systemctl stop {UNIT}")
         try:
-            key = f"{root}/etc/aula/certs/device.key"
-            done = remote.run('cd "$1/opt/aula/current" && K=""; [ -r "$3" ] && K="--key-file=$3"; '
-                              './.venv/bin/python -m device selftest --config "$2" --camera config $K',
-                              root, f"{root}/etc/aula/device.yaml", key, check=False, timeout=600)
+            certs = f"{root}/etc/aula/certs"
+            done = remote.run('cd "$1/opt/aula/current" && T=""; [ -r "$3/device.key" ] && T="--tls-dir=$3"; '
+                              './.venv/bin/python -m device selftest --config "$2" --camera config $T',
+                              root, f"{root}/etc/aula/device.yaml", certs, check=False, timeout=600)
         finally:
             if running:
                 remote.run(f"systemctl start {UNIT}", what=f"systemctl start {UNIT}")
