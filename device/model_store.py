@@ -74,8 +74,9 @@ class ModelEntry:
         if actual != expected:
             raise ModelError(
                 f"model file {path} for '{self.name}' is corrupt or replaced: sha256 {actual[:12]}... "
-                f"does not match the manifest's {expected[:12]}...; restore it with "
-                "`git checkout -- models_tflite`, or update models_tflite/manifest.json if you replaced it on purpose"
+                f"does not match the manifest's {expected[:12]}...; restore it (`git checkout -- models_tflite` in a "
+                "checkout, `make flash` again for an installed device), or update models_tflite/manifest.json if you "
+                "replaced it on purpose"
             )
 
     def open(self, runtime: str = "auto", threads: int = 1) -> InferenceBackend:
