@@ -322,23 +322,31 @@ def _mounts(plan: dict, libc) -> None:
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
     # Directories to mount back later, held open before anything covers them.
     binds = [(os.open(src, os.O_PATH | os.O_DIRECTORY), dst, rw) for src, dst, rw in plan["binds"]]
-    prefix = plan["python_prefix"]
-    homes = ["/home", "/root"]
-    prefix_fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY) if any(_under(prefix, h) for h in homes) else None
+    homes, tmps = ["/home", "/root"], ["/tmp", "/var/tmp"]
+    # The Python and the checkout (code and venv) stand for /opt/aula: where they lie under a folder the unit
+    # hides (a checkout in /tmp or /root), they are mounted back at the same place, read-only like /opt.
+    keep = [(os.open(p, os.O_PATH | os.O_DIRECTORY), p) for p in dict.fromkeys([plan["python_prefix"], *plan["keep"]])
+            if any(_under(p, h) for h in homes + tmps)]
+
+    def mount_back(under: str) -> None:
+        for fd, path in keep:
+            if _under(path, under):
+                os.makedirs(path, exist_ok=True)
+                _mount(libc, f"/proc/self/fd/{fd}", path, None, MS_BIND)
+
     if plan["protect_system"]:
         for point in _mount_points():
             if not any(_under(point, api) for api in ("/proc", "/sys", "/dev")):
                 _remount_read_only(libc, point)
     if plan["private_tmp"]:
-        for tmp in ("/tmp", "/var/tmp"):
+        for tmp in tmps:
             _mount(libc, "tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+            mount_back(tmp)
     if plan["protect_home"]:
         for home in homes:
             # systemd mounts an inaccessible directory; 0755 here, so the Python under /root can be reached.
             _mount(libc, "tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
-            if prefix_fd is not None and _under(prefix, home):
-                os.makedirs(prefix)
-                _mount(libc, f"/proc/self/fd/{prefix_fd}", prefix, None, MS_BIND)
+            mount_back(home)
             _mount(libc, None, home, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     for fd, dst, rw in binds:
         os.makedirs(dst, exist_ok=True)
@@ -460,7 +468,7 @@ def _require_confinement() -> None:
 
 def _confined(plan: dict, argv: list[str], cwd: str, binds: list[tuple[str, str, bool]], env: dict[str, str],
               **popen) -> subprocess.Popen:
-    spec = {**plan, "argv": argv, "cwd": cwd, "binds": binds,
+    spec = {**plan, "argv": argv, "cwd": cwd, "binds": binds, "keep": [str(ROOT)],
             "env": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent", **env}}
     launcher = "import sys; sys.path.insert(0, sys.argv[1]); from tests.test_systemd_unit import exec_confined; " \
                "exec_confined()"
