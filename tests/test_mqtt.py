@@ -622,7 +622,9 @@ def test_refused_events_are_sent_again_once_the_broker_takes_them(broker_factory
     acl.write_text("topic read aula/#\npattern write aula/v1/+/+/%c/#\n")  # the technician fixes the ACL
     broker.process.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL file
     assert wait_for(lambda: pub.stats().backlog == 0, 15), pub.stats()
-    assert sorted({e.seq for e in collector.events(pub.topics)}) == [1, 2, 3]
+    # The broker acknowledges the publisher before it has delivered to the subscriber: wait for the delivery too.
+    assert wait_for(lambda: sorted({e.seq for e in collector.events(pub.topics)}) == [1, 2, 3], 5), \
+        sorted({e.seq for e in collector.events(pub.topics)})
     collector.close()
 
 
