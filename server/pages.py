@@ -89,24 +89,24 @@ def account_page(request: Request, c: Ctx) -> Response:
     return _page("account.html")
 
 
-@router.get("/admin")
-def admin_page(request: Request, c: Ctx) -> Response:
+def _admin_page(request: Request, c, name: str, refusal: str) -> Response:
+    """A page for administrators: the login page for a visitor, 403 with `refusal` for anyone else."""
     who = _logged_in(request, c)
     if who is None:
         return _to_login(request)
     if not who.is_admin:
-        return _forbidden("Administrators only", "Ask an administrator if you need to manage rooms or devices.")
-    return _page("admin.html")
+        return _forbidden("Administrators only", refusal)
+    return _page(name)
+
+
+@router.get("/admin")
+def admin_page(request: Request, c: Ctx) -> Response:
+    return _admin_page(request, c, "admin.html", "Ask an administrator if you need to manage rooms or devices.")
 
 
 @router.get("/fleet")
 def fleet_page(request: Request, c: Ctx) -> Response:
-    who = _logged_in(request, c)
-    if who is None:
-        return _to_login(request)
-    if not who.is_admin:
-        return _forbidden("Administrators only", "The fleet page is for administrators and technicians.")
-    return _page("fleet.html")
+    return _admin_page(request, c, "fleet.html", "The fleet page is for administrators and technicians.")
 
 
 @router.get("/api/docs")
