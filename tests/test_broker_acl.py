@@ -58,7 +58,7 @@ class Broker:
     def start(self) -> None:
         self.process = subprocess.Popen([require_mosquitto(), "-c", str(self.work / "broker" / "mosquitto.conf")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        assert wait_for(lambda: _listening(self.port), 10), self.log()
+        assert wait_for(lambda: listening(self.port), 10), self.log()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -73,7 +73,7 @@ class Broker:
         return str(self.certs / "clients" / f"{name}.crt"), str(self.certs / "clients" / f"{name}.key")
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True

@@ -164,6 +164,16 @@ class Api:
         self.csrf = self.ok("GET", "/api/me")["csrf"]
 
 
+def _room_with_teacher(base: str, name: str) -> tuple[Api, dict]:
+    """The admin's API client, and the room SITE/ROOM called `name` whose teacher is TEACHER."""
+    api = Api(base)
+    api.login(*ADMIN)
+    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": name})
+    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
+    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+    return api, room
+
+
 class Publisher(threading.Thread):
     """A stand-in device: a retained `online` status, then one class-level window per second (QoS 1)."""
 
@@ -335,12 +345,8 @@ def test_dashboard_live_in_chromium(server, browser):
 
     base, broker_port, server_log = server
     t_start = time.monotonic()
-    api = Api(base)
-    api.login(*ADMIN)
-    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101 (Science)"})
+    api, room = _room_with_teacher(base, "Room 101 (Science)")
     other = api.ok("POST", "/api/rooms", {"site": SITE, "room": "room999", "name": "Staff room"})
-    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
-    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
 
     device = Publisher(broker_port)
     device.start()
@@ -458,11 +464,7 @@ class LiveRoom:
         base, broker_port, server_log = server
         self.driver = driver
         self._by_id = By.ID
-        api = Api(base)
-        api.login(*ADMIN)
-        room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101 (Science)"})
-        api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
-        api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+        api, room = _room_with_teacher(base, "Room 101 (Science)")
         self.device = DeviceSimulator(broker_port)
         self._seqs = itertools.count()
         self.wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
@@ -621,11 +623,7 @@ def test_admin_manages_accounts_and_tokens_from_the_page_in_chromium(server, bro
     from selenium.webdriver.support.ui import WebDriverWait
 
     base, _, _ = server
-    api = Api(base)
-    api.login(*ADMIN)
-    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101"})
-    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
-    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+    api, room = _room_with_teacher(base, "Room 101")
     token = api.ok("POST", "/api/tokens", {"name": "wall display", "room_ids": [room["id"]]})
     teacher = Api(base)
     teacher.login(*TEACHER)
@@ -704,11 +702,7 @@ def test_room_page_stops_watching_when_the_room_is_taken_away_in_chromium(server
     from selenium.webdriver.support.ui import WebDriverWait
 
     base, _, _ = server
-    api = Api(base)
-    api.login(*ADMIN)
-    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101"})
-    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
-    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+    api, room = _room_with_teacher(base, "Room 101")
     driver = browser
     driver.delete_all_cookies()
     wait = WebDriverWait(driver, 20)
@@ -726,11 +720,7 @@ def test_teacher_pauses_and_resumes_the_room_from_the_page_in_chromium(server, b
     from selenium.webdriver.support.ui import WebDriverWait
 
     base, broker_port, _ = server
-    api = Api(base)
-    api.login(*ADMIN)
-    room = api.ok("POST", "/api/rooms", {"site": SITE, "room": ROOM, "name": "Room 101"})
-    api.ok("POST", "/api/users", {"username": TEACHER[0], "password": TEACHER[1], "role": "teacher"})
-    api.ok("POST", f"/api/users/{TEACHER[0]}/rooms", {"room_id": room["id"]})
+    api, room = _room_with_teacher(base, "Room 101")
     device_log = tmp_path / "device.log"
     with device_log.open("w") as log:
         device = subprocess.Popen([sys.executable, "-m", "device", "run", "--loop", "--broker",

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from fleet.flash import (
 from fleet.release import Target, build_release, platform_tags, prepare_wheelhouse
 from tests.mosquitto import free_port, require_mosquitto
 from tests.system_deps import missing_system_dep, require_system_dep
-from tests.test_broker_acl import Broker
+from tests.test_broker_acl import Broker, listening
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = DeviceTopics.for_device("school1", "room101", "pi-a")
@@ -80,7 +79,7 @@ class Sshd:
         self.process = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                                         stderr=self.log.open("w"))
         deadline = time.monotonic() + 10
-        while not _listening(self.port):
+        while not listening(self.port):
             assert self.process.poll() is None and time.monotonic() < deadline, self.log.read_text()
             time.sleep(0.05)
 
@@ -95,14 +94,6 @@ class Sshd:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -326,7 +317,7 @@ def test_the_installed_device_comes_online_on_the_broker(lab, first):
 def test_make_selftest_over_ssh_checks_the_installed_device_with_its_key(lab, first):
     """`python -m fleet selftest --host` (make selftest HOST=..): the installed release and config, the broker
     reached with the installed key although the config names the unit's credential."""
-    if not _listening(lab.broker.port):
+    if not listening(lab.broker.port):
         lab.broker.start()
     cmd = [sys.executable, "-m", "fleet", "selftest", "--host", lab.sshd.host, "--dest-root", str(lab.root),
            "--identity", str(lab.sshd.work / "client_key"), "--known-hosts", str(lab.sshd.known_hosts)]

@@ -48,42 +48,65 @@ def _health(collector: Collector) -> list[dict]:
     return [json.loads(m.payload) for m in collector.on(TOPICS.health)]
 
 
+def _fault_then_recovery(collector: Collector, proc, log: Path, fault, reason: str, recover,
+                         while_degraded=None) -> dict:
+    """With the device on --loop: `fault()` once 2 events are out; the device must go `degraded` with `reason`
+    and keep publishing directly; then `recover()`, and it must be `online` and publishing again by itself. It is
+    stopped, and no seq may be missing. Returns the times (ms) and counts docs/reliability.md quotes."""
+    assert wait_for(lambda: len(collector.events(TOPICS)) >= 2, 30), log.read_text()[-3000:]
+    fault_ms = time.time() * 1000
+    fault()
+    assert wait_for(lambda: ("degraded", reason) in _states(collector), 20), \
+        (_states(collector), log.read_text()[-3000:])
+    n = len(collector.events(TOPICS))
+    # Analysis goes on and its events reach the broker although nothing can be queued on disk.
+    assert wait_for(lambda: len(collector.events(TOPICS)) >= n + 3, 20)
+    assert proc.poll() is None
+    if while_degraded is not None:
+        while_degraded()
+    recovered_ms = time.time() * 1000
+    recover()
+    assert wait_for(lambda: _states(collector)[-1] == ("online", None), 20), log.read_text()[-3000:]
+    n = len(collector.events(TOPICS))
+    assert wait_for(lambda: len(collector.events(TOPICS)) >= n + 2, 20)
+    stop_device(proc)
+    assert proc.returncode == 0
+    last = max(e.seq for e in collector.events(TOPICS))
+    assert wait_for(lambda: {e.seq for e in collector.events(TOPICS)} == set(range(1, last + 1)), 10), \
+        sorted({e.seq for e in collector.events(TOPICS)})  # lost: 0
+    statuses = collector.statuses(TOPICS)
+    degraded = next(s.ts_ms for s in statuses if s.state.value == "degraded")
+    online = next(s.ts_ms for s in statuses if s.state.value == "online" and s.ts_ms > recovered_ms)
+    events = collector.events(TOPICS)
+    return {
+        "fault_ms": fault_ms, "degraded_ms": degraded, "recovered_ms": recovered_ms, "online_ms": online,
+        "events": last, "lost": last - len({e.seq for e in events}),
+        "published_while_degraded": sum(1 for e in events if degraded <= e.window_end_ms <= online),
+        "duplicates": len(events) - len({e.event_id for e in events}),
+    }
+
+
+def _seconds(since_ms: float, until_ms: float) -> float:
+    return round((until_ms - since_ms) / 1000, 1)
+
+
 def test_a_full_disk_degrades_the_device_publishes_directly_and_recovers(mosquitto, tmp_path, disk):
     collector = Collector(mosquitto, "aula/#", client_id="q1")
     log = tmp_path / "device.log"
     proc = start_device(mosquitto, disk.path, log, "--loop")
+
+    def health_names_the_fault() -> None:
+        assert wait_for(lambda: any(h["mqtt"]["queue_fault"] == "disk full" and h["reason"]
+                                    for h in _health(collector)), 10)
+
     try:
-        assert wait_for(lambda: len(collector.events(TOPICS)) >= 2, 30), log.read_text()[-3000:]
-        filled_ms = time.time() * 1000
-        disk.fill()
-        assert wait_for(lambda: ("degraded", "offline queue: disk full") in _states(collector), 20), log.read_text()
-        n = len(collector.events(TOPICS))
-        # Analysis goes on and its events reach the broker although nothing can be queued on disk.
-        assert wait_for(lambda: len(collector.events(TOPICS)) >= n + 3, 20)
-        assert proc.poll() is None
-        assert wait_for(lambda: any(h["mqtt"]["queue_fault"] == "disk full" and h["reason"] for h in
-                                    _health(collector)), 10)
-        freed_ms = time.time() * 1000
-        disk.free()
-        assert wait_for(lambda: _states(collector)[-1] == ("online", None), 20), log.read_text()[-3000:]
-        n = len(collector.events(TOPICS))
-        assert wait_for(lambda: len(collector.events(TOPICS)) >= n + 2, 20)
-        stop_device(proc)
-        assert proc.returncode == 0
-        last = max(e.seq for e in collector.events(TOPICS))
-        assert wait_for(lambda: {e.seq for e in collector.events(TOPICS)} == set(range(1, last + 1)), 10), \
-            sorted({e.seq for e in collector.events(TOPICS)})  # lost: 0
-        statuses = collector.statuses(TOPICS)
-        degraded = next(s.ts_ms for s in statuses if s.state.value == "degraded")
-        online = next(s.ts_ms for s in statuses if s.state.value == "online" and s.ts_ms > freed_ms)
-        events = collector.events(TOPICS)
+        f = _fault_then_recovery(collector, proc, log, disk.fill, "offline queue: disk full", disk.free,
+                                 while_degraded=health_names_the_fault)
         print(json.dumps({  # the figures docs/reliability.md quotes (pytest -s)
-            "degraded_after_fill_s": round((degraded - filled_ms) / 1000, 1),
-            "degraded_for_s": round((freed_ms - degraded) / 1000, 1),
-            "online_after_free_s": round((online - freed_ms) / 1000, 1),
-            "events": last, "lost": last - len({e.seq for e in events}),
-            "published_while_degraded": sum(1 for e in events if degraded <= e.window_end_ms <= online),
-            "duplicates": len(events) - len({e.event_id for e in events}),
+            "degraded_after_fill_s": _seconds(f["fault_ms"], f["degraded_ms"]),
+            "degraded_for_s": _seconds(f["degraded_ms"], f["recovered_ms"]),
+            "online_after_free_s": _seconds(f["recovered_ms"], f["online_ms"]),
+            **{k: f[k] for k in ("events", "lost", "published_while_degraded", "duplicates")},
         }))
     finally:
         if proc.poll() is None:
@@ -121,34 +144,11 @@ def test_a_disk_that_turns_read_only_while_the_device_runs_degrades_it_and_loses
     log = tmp_path / "device.log"
     proc = start_device(mosquitto, disk.path, log, "--loop")
     try:
-        assert wait_for(lambda: len(collector.events(TOPICS)) >= 2, 30), log.read_text()[-3000:]
-        failed_ms = time.time() * 1000
-        disk.fail()
-        assert wait_for(lambda: ("degraded", "offline queue: disk read-only") in _states(collector), 20), \
-            (_states(collector), log.read_text()[-1500:])
-        n = len(collector.events(TOPICS))
-        assert wait_for(lambda: len(collector.events(TOPICS)) >= n + 3, 20)  # published directly meanwhile
-        assert proc.poll() is None
-        repaired_ms = time.time() * 1000
-        disk.repair()
-        assert wait_for(lambda: _states(collector)[-1] == ("online", None), 20), log.read_text()[-3000:]
-        n = len(collector.events(TOPICS))
-        assert wait_for(lambda: len(collector.events(TOPICS)) >= n + 2, 20)
-        stop_device(proc)
-        assert proc.returncode == 0
-        last = max(e.seq for e in collector.events(TOPICS))
-        assert wait_for(lambda: {e.seq for e in collector.events(TOPICS)} >= set(range(1, last + 1)), 10), \
-            sorted({e.seq for e in collector.events(TOPICS)})  # lost: 0
-        statuses = collector.statuses(TOPICS)
-        degraded = next(s.ts_ms for s in statuses if s.state.value == "degraded")
-        online = next(s.ts_ms for s in statuses if s.state.value == "online" and s.ts_ms > repaired_ms)
-        events = collector.events(TOPICS)
+        f = _fault_then_recovery(collector, proc, log, disk.fail, "offline queue: disk read-only", disk.repair)
         print(json.dumps({  # the figures docs/reliability.md quotes (pytest -s)
-            "degraded_after_failure_s": round((degraded - failed_ms) / 1000, 1),
-            "online_after_repair_s": round((online - repaired_ms) / 1000, 1),
-            "events": last, "lost": last - len({e.seq for e in events}),
-            "published_while_degraded": sum(1 for e in events if degraded <= e.window_end_ms <= online),
-            "duplicates": len(events) - len({e.event_id for e in events}),
+            "degraded_after_failure_s": _seconds(f["fault_ms"], f["degraded_ms"]),
+            "online_after_repair_s": _seconds(f["recovered_ms"], f["online_ms"]),
+            **{k: f[k] for k in ("events", "lost", "published_while_degraded", "duplicates")},
         }))
     finally:
         if proc.poll() is None:

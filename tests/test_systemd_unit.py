@@ -587,27 +587,37 @@ def _assert_private_files(folder: Path) -> None:
         assert path.stat().st_mode & 0o077 == 0, f"{path} is {oct(path.stat().st_mode)} (UMask=0077)"
 
 
-def test_the_device_runs_under_its_units_restrictions(mosquitto, tmp_path):
-    """ExecStartPre and ExecStart of aula-device.service, confined, on the bundled sample with every path on."""
-    _require_confinement()
-    plan = _plan(DEVICE_UNIT)
+def _service_dirs(tmp_path: Path, plan: dict, config_name: str, config: str) -> tuple[Path, Path]:
+    """The unit's state directory (owned by its user, StateDirectoryMode=0750) and /etc/aula with its config."""
     state, etc = tmp_path / "state", tmp_path / "etc"
     state.mkdir()
     etc.mkdir()
     os.chown(state, plan["uid"], plan["gid"])
-    state.chmod(0o750)  # StateDirectoryMode=0750
-    (etc / "device.yaml").write_text(
-        f"mqtt: {{broker: '{mosquitto.url}', site: test-school, room: room-7, device_id: pi-7}}\n")
+    state.chmod(0o750)
+    (etc / config_name).write_text(config)
     etc.chmod(0o755)
-    (etc / "device.yaml").chmod(0o644)
-    binds = [(str(state), "/tmp/aula-state", True), (str(etc), "/tmp/aula-etc", False)]
-    replace = {INSTALLED_PYTHON: sys.executable, "/etc/aula/device.yaml": "/tmp/aula-etc/device.yaml"}
-    env = {"STATE_DIRECTORY": "/tmp/aula-state", "PYTHONUNBUFFERED": "1"}
+    (etc / config_name).chmod(0o644)
+    return state, etc
 
-    check = _confined(plan, _unit_command(DEVICE_UNIT, "ExecStartPre", replace), str(ROOT), binds, env,
+
+def _exec_start_pre(plan: dict, unit: Path, replace: dict, cwd: str, binds: list, env: dict) -> None:
+    check = _confined(plan, _unit_command(unit, "ExecStartPre", replace), cwd, binds, env,
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = _finish(check, 120)
     assert check.returncode == 0, out
+
+
+def test_the_device_runs_under_its_units_restrictions(mosquitto, tmp_path):
+    """ExecStartPre and ExecStart of aula-device.service, confined, on the bundled sample with every path on."""
+    _require_confinement()
+    plan = _plan(DEVICE_UNIT)
+    state, etc = _service_dirs(
+        tmp_path, plan, "device.yaml",
+        f"mqtt: {{broker: '{mosquitto.url}', site: test-school, room: room-7, device_id: pi-7}}\n")
+    binds = [(str(state), "/tmp/aula-state", True), (str(etc), "/tmp/aula-etc", False)]
+    replace = {INSTALLED_PYTHON: sys.executable, "/etc/aula/device.yaml": "/tmp/aula-etc/device.yaml"}
+    env = {"STATE_DIRECTORY": "/tmp/aula-state", "PYTHONUNBUFFERED": "1"}
+    _exec_start_pre(plan, DEVICE_UNIT, replace, str(ROOT), binds, env)
 
     notify, address = _notify_socket()
     with notify:
@@ -636,25 +646,15 @@ def test_the_server_runs_under_its_units_restrictions(mosquitto, tmp_path):
     stops on SIGTERM."""
     _require_confinement()
     plan = _plan(SERVER_UNIT)
-    state, etc = tmp_path / "state", tmp_path / "etc"
-    state.mkdir()
-    etc.mkdir()
-    os.chown(state, plan["uid"], plan["gid"])
-    state.chmod(0o750)
     port = free_port()
-    (etc / "server.yaml").write_text(
+    state, etc = _service_dirs(
+        tmp_path, plan, "server.yaml",
         f"mqtt: {{broker: '{mosquitto.url}', client_id: aula-confined}}\nhttp: {{listen: '127.0.0.1:{port}'}}\n")
-    etc.chmod(0o755)
-    (etc / "server.yaml").chmod(0o644)
     binds = [(str(state), "/tmp/aula-server-state", True), (str(etc), "/tmp/aula-etc", False)]
     replace = {INSTALLED_PYTHON: sys.executable, "/etc/aula/server.yaml": "/tmp/aula-etc/server.yaml"}
     env = {"STATE_DIRECTORY": "/tmp/aula-server-state", "PYTHONUNBUFFERED": "1"}
     cwd = "/tmp/aula-server-state"  # WorkingDirectory=/var/lib/aula-server, the state directory
-
-    check = _confined(plan, _unit_command(SERVER_UNIT, "ExecStartPre", replace), cwd, binds, env,
-                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = _finish(check, 120)
-    assert check.returncode == 0, out
+    _exec_start_pre(plan, SERVER_UNIT, replace, cwd, binds, env)
 
     run = _confined(plan, _unit_command(SERVER_UNIT, "ExecStart", replace), cwd, binds, env,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
