@@ -114,11 +114,11 @@ def main() -> int:
         cfg = work / "bench.yaml"
         base = (f"vision:\n  analysis_fps: {ANALYSIS_FPS}\n  min_analysis_fps: {ANALYSIS_FPS}\n"
                 "  threads: 1\nmqtt:\n  health_interval_s: 3600\n")
-        cfg.write_text(base + "speech:\n  emotion_model: speech_emotion_int8\ntext:\n  enabled: true\n")
+        cfg.write_text(base + "text:\n  enabled: true\n")  # the default speech model: the head on Whisper's encoder
         no_text = work / "no_text.yaml"
-        no_text.write_text(base + "speech:\n  emotion_model: speech_emotion_int8\ntext:\n  enabled: false\n")
+        no_text.write_text(base + "text:\n  enabled: false\n")
         faces_only = work / "faces.yaml"
-        faces_only.write_text(base + "text:\n  enabled: false\n")
+        faces_only.write_text(base + "speech:\n  emotion_model: null\ntext:\n  enabled: false\n")
         broker_url = "mqtt://127.0.0.1:9"  # no broker: events stay in the durable queue, as during an outage
         broker = None
         try:

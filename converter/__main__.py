@@ -98,14 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--last", type=int, default=8)
     av.add_argument("--out", type=Path, required=True)
 
-    ts = sub.add_parser("train-speech", help="train the speech-emotion CNN on RAVDESS actors 1-18 "
-                                              "(--cv: the 5-fold actor-grouped cross-validation instead)")
+    ts = sub.add_parser("train-speech", help="train a speech-emotion model on RAVDESS actors 1-18: the head on "
+                                              "Whisper's encoder (--route whisper, the default model; it chooses "
+                                              "its recipe by 5-fold actor-grouped cross-validation) or the log-mel "
+                                              "CNN (--route cnn; --cv: its cross-validation instead)")
+    ts.add_argument("--route", choices=("whisper", "cnn"), default="whisper")
     ts.add_argument("--cv", action="store_true", help="cross-validate over actors 1-18 instead of the final run")
     ts.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     ts.add_argument("--threads", type=int, default=1)
     es = sub.add_parser("export-speech", help="quantise, evaluate and register the trained speech model")
+    es.add_argument("--route", choices=("whisper", "cnn"), default="whisper")
     es.add_argument("--model", type=Path, help="trained Keras file (default: the final run's in the cache)")
-    sub.add_parser("evaluate-speech", help="evaluate the committed speech models on RAVDESS test actors 19-24")
+    ev = sub.add_parser("evaluate-speech", help="evaluate the committed speech models on RAVDESS test actors 19-24")
+    ev.add_argument("--route", choices=("whisper", "cnn", "both"), default="both")
 
     tt = sub.add_parser("train-text", help="fine-tune all-MiniLM-L6-v2 on GoEmotions (Ekman) for the 7 labels, "
                                            "resuming if interrupted, then run export-text")
@@ -147,6 +152,15 @@ def _text(args) -> int:
 def _speech(args) -> int:
     from converter.datasets import cache_dir
 
+    if args.command != "evaluate-speech" and args.route == "whisper":
+        from converter import export_speech_head, train_speech_head, whisper_features
+
+        head = args.model if args.command == "export-speech" and args.model else export_speech_head.default_head_path()
+        if args.command == "train-speech":
+            whisper_features.extract(["clean", *train_speech_head.AUGMENTED])
+            train_speech_head.main(["--out", str(head)])
+        export_speech_head.export(head)
+        return 0
     final = cache_dir() / "speech_cnn_final.json"
     if args.command == "train-speech":
         from converter.train_speech import main as train_main
@@ -159,9 +173,14 @@ def _speech(args) -> int:
 
         export_speech(args.model or final.with_suffix(".keras"), final)
         return 0
-    from converter.export_speech import evaluate_committed
+    if args.route in ("whisper", "both"):
+        from converter.export_speech_head import evaluate_committed as evaluate_head
 
-    evaluate_committed()
+        evaluate_head()
+    if args.route in ("cnn", "both"):
+        from converter.export_speech import evaluate_committed
+
+        evaluate_committed()
     return 0
 
 

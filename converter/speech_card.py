@@ -31,9 +31,9 @@ def write_speech_card(report: dict, out: Path) -> None:
         f"{_pct(int8['accuracy'])}: **the target is "
         f"{'met' if int8['accuracy'] >= TARGET_ACCURACY else 'missed'}**. "
         + ("" if int8["accuracy"] >= TARGET_ACCURACY else
-           "The device therefore does not run it by default (`speech.emotion_model: null`); set "
-           "`speech.emotion_model: speech_emotion_int8` to try it. A linear probe on Whisper tiny.en's encoder "
-           "scores about 10 points more on the same actors (`docs/speech_routes.md`)."),
+           "It is not the device's default: the head on Whisper tiny.en's encoder scores more on the same "
+           "actors (`cards/speech_emotion_whisper.md`, `docs/speech_routes.md`). Set "
+           "`speech.emotion_model: speech_emotion_int8` where that encoder costs too much."),
         "",
         "## What it does, and whose voice it hears",
         "Classifies 2 s of 16 kHz speech into the canonical labels "

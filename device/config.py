@@ -83,8 +83,9 @@ class SpeechConfig(StrictModel):
 
     enabled: bool = Field(True, description="Capture audio and run the voice gate (and the speech model, if set).")
     emotion_model: str | None = Field(
-        None,
-        description="Manifest name of the speech-emotion model; null counts speech segments without classifying "
+        "speech_emotion_whisper_int8",
+        description="Manifest name of the speech-emotion model (the default: a head on Whisper tiny.en's "
+        "encoder; speech_emotion_int8: the smaller log-mel CNN); null counts speech segments without classifying "
         "them. Its distribution describes the voices in the room (mostly the teacher's), not the class.",
     )
     runtime: Literal["auto", "litert", "onnxruntime"] = Field("auto", description="Inference runtime.")

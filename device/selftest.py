@@ -152,6 +152,26 @@ def run_selftest(config_path: Path | None = None, frames: int = 30, camera: str 
         return (f"{opened.transcriber.name}: {len(heard.text.split())} words in {heard.audio_s:.0f} s of the sample "
                 f"at {heard.real_time_factor:.2f}x real time; text model {model.version} {ms:.1f} ms")
 
+    def voices() -> str:
+        import wave
+
+        from device.config import load_config
+        from device.contract.labels import LABELS
+        from device.models.speech_emotion import SpeechEmotionModel
+
+        speech = load_config(config_path).speech
+        if not speech.enabled or not speech.emotion_model:
+            return "off (speech.emotion_model is null)"
+        model = SpeechEmotionModel.load(speech.emotion_model, runtime=speech.runtime)
+        with wave.open(str(SAMPLE_SPEECH)) as w:
+            samples = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+        t = time.perf_counter()
+        probs, _ = model.window_probs(samples)
+        ms = (time.perf_counter() - t) * 1000 / len(probs)
+        assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-3), "speech-emotion probabilities do not sum to 1"
+        return (f"{model.version}: {len(probs)} windows of the sample, {ms:.0f} ms each, mostly "
+                f"{LABELS[int(probs.mean(0).argmax())]}")
+
     def microphone() -> str:
         from device.config import load_config
         from device.selftest_checks import microphone_level
@@ -185,6 +205,7 @@ def run_selftest(config_path: Path | None = None, frames: int = 30, camera: str 
     if _run("camera", grab, results) and "stage" in state:
         _run("vision on camera frames", vision_on_camera, results)
     if ok_models:
+        _run("speech emotion", voices, results)
         _run("speech recogniser and text model", words, results)
     _run("microphone", microphone, results)
     if broker_check:

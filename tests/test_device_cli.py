@@ -99,6 +99,7 @@ def test_selftest_passes_on_the_sample_recording(tmp_path, mosquitto):
     assert rows["vision on known image"] == "PASS" and rows["camera"] == "PASS"
     assert rows["microphone"] == rows["broker"] == rows["clock"] == "PASS"
     assert re.search(r"microphone\s+PASS\s+wav: 1\.\d s, level -\d+ dBFS", out.stdout)
+    assert re.search(r"speech emotion\s+PASS\s+speech-emotion-whisper-head: \d+ windows of the sample", out.stdout)
     assert "FAIL" not in rows.values() and out.stdout.strip().endswith(": ready")
 
 

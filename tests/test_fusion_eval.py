@@ -116,7 +116,7 @@ def fake_world(monkeypatch, tmp_path):
     monkeypatch.setenv("AULA_MODELS_DIR", str(tmp_path))  # nothing may reach the committed model folder
     monkeypatch.setattr(ef, "PER_LABEL", 30)
     monkeypatch.setattr(ef.ravdess, "clips", lambda: clips)
-    monkeypatch.setattr(ef, "speech_data", lambda c: speech)
+    monkeypatch.setattr(ef, "speech_data", lambda c: (speech, "speech outputs as given"))
     monkeypatch.setattr(ef, "face_data", lambda: {"validation": (noisy(fy_va, rng, 1.0), fy_va),
                                                   "test": (noisy(fy_te, rng, 1.0), fy_te)})
     monkeypatch.setattr(ef, "transcribe_ravdess", lambda c: {x.path.name: "kids are talking by the door" for x in c})

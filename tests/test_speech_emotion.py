@@ -1,5 +1,8 @@
-"""The committed speech-emotion model: its public API, clear errors, and the card's figures reproduced."""
+"""The committed speech-emotion models (the default head on Whisper's encoder, and the log-mel CNN): their public
+API, clear errors, and the cards' figures reproduced."""
 
+import os
+import re
 import shutil
 
 import numpy as np
@@ -20,9 +23,20 @@ def _voice(seconds: float) -> np.ndarray:
     return (0.1 * x * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t) ** 2)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def model() -> SpeechEmotionModel:
-    return SpeechEmotionModel.load()
+ROUTES = ("speech_emotion_whisper_int8", "speech_emotion_int8")
+
+
+@pytest.fixture(scope="module", params=ROUTES)
+def model(request) -> SpeechEmotionModel:
+    return SpeechEmotionModel.load(request.param)
+
+
+def test_the_default_is_the_head_on_whispers_encoder():
+    from device.models.speech_emotion_whisper import WhisperHeadSpeechModel
+
+    model = SpeechEmotionModel.load()
+    assert isinstance(model, WhisperHeadSpeechModel) and model.entry.name == ROUTES[0]
+    assert model.encoder_version == model_entry("whisper_tiny_en").meta["version"]
 
 
 def test_predict_gives_seven_probabilities(model):
@@ -56,12 +70,19 @@ def test_bad_input_is_refused_with_the_reason(model, wave, message):
         model.predict(wave)
 
 
-def test_a_corrupt_model_file_is_a_clear_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("broken", ["speech_emotion_whisper_int8.tflite", "whisper-tiny.en/model.bin"])
+def test_a_corrupt_head_or_encoder_is_a_clear_error(tmp_path, monkeypatch, broken):
     folder = tmp_path / "models"
-    shutil.copytree(models_dir(), folder)
-    (folder / "speech_emotion_int8.tflite").write_bytes(b"\x00" * 256)
+    folder.mkdir()
+    for item in models_dir().iterdir():  # links, except the file to break: no 75 MB copy
+        (folder / item.name).symlink_to(item, target_is_directory=item.is_dir())
+    if "/" in broken:
+        (folder / "whisper-tiny.en").unlink()
+        shutil.copytree(models_dir() / "whisper-tiny.en", folder / "whisper-tiny.en", copy_function=os.symlink)
+    (folder / broken).unlink()
+    (folder / broken).write_bytes(b"\x00" * 256)
     monkeypatch.setenv("AULA_MODELS_DIR", str(folder))
-    with pytest.raises(ModelError, match=r"speech_emotion_int8\.tflite.*corrupt"):
+    with pytest.raises(ModelError, match=re.escape(broken.split("/")[-1]) + ".*corrupt"):
         SpeechEmotionModel.load()
 
 
@@ -76,7 +97,8 @@ def test_the_card_figures_reproduce_on_the_test_actors():
     waves = [ravdess.read_wave(c.path) for c in clips]
     labels = np.array([c.label for c in clips])
     actors = np.array([c.actor for c in clips])
-    for name in ("speech_emotion_int8", "speech_emotion_float"):
+    for name in ("speech_emotion_whisper_int8", "speech_emotion_whisper_float", "speech_emotion_int8",
+                 "speech_emotion_float"):
         expected = model_entry(name).meta["metrics"]
         got = evaluate(SpeechEmotionModel.load(name), waves, labels, actors, robustness=False)["clean"]
         assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=0.003)

@@ -21,7 +21,7 @@ from device.runtime import InferenceBackend
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "speech_emotion_int8"
+DEFAULT_MODEL = "speech_emotion_whisper_int8"
 MIN_SECONDS = 0.5
 
 
@@ -55,8 +55,16 @@ class SpeechEmotionModel(EmotionClassifier):
     @classmethod
     def load(cls, name: str = DEFAULT_MODEL, runtime: str = "auto", threads: int = 1,
              path: str | Path | None = None) -> SpeechEmotionModel:
-        """Load a manifest model by name, or a file by path (checked against its folder's manifest)."""
-        return cls(*open_model(name, runtime, threads, path))
+        """Load a manifest model by name, or a file by path (checked against its folder's manifest).
+
+        A model whose manifest entry says `front_end.kind: whisper_encoder` is a head on Whisper's encoder and
+        comes back as a WhisperHeadSpeechModel, which has the same calls."""
+        backend, entry = open_model(name, runtime, threads, path)
+        if entry is not None and entry.meta.get("front_end", {}).get("kind") == "whisper_encoder":
+            from device.models.speech_emotion_whisper import WhisperHeadSpeechModel
+
+            return WhisperHeadSpeechModel(backend, entry, threads)
+        return cls(backend, entry)
 
     def logits(self, wave: np.ndarray) -> np.ndarray:
         """(n_windows, 7) float32 logits of the 2 s windows of `wave`."""

@@ -1,0 +1,151 @@
+"""Train the speech-emotion head on Whisper tiny.en's encoder (route 2 of docs/speech_routes.md).
+
+Inputs are the pooled encoder features of converter/whisper_features.py: every training-actor clip clean plus
+twelve augmented copies of it (speed, shift, babble of other training actors, white, pink or fan noise). The
+head is a logistic regression (scikit-learn) on standardised features.
+
+Choices (which pooled statistics, how many augmented copies, the regularisation C) are made by 5-fold
+cross-validation grouped by actor over actors 1-18, scored on the validation actors' clean clips, clip by clip
+(the mean of a clip's window probabilities, as the device predicts). Test actors 19-24 are not read here. The
+shipped head is the mean of the five fold models (each trained without its validation actors), folded into one
+linear layer; it gives every training clip an out-of-fold prediction, on which the calibration temperature is
+fitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from converter import ravdess
+from converter import whisper_features as wf
+from converter.datasets import cache_dir
+from converter.metrics import accuracy_and_macro_f1
+
+AUGMENTED = tuple(f"aug{i}" for i in range(1, 13))
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    stats: str = "mean"  # "mean" or "mean+std" of the window's encoder frames
+    copies: int = 12  # augmented copies of each training clip, besides the clean one
+    c: float = 0.03  # inverse L2 regularisation of the logistic regression
+
+
+GRID = tuple(HeadConfig(stats, copies, c) for stats in ("mean", "mean+std") for copies in (0, 12)
+             for c in (0.01, 0.03, 0.1, 0.3))
+
+
+def training_rows(stats: str, copies: int) -> dict[str, np.ndarray]:
+    """Feature rows of training-actor clips: x, label, actor, clip index, and whether the row is clean."""
+    clips = ravdess.clips()
+    parts = [("clean", True)] + [(v, False) for v in AUGMENTED[:copies]]
+    xs, cs, clean = [], [], []
+    for variant, is_clean in parts:
+        x, ci = wf.load(variant, stats)
+        keep = np.array([clips[i].actor in ravdess.TRAIN_ACTORS for i in ci])
+        xs.append(x[keep])
+        cs.append(ci[keep])
+        clean.append(np.full(int(keep.sum()), is_clean))
+    clip = np.concatenate(cs)
+    return {"x": np.concatenate(xs), "clip": clip, "clean": np.concatenate(clean),
+            "label": np.array([clips[i].label for i in clip]), "actor": np.array([clips[i].actor for i in clip])}
+
+
+def fit(cfg: HeadConfig, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) of a standardised logistic regression, folded so that logits = x @ W + b on raw features."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    m = LogisticRegression(C=cfg.c, max_iter=3000).fit((x - mean) / scale, y)
+    w = (m.coef_ / scale).T
+    return w.astype(np.float64), (m.intercept_ - (m.coef_ * mean / scale).sum(1)).astype(np.float64)
+
+
+def clip_log_probs(head: tuple[np.ndarray, np.ndarray], x: np.ndarray, clip: np.ndarray):
+    """Each clip's log of the mean window probability (what the device's predict averages), by clip index."""
+    z = x @ head[0] + head[1]
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    ids = np.unique(clip)
+    return ids, np.log(np.stack([p[clip == i].mean(0) for i in ids]) + 1e-12)
+
+
+def cross_validate(cfg: HeadConfig, rows: dict) -> dict:
+    """Clip-level accuracy and macro-F1 per fold, the out-of-fold log-probabilities, and the fold heads."""
+    pool = np.array(sorted(ravdess.TRAIN_ACTORS))
+    clips = ravdess.clips()
+    scores, heads, oof = [], [], {}
+    for _, va in ravdess.actor_folds(pool, 5):
+        held = np.isin(rows["actor"], pool[va])
+        head = fit(cfg, rows["x"][~held], rows["label"][~held])
+        ev = held & rows["clean"]
+        ids, lp = clip_log_probs(head, rows["x"][ev], rows["clip"][ev])
+        scores.append(accuracy_and_macro_f1(np.array([clips[i].label for i in ids]), lp.argmax(1)))
+        oof.update({int(i): v for i, v in zip(ids, lp, strict=True)})
+        heads.append(head)
+    return {"accuracy": float(np.mean([s[0] for s in scores])), "accuracy_std": float(np.std([s[0] for s in scores])),
+            "macro_f1": float(np.mean([s[1] for s in scores])), "folds": [list(s) for s in scores],
+            "oof": oof, "heads": heads}
+
+
+def fit_temperature(logp: np.ndarray, y: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of softmax(logp / T) (grid search)."""
+    best, best_nll = 1.0, np.inf
+    for t in np.arange(0.5, 3.01, 0.05):
+        z = logp / t
+        z = z - z.max(1, keepdims=True)
+        nll = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1))).mean()
+        if nll < best_nll:
+            best, best_nll = float(t), nll
+    return round(best, 2)
+
+
+def train(out: Path, grid=GRID) -> dict:
+    """Cross-validate the grid, keep the best, and save its fold-mean head (W, b) and the report beside it."""
+    t0 = time.perf_counter()
+    clips = ravdess.clips()
+    results, best, cache = [], None, {}
+    for cfg in grid:
+        rows = cache.setdefault((cfg.stats, cfg.copies), None) or training_rows(cfg.stats, cfg.copies)
+        cache[(cfg.stats, cfg.copies)] = rows
+        r = cross_validate(cfg, rows)
+        results.append({"config": asdict(cfg), "cv_accuracy": round(r["accuracy"], 4),
+                        "cv_accuracy_std": round(r["accuracy_std"], 4), "cv_macro_f1": round(r["macro_f1"], 4)})
+        print(json.dumps(results[-1]), flush=True)
+        if best is None or r["accuracy"] > best[1]["accuracy"]:
+            best = (cfg, r)
+    cfg, r = best
+    ids = np.array(sorted(r["oof"]))
+    oof = np.stack([r["oof"][i] for i in ids])
+    temperature = fit_temperature(oof, np.array([clips[i].label for i in ids]))
+    w = np.mean([h[0] for h in r["heads"]], axis=0)
+    b = np.mean([h[1] for h in r["heads"]], axis=0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, w=w, b=b)
+    report = {"grid": results, "chosen": asdict(cfg), "cv_accuracy": round(r["accuracy"], 4),
+              "cv_accuracy_std": round(r["accuracy_std"], 4), "cv_macro_f1": round(r["macro_f1"], 4),
+              "cv_folds": r["folds"], "calibration_temperature": temperature,
+              "oof": {"clip": ids.tolist(), "logp": np.round(oof, 5).tolist()},
+              "seconds": round(time.perf_counter() - t0, 1)}
+    out.with_suffix(".json").write_text(json.dumps(report) + "\n")
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m converter.train_speech_head", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=cache_dir() / "speech_head" / "head.npz")
+    args = parser.parse_args(argv)
+    report = train(args.out)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("oof", "grid")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Pooled Whisper-encoder features of RAVDESS clips, clean and augmented, for the speech-emotion head.
+
+Every clip is trimmed to its voiced part (as the device's voice detector cuts it) and goes through
+device/models/whisper_encoder.py, the code the device runs: loudness normalised, 2 s windows 1 s apart. The
+cache keeps the mean (the head's input, as the device computes it) and the standard deviation of each
+window's encoder frames, 2 x 384 columns, so that the two can be compared. A variant is one pass over a set
+of clips:
+
+- `clean`: every clip as recorded;
+- `aug<N>`: training actors only (1-18), each clip changed at random: speed (tempo and pitch) 0.9-1.1, a shift
+  of up to 0.3 s, and either babble of 2-4 other *training* actors (5-20 dB SNR), white, pink or fan noise
+  (5-25 dB SNR), or nothing;
+- `gain<G>`, `babble<S>`, `fan<S>`: test actors only (19-24), at G dB of gain (clipped to [-1, 1]) or S dB
+  SNR of babble from three other test actors or of fan noise, as converter/export_speech.py measures the CNN.
+
+Features are cached per variant in the cache folder; `python -m converter.whisper_features VARIANT...` fills it
+on two processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+
+from converter import ravdess
+from converter.datasets import REPO_ROOT, cache_dir
+from converter.speech_augment import babble, change_speed, coloured_noise, mix_at_snr
+
+ENCODER = REPO_ROOT / "models_tflite" / "whisper-tiny.en"
+VERSION = 1  # bump when the features change, so stale caches are not reused
+
+_state: dict = {}
+
+
+def _voiced(wave: np.ndarray) -> np.ndarray:
+    from converter.export_speech import voiced_part
+
+    return voiced_part(wave)
+
+
+def _init(threads: int, padded: bool) -> None:
+    from device.models.whisper_encoder import WhisperEncoder
+
+    _state["encoder"] = WhisperEncoder(ENCODER, threads=threads)
+    _state["padded"] = padded
+    _state["clips"] = ravdess.clips()
+    _state["waves"] = [_voiced(ravdess.read_wave(c.path)) for c in _state["clips"]]
+
+
+def _variant_wave(variant: str, i: int) -> np.ndarray:
+    clips, waves = _state["clips"], _state["waves"]
+    w = waves[i]
+    rng = np.random.default_rng([VERSION, i, sum(map(ord, variant))])
+    if variant == "clean":
+        return w
+    if variant.startswith("gain"):
+        return np.clip(w * np.float32(10 ** (float(variant[4:]) / 20)), -1, 1).astype(np.float32)
+    if variant.startswith("babble") or variant.startswith("fan"):
+        snr = float(variant.lstrip("abfnle"))
+        if variant.startswith("babble"):
+            others = [j for j, c in enumerate(clips) if c.actor in ravdess.TEST_ACTORS and c.actor != clips[i].actor]
+            noise = np.zeros(len(w), np.float32)
+            for j in rng.choice(others, size=3, replace=False):
+                noise += np.resize(waves[j] / (np.sqrt(np.mean(waves[j] ** 2)) + 1e-9), len(w))
+        else:
+            noise = coloured_noise(len(w), "fan", rng)
+        return np.clip(mix_at_snr(w, noise, snr, rng), -1, 1)
+    if variant.startswith("aug"):
+        x = w
+        if rng.random() < 0.5:
+            x = change_speed(x, rng.uniform(0.9, 1.1))
+        shift = int(rng.uniform(-0.3, 0.3) * 16000)
+        x = x[shift:] if shift > 0 else np.concatenate([np.zeros(-shift, np.float32), x])
+        r = rng.random()
+        if r < 0.35:
+            pool = [waves[j] for j, c in enumerate(clips)
+                    if c.actor in ravdess.TRAIN_ACTORS and c.actor != clips[i].actor]
+            x = mix_at_snr(x, babble(pool, len(x), int(rng.integers(2, 5)), rng), rng.uniform(5, 20), rng)
+        elif r < 0.7:
+            kind = ("white", "pink", "fan")[rng.integers(0, 3)]
+            x = mix_at_snr(x, coloured_noise(len(x), kind, rng), rng.uniform(5, 25), rng)
+        return np.clip(x, -1, 1).astype(np.float32)
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def _one(args: tuple[str, int]) -> np.ndarray:
+    variant, i = args
+    from device.models.whisper_encoder import pool
+
+    frames = _state["encoder"].window_frames(_variant_wave(variant, i), _state["padded"])
+    return np.stack([pool(f, "mean+std") for f in frames])
+
+
+def clip_indices(variant: str, clips: list[ravdess.Clip]) -> list[int]:
+    actors = ravdess.TRAIN_ACTORS if variant.startswith("aug") else (
+        ravdess.TEST_ACTORS if variant != "clean" else ravdess.TRAIN_ACTORS | ravdess.TEST_ACTORS)
+    return [i for i, c in enumerate(clips) if c.actor in actors]
+
+
+def cache_path(variant: str, padded: bool) -> Path:
+    return cache_dir() / f"whisper_head_v{VERSION}_{'padded_' if padded else ''}{variant}.npz"
+
+
+def extract(variants: list[str], padded: bool, processes: int = 2) -> None:
+    """Fill the cache for every variant not cached yet."""
+    todo = [v for v in variants if not cache_path(v, padded).exists()]
+    if not todo:
+        return
+    clips = ravdess.clips()
+    with mp.get_context("fork").Pool(processes, initializer=_init, initargs=(1, padded)) as pool:
+        for v in todo:
+            t = time.perf_counter()
+            idx = clip_indices(v, clips)
+            feats = pool.map(_one, [(v, i) for i in idx], chunksize=8)
+            x = np.concatenate(feats)
+            clip = np.repeat(idx, [len(f) for f in feats])
+            np.savez(cache_path(v, padded), x=x, clip=clip)
+            print(f"{v}: {len(idx)} clips, {len(x)} windows, {time.perf_counter() - t:.0f} s", flush=True)
+
+
+STATS = {"mean": slice(0, 384), "mean+std": slice(0, 768)}
+
+
+def load(variant: str, stats: str = "mean", padded: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(windows, 384 or 768) features and each window's clip index (into ravdess.clips())."""
+    extract([variant], padded)
+    data = np.load(cache_path(variant, padded))
+    return data["x"][:, STATS[stats]], data["clip"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m converter.whisper_features", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--padded", action="store_true", help="one padded 30 s pass per clip, cut into windows")
+    args = parser.parse_args(argv)
+    extract(args.variants, args.padded, args.processes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Whisper tiny.en's encoder as a feature extractor for the speech-emotion head.
+
+The encoder (CTranslate2, int8) runs on the segment itself, not on Whisper's 30 s of padding: CTranslate2
+accepts a shorter log-mel input, and one 2 s window then costs a fraction of a padded pass. Each window's
+encoder frames (50 per second, 384 wide) are pooled, by their mean (384 numbers) or their mean and standard
+deviation (768), as the head's manifest entry says; the head (a small int8 TFLite model) maps them to the 7
+labels. Which pooling the shipped head uses was chosen in cross-validation
+(models_tflite/cards/speech_emotion_whisper.md). Loudness is normalised first
+(device/audio/loudness.py), so the head never sees absolute level.
+
+The same code makes the training features (converter/whisper_features.py) and runs on the device.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from device.audio.loudness import normalise_loudness
+from device.errors import ModelError
+
+SAMPLE_RATE = 16000
+CHUNK_S = 30  # Whisper's input: every padded pass covers 30 s
+FRAMES_PER_S = 50  # encoder frames per second of audio
+WINDOW_S = 2.0
+HOP_S = 1.0
+MIN_S = 0.5
+WIDTH = 384
+POOLING = {"mean": WIDTH, "mean+std": 2 * WIDTH}  # pooled statistics -> features per window
+
+
+def pool(frames: np.ndarray, stats: str = "mean") -> np.ndarray:
+    """(n, 384) encoder frames -> their mean, or their mean and standard deviation, as float32."""
+    if stats not in POOLING:
+        raise ValueError(f"pooling must be one of {sorted(POOLING)}, got {stats!r}")
+    parts = [frames.mean(axis=0)] + ([frames.std(axis=0)] if stats == "mean+std" else [])
+    return np.concatenate(parts).astype(np.float32)
+
+
+def window_starts(n_samples: int, window_s: float = WINDOW_S, hop_s: float = HOP_S) -> list[int]:
+    """Sample offsets of the windows that cover a segment: one window if it is no longer than `window_s`."""
+    win, hop = int(window_s * SAMPLE_RATE), int(hop_s * SAMPLE_RATE)
+    if n_samples <= win:
+        return [0]
+    starts = list(range(0, n_samples - win + 1, hop))
+    if starts[-1] + win < n_samples - hop // 2:  # a tail of more than half a hop gets a window of its own
+        starts.append(n_samples - win)
+    return starts
+
+
+
+
+class WhisperEncoder:
+    """Loads the CTranslate2 Whisper model once; `frames` encodes one window, `features` pools its windows."""
+
+    def __init__(self, folder: str | Path, threads: int = 1, compute_type: str = "int8"):
+        try:
+            import ctranslate2
+            from faster_whisper.feature_extractor import FeatureExtractor
+        except ImportError as exc:
+            raise ModelError(f"the speech model needs faster-whisper (pip install faster-whisper): {exc}") from exc
+        try:
+            self._model = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type=compute_type,
+                                                     intra_threads=threads)
+        except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for a folder it cannot read
+            raise ModelError(f"cannot load the Whisper encoder from {folder}: {exc}") from exc
+        self._storage = ctranslate2.StorageView
+        self._mel = FeatureExtractor(feature_size=self._model.n_mels)
+        self._lock = threading.Lock()  # one CTranslate2 model, called from one thread at a time
+
+    def frames(self, samples: np.ndarray) -> np.ndarray:
+        """(n, 384) float32 encoder frames of one window of 16 kHz mono float32 samples, loudness-normalised."""
+        x = normalise_loudness(samples)
+        mel = self._mel(x)  # (80, len/160), Whisper's own log-mel; no 30 s padding
+        mel = mel[:, : (mel.shape[1] // 2) * 2]  # the encoder halves the frame rate
+        with self._lock:
+            out = self._model.encode(self._storage.from_array(np.ascontiguousarray(mel[None], np.float32)),
+                                     to_cpu=True)
+        return np.array(out, dtype=np.float32)[0]
+
+    def padded_frames(self, samples: np.ndarray) -> np.ndarray:
+        """(n, 384) encoder frames of a segment of up to 30 s, padded to 30 s as Whisper was trained (the pass
+        speech-to-text makes as well); only the frames that hold the segment are returned."""
+        if len(samples) > CHUNK_S * SAMPLE_RATE:
+            raise ValueError(f"a padded pass covers at most {CHUNK_S} s, got {len(samples) / SAMPLE_RATE:.1f} s")
+        x = normalise_loudness(samples)
+        mel = self._mel(x, padding=CHUNK_S * SAMPLE_RATE - len(x))[:, : CHUNK_S * SAMPLE_RATE // 160]
+        with self._lock:
+            out = self._model.encode(self._storage.from_array(np.ascontiguousarray(mel[None], np.float32)),
+                                     to_cpu=True)
+        n = max(1, min(CHUNK_S * FRAMES_PER_S, int(np.ceil(len(samples) / SAMPLE_RATE * FRAMES_PER_S))))
+        return np.array(out, dtype=np.float32)[0, :n]
+
+    def window_frames(self, samples: np.ndarray, padded: bool = False) -> list[np.ndarray]:
+        """The encoder frames of each 2 s window (1 s apart) of a segment of at least 0.5 s: each window
+        encoded on its own, or (`padded`) one padded pass per 30 s whose frames are cut into the windows."""
+        samples = np.asarray(samples, dtype=np.float32)
+        if len(samples) < MIN_S * SAMPLE_RATE:
+            raise ValueError(f"speech must be at least {MIN_S} s long, got {len(samples) / SAMPLE_RATE:.2f} s")
+        win = int(WINDOW_S * SAMPLE_RATE)
+        starts = window_starts(len(samples))
+        if not padded:
+            return [self.frames(samples[s : s + win]) for s in starts]
+        chunk = CHUNK_S * SAMPLE_RATE
+        frames = np.concatenate([self.padded_frames(samples[c : c + chunk]) for c in range(0, len(samples), chunk)])
+        per = SAMPLE_RATE // FRAMES_PER_S
+        return [frames[s // per : max(s // per + 1, (s + win) // per)] for s in starts]
+
+    def features(self, samples: np.ndarray, stats: str = "mean", padded: bool = False) -> np.ndarray:
+        """(n_windows, 384 or 768): each 2 s window's pooled encoder frames, the head's input."""
+        return np.stack([pool(f, stats) for f in self.window_frames(samples, padded)])
