@@ -105,6 +105,9 @@ class DeviceService:
                 "full" if v.detector == "full" else "short")
             # The loaded model's own temperature: it follows the mirror gate in force (config may turn it off).
             temps[Modality.FACE] = self._stage.classifier.temperature
+        # The words path first: its Whisper model is then the one the speech-emotion head's encoder uses too
+        # (device/models/whisper_encoder.py), rather than a second copy in memory.
+        self._load_text_path()
         self._speech_model = None
         s = self.config.speech
         if s.enabled and s.emotion_model and self.config.microphone is not None:
@@ -120,7 +123,6 @@ class DeviceService:
             else:
                 self.model_versions["speech_emotion"] = str(self._speech_model.version)
                 temps[Modality.SPEECH] = self._speech_model.temperature
-        self._load_text_path()
         # The models apply their own calibration temperature already; fusion must not apply it a second time.
         if self._text_path is not None:
             temps[Modality.TEXT] = 1.0

@@ -103,3 +103,12 @@ def test_the_card_figures_reproduce_on_the_test_actors():
         got = evaluate(SpeechEmotionModel.load(name), waves, labels, actors, robustness=False)["clean"]
         assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=0.003)
         assert got["macro_f1"] == pytest.approx(expected["macro_f1"], abs=0.003)
+
+
+def test_the_head_uses_the_recognisers_whisper_model_when_one_is_loaded():
+    from device.speech_to_text.whisper import WhisperTranscriber
+
+    transcriber = WhisperTranscriber()
+    model = SpeechEmotionModel.load()
+    assert model.encoder._model is transcriber._model.model  # one copy in memory, not two
+    assert model.predict(_voice(2.0)).shape == (7,)

@@ -52,6 +52,17 @@ def window_starts(n_samples: int, window_s: float = WINDOW_S, hop_s: float = HOP
 
 
 
+# CTranslate2 Whisper models already in memory, by folder: the words path's recogniser registers the one it
+# loaded (device/speech_to_text/whisper.py), and an encoder for the same folder uses it instead of loading a
+# second copy (about 120 MB). CTranslate2 queues calls from several threads on one model.
+_LOADED: dict[str, object] = {}
+
+
+def share_loaded(folder: str | Path, model) -> None:
+    """Offer an already loaded CTranslate2 Whisper model of `folder` to the encoders made after this call."""
+    _LOADED[str(Path(folder).resolve())] = model
+
+
 class WhisperEncoder:
     """Loads the CTranslate2 Whisper model once; `frames` encodes one window, `features` pools its windows."""
 
@@ -61,11 +72,13 @@ class WhisperEncoder:
             from faster_whisper.feature_extractor import FeatureExtractor
         except ImportError as exc:
             raise ModelError(f"the speech model needs faster-whisper (pip install faster-whisper): {exc}") from exc
-        try:
-            self._model = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type=compute_type,
-                                                     intra_threads=threads)
-        except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for a folder it cannot read
-            raise ModelError(f"cannot load the Whisper encoder from {folder}: {exc}") from exc
+        self._model = _LOADED.get(str(Path(folder).resolve()))
+        if self._model is None:
+            try:
+                self._model = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type=compute_type,
+                                                         intra_threads=threads)
+            except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for a folder it cannot read
+                raise ModelError(f"cannot load the Whisper encoder from {folder}: {exc}") from exc
         self._storage = ctranslate2.StorageView
         self._mel = FeatureExtractor(feature_size=self._model.n_mels)
         self._lock = threading.Lock()  # one CTranslate2 model, called from one thread at a time

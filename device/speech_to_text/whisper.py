@@ -44,6 +44,9 @@ class WhisperTranscriber(Transcriber):
                                        cpu_threads=threads, num_workers=1, local_files_only=True)
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for a folder it cannot read
             raise TranscriberError(f"faster-whisper cannot load {entry.path.parent}: {exc}") from exc
+        from device.models.whisper_encoder import share_loaded
+
+        share_loaded(entry.path.parent, self._model.model)  # the speech-emotion head's encoder uses it too
         self.model_name = model
         self.beam_size = beam_size
         self.language = language
