@@ -51,7 +51,8 @@ def write_card(report: dict, out: Path) -> None:
         "## How it works",
         "- **Encoder**: Whisper tiny.en (CTranslate2, int8, the same model file as the words path, "
         "`models_tflite/whisper-tiny.en`). It runs on each 2 s window itself, *not* on Whisper's 30 s of padding: "
-        "CTranslate2 takes a shorter log-mel input, and a window then costs about a fortieth of a padded pass. "
+        "CTranslate2 takes a shorter log-mel input, and a window then costs about a thirtieth of a padded pass "
+        "(22 ms against about 660 ms on the AMD EPYC of `docs/benchmarks.md`). "
         "Before the encoder each window's loudness is normalised (active level to -20 dBFS, "
         "`device/audio/loudness.py`), so the head never sees absolute level.",
         "- **Pooling and head**: the window's encoder frames (50 per second, 384 wide) are pooled "
@@ -142,9 +143,10 @@ def write_card(report: dict, out: Path) -> None:
         "it by the reliability the fusion was given (`docs/fusion.md`).",
         "",
         "## Cost on the device",
-        "One encoder pass per 2 s window of speech (no 30 s padding) plus the head: see `docs/benchmarks.md` "
-        "(`make bench`) for the milliseconds per window on each CPU measured. Memory: the CTranslate2 Whisper "
-        "model (about 40 MB int8), which the words path loads as well.",
+        "One encoder pass per 2 s window of speech (no 30 s padding) plus the head: 22 ms per window on one "
+        "thread of a 2-core AMD EPYC (AVX2, no int8 dot products), the speech path with Silero VAD at 0.019x "
+        "real time (`python bench/speech.py`; every CPU measured: `docs/benchmarks.md`). Memory: the "
+        "CTranslate2 Whisper model, shared with the words path when that runs (one copy in memory).",
         "",
         "## Licence",
         "Head weights: trained by Aula on RAVDESS (CC BY-NC-SA 4.0: non-commercial research and teaching). "
