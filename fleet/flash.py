@@ -702,6 +702,121 @@ def watcher_account(opts: FlashOptions, say: Say) -> str:
     return "aula-server"
 
 
+# --- a release on a host (shared by flash and server-install) ---------------------------------------------------
+
+def wheelhouse_for(release: Release, target: Target, opts: FlashOptions, say: Say) -> Wheelhouse:
+    """The release's wheels for the target's platform, from the cache or made now (once per platform at a time)."""
+    t = time.monotonic()
+    with _wheelhouse_lock(release.wheelhouse_key(target)):
+        wh = prepare_wheelhouse(release, target, opts.wheelhouse_cache, say)
+    say(f"wheelhouse {wh.path}: {wh.files} files, {wh.bytes / MIB:.0f} MiB, "
+        + ("cached, nothing downloaded" if wh.cached else f"made in {time.monotonic() - t:.1f} s")
+        + (f"; built on the device from source: {', '.join(wh.source_builds)} (needs gcc, python3-dev "
+           "and portaudio19-dev there)" if wh.source_builds else ""))
+    return wh
+
+
+def check_space(raw: dict, host: str, release_bytes: int, wh: Wheelhouse | None, reserve_mib: int) -> None:
+    """Stop before copying anything when the host has too little space for the release, wheelhouse and venv."""
+    parts = [("release", release_bytes)] if release_bytes else []
+    if wh is not None:
+        parts += [("wheelhouse", wh.bytes), ("venv about", int(wh.bytes * VENV_PER_WHEEL_BYTE))]
+    need = sum(b for _, b in parts) + reserve_mib * MIB
+    if raw["free_bytes"] < need:
+        detail = ", ".join(f"{what} {b / MIB:,.0f} MiB" for what, b in parts)
+        raise FlashError(
+            f"not enough space on {host}: {raw['free_bytes'] / MIB:,.0f} MiB free under "
+            f"{raw['free_at']}, this flash needs about {need / MIB:,.0f} MiB ({detail or 'nothing to copy'}, plus "
+            f"{reserve_mib} MiB kept free). Free space on the device (`df -h`; old releases are under "
+            "/opt/aula/releases; `sudo apt clean`; `sudo journalctl --vacuum-size=50M`) or use a larger card. "
+            "Nothing was copied")
+
+
+# Run by the venv's python with the folder as argv[1]: a .pth file in site-packages puts it on sys.path.
+_WRITE_PTH = ("import sys, sysconfig; p = sysconfig.get_path('purelib') + '/aula-release.pth'; "
+              "open(p, 'w').write(sys.argv[1] + '\\n')")
+
+
+def make_venv(remote: Remote, A: str, key: str, wh: Wheelhouse, python: str, release: Release, say: Say,
+              system_site_packages: bool = False, path_entry: str = "") -> None:
+    """<A>/venvs/<key> made on the host from the wheelhouse (copied there first); path_entry: a folder the venv
+    puts on sys.path (a .pth file), for a service whose working directory is not the code's."""
+    incoming = f"{A}/.incoming/wheelhouse-{wh.key}"
+    remote.run('mkdir -p "$1"', incoming)
+    took = remote.rsync(["-rt", "--partial", "--delete", "--chmod=ugo=rX,u+w", f"{wh.path}/",
+                         f"{remote.target.rsync_host}:{incoming}/"], "the wheelhouse")
+    say(f"wheelhouse copied to the device in {took:.1f} s")
+    t = time.monotonic()
+    remote.run(
+        'set -eu; V="$1/venvs/$2"; W="$3"; rm -rf "$V"; mkdir -p "$1/venvs"; '
+        'if [ "$5" = yes ]; then "$4" -m venv --system-site-packages "$V"; else "$4" -m venv "$V"; fi; '
+        '"$V/bin/python" -m pip install --disable-pip-version-check --no-index --find-links "$W" '
+        '--ignore-installed --no-warn-script-location -q -r "$W/requirements.txt"; '
+        'if [ -n "$6" ]; then "$V/bin/python" -c "$7" "$6"; fi; '
+        '"$V/bin/python" -m pip freeze --all > "$V/.aula-freeze.txt" 2>/dev/null || true; '
+        'chmod -R go+rX "$V"; touch "$V/.aula-venv-complete"; rm -rf "$W"',
+        A, key, incoming, python, "yes" if system_site_packages else "no", path_entry, _WRITE_PTH,
+        what="making the venv",
+        timeout=3600)
+    say(f"venv {A}/venvs/{key}: made on the device from the wheelhouse in {time.monotonic() - t:.1f} s "
+        f"({len(release.requirements)} requirements"
+        + (", sees the system's python3-picamera2" if system_site_packages else "") + ")")
+
+
+def copy_release(remote: Remote, A: str, release: Release, version: str, venv_key: str, link_from: str | None,
+                 say: Say) -> None:
+    """rsync the release's files to <A>/releases/.partial-<version>, then rename it into place (never half there)."""
+    partial = f"{A}/releases/.partial-{version}"
+    remote.run('mkdir -p "$1"', partial)
+    with tempfile.NamedTemporaryFile("w", prefix="aula-files-", suffix=".txt") as listing:
+        listing.write(release.file_list())
+        listing.flush()
+        args = ["-rlt", "--chmod=ugo=rX,u+w", f"--files-from={listing.name}"]
+        if link_from:
+            args.append(f"--link-dest={A}/releases/{link_from}")
+        took = remote.rsync([*args, f"{release.source}/", f"{remote.target.rsync_host}:{partial}/"],
+                            f"release {version}")
+    remote.run('set -eu; A="$1"; V="$2"; P="$A/releases/.partial-$V"; ln -sfn "../../venvs/$3" "$P/.venv"; '
+               'cat > "$P/.aula-release.json"; printf "%s\\n" "$V" > "$P/RELEASE"; shift 3; '
+               'for pkg in "$@"; do "$P/.venv/bin/python" -m compileall -q "$P/$pkg" >/dev/null; done; '
+               'rm -rf "$A/releases/$V"; mv -T "$P" "$A/releases/$V"',
+               A, version, venv_key, *release.role.packages, input=release.manifest(venv_key),
+               what=f"installing release {version}")
+    say(f"release copied to {A}/releases/{version} in {took:.1f} s"
+        + (f" (unchanged files linked from {link_from})" if link_from else ""))
+
+
+def switch_current(remote: Remote, A: str, version: str, venv_key: str | None, links: tuple[str, ...]) -> None:
+    """`current` and the unit's paths: each a new link renamed over the old one (atomic). With venv_key, the
+    release's .venv is pointed at that venv first (a release already on the device may predate it)."""
+    remote.run('set -eu; A="$1"; V="$A/releases/$2"; if [ -n "$3" ] && '
+               '[ "$(readlink "$V/.venv")" != "../../venvs/$3" ]; then '
+               'ln -sfn "../../venvs/$3" "$V/.venv.aula-new"; mv -T "$V/.venv.aula-new" "$V/.venv"; fi; '
+               'ln -sfn "releases/$2" "$A/current.aula-new"; '
+               'mv -T "$A/current.aula-new" "$A/current"; shift 3; for n in "$@"; do '
+               'if [ "$(readlink "$A/$n" 2>/dev/null)" != "current/$n" ]; then '
+               'ln -sfn "current/$n" "$A/$n.aula-new"; mv -T "$A/$n.aula-new" "$A/$n"; fi; done',
+               A, version, venv_key or "", *links, what="switching current")
+
+
+def remove_old_releases(remote: Remote, A: str, version: str, previous: str | None, keep_releases: int,
+                        say: Say) -> None:
+    """Keep the newest `keep_releases`, the current and the previous release; remove venvs no release uses."""
+    listing = remote.run('cd "$1/releases" 2>/dev/null && for f in */.aula-release.json; do '
+                         '[ -f "$f" ] && echo "$(stat -c %Y "$f") ${f%/.aula-release.json}"; done; true', A)
+    names = [ln.split(" ", 1)[1] for ln in sorted(listing.splitlines(), reverse=True) if " " in ln]
+    keep = {version, *([previous] if previous else []), *names[: max(keep_releases, 1)]}
+    drop = [n for n in names if n not in keep]
+    remote.run(
+        'set -eu; A="$1"; shift; cd "$A/releases"; rm -rf .partial-*; for d in "$@"; do rm -rf "./$d"; done; '
+        'used=$(for d in */; do if [ -L "$d.venv" ]; then basename "$(readlink "$d.venv")"; fi; done); '
+        'if [ -d "$A/venvs" ]; then cd "$A/venvs"; for v in */; do v=${v%/}; [ -d "$v" ] || continue; '
+        'echo "$used" | grep -qx "$v" || rm -rf "./$v"; done; fi; rm -rf "$A/.incoming"',
+        A, *drop, what="removing old releases")
+    if drop:
+        say(f"removed old releases: {', '.join(drop)} (kept {len(keep)})")
+
+
 # --- one device ------------------------------------------------------------------------------------------------
 
 class _Flash:
@@ -874,32 +989,11 @@ class _Flash:
     # steps
 
     def _wheelhouse(self, target: Target, need: bool) -> Wheelhouse | None:
-        if not need:
-            return None
-        t = time.monotonic()
-        with _wheelhouse_lock(self.release.wheelhouse_key(target)):
-            wh = prepare_wheelhouse(self.release, target, self.opts.wheelhouse_cache, self.say)
-        self.say(f"wheelhouse {wh.path}: {wh.files} files, {wh.bytes / MIB:.0f} MiB, "
-                 + ("cached, nothing downloaded" if wh.cached else f"made in {time.monotonic() - t:.1f} s")
-                 + (f"; built on the device from source: {', '.join(wh.source_builds)} (needs gcc, python3-dev "
-                    "and portaudio19-dev there)" if wh.source_builds else ""))
-        return wh
+        return wheelhouse_for(self.release, target, self.opts, self.say) if need else None
 
     def _check_space(self, raw: dict, need_release: bool, wh: Wheelhouse | None) -> None:
-        parts = []
-        if need_release:
-            parts.append(("release", self.release.total_bytes))
-        if wh is not None:
-            parts += [("wheelhouse", wh.bytes), ("venv about", int(wh.bytes * VENV_PER_WHEEL_BYTE))]
-        need = sum(b for _, b in parts) + self.opts.reserve_mib * MIB
-        if raw["free_bytes"] < need:
-            detail = ", ".join(f"{what} {b / MIB:,.0f} MiB" for what, b in parts)
-            raise FlashError(
-                f"not enough space on {self.spec.host.host}: {raw['free_bytes'] / MIB:,.0f} MiB free under "
-                f"{raw['free_at']}, this flash needs about {need / MIB:,.0f} MiB ({detail or 'nothing to copy'}, plus "
-                f"{self.opts.reserve_mib} MiB kept free). Free space on the device (`df -h`; old releases are under "
-                "/opt/aula/releases; `sudo apt clean`; `sudo journalctl --vacuum-size=50M`) or use a larger card. "
-                "Nothing was copied")
+        check_space(raw, self.spec.host.host, self.release.total_bytes if need_release else 0, wh,
+                    self.opts.reserve_mib)
 
     def _make_user(self) -> None:
         self.remote.run('set -e; useradd --system --no-create-home --home-dir /nonexistent '
@@ -916,55 +1010,13 @@ class _Flash:
         return {"uid": int(uid), "gid": int(gid)}
 
     def _venv(self, key: str, wh: Wheelhouse, python: str, picamera: bool) -> None:
-        incoming = f"{self.A}/.incoming/wheelhouse-{wh.key}"
-        self.remote.run('mkdir -p "$1"', incoming)
-        took = self.remote.rsync(["-rt", "--partial", "--delete", "--chmod=ugo=rX,u+w", f"{wh.path}/",
-                                  f"{self.spec.host.rsync_host}:{incoming}/"], "the wheelhouse")
-        self.say(f"wheelhouse copied to the device in {took:.1f} s")
-        t = time.monotonic()
-        self.remote.run(
-            'set -eu; V="$1/venvs/$2"; W="$3"; rm -rf "$V"; mkdir -p "$1/venvs"; '
-            'if [ "$5" = yes ]; then "$4" -m venv --system-site-packages "$V"; else "$4" -m venv "$V"; fi; '
-            '"$V/bin/python" -m pip install --disable-pip-version-check --no-index --find-links "$W" '
-            '--ignore-installed --no-warn-script-location -q -r "$W/requirements.txt"; '
-            '"$V/bin/python" -m pip freeze --all > "$V/.aula-freeze.txt" 2>/dev/null || true; '
-            'touch "$V/.aula-venv-complete"; rm -rf "$W"',
-            self.A, key, incoming, python, "yes" if picamera else "no", what="making the venv", timeout=3600)
-        self.say(f"venv {self.A}/venvs/{key}: made on the device from the wheelhouse in {time.monotonic() - t:.1f} s "
-                 f"({len(self.release.requirements)} requirements"
-                 + (", sees the system's python3-picamera2" if picamera else "") + ")")
+        make_venv(self.remote, self.A, key, wh, python, self.release, self.say, system_site_packages=picamera)
 
     def _copy_release(self, version: str, venv_key: str, link_from: str | None) -> None:
-        partial = f"{self.A}/releases/.partial-{version}"
-        self.remote.run('mkdir -p "$1"', partial)
-        with tempfile.NamedTemporaryFile("w", prefix="aula-files-", suffix=".txt") as listing:
-            listing.write(self.release.file_list())
-            listing.flush()
-            args = ["-rlt", "--chmod=ugo=rX,u+w", f"--files-from={listing.name}"]
-            if link_from:
-                args.append(f"--link-dest={self.A}/releases/{link_from}")
-            took = self.remote.rsync([*args, f"{self.release.source}/", f"{self.spec.host.rsync_host}:{partial}/"],
-                                     f"release {version}")
-        self.remote.run('set -eu; A="$1"; V="$2"; P="$A/releases/.partial-$V"; ln -sfn "../../venvs/$3" "$P/.venv"; '
-                        'cat > "$P/.aula-release.json"; printf "%s\\n" "$V" > "$P/RELEASE"; '
-                        '"$P/.venv/bin/python" -m compileall -q "$P/device" >/dev/null; '
-                        'rm -rf "$A/releases/$V"; mv -T "$P" "$A/releases/$V"',
-                        self.A, version, venv_key, input=self.release.manifest(venv_key),
-                        what=f"installing release {version}")
-        self.say(f"release copied to {self.A}/releases/{version} in {took:.1f} s"
-                 + (f" (unchanged files linked from {link_from})" if link_from else ""))
+        copy_release(self.remote, self.A, self.release, version, venv_key, link_from, self.say)
 
     def _switch(self, version: str, venv_key: str | None = None) -> None:
-        """`current` and the unit's paths: each a new link renamed over the old one (atomic). With venv_key, the
-        release's .venv is pointed at that venv first (a release already on the device may predate it)."""
-        self.remote.run('set -eu; A="$1"; V="$A/releases/$2"; if [ -n "$3" ] && '
-                        '[ "$(readlink "$V/.venv")" != "../../venvs/$3" ]; then '
-                        'ln -sfn "../../venvs/$3" "$V/.venv.aula-new"; mv -T "$V/.venv.aula-new" "$V/.venv"; fi; '
-                        'ln -sfn "releases/$2" "$A/current.aula-new"; '
-                        'mv -T "$A/current.aula-new" "$A/current"; shift 3; for n in "$@"; do '
-                        'if [ "$(readlink "$A/$n" 2>/dev/null)" != "current/$n" ]; then '
-                        'ln -sfn "current/$n" "$A/$n.aula-new"; mv -T "$A/$n.aula-new" "$A/$n"; fi; done',
-                        self.A, version, venv_key or "", *COMPAT_LINKS, what="switching current")
+        switch_current(self.remote, self.A, version, venv_key, COMPAT_LINKS)
 
     def _self_check(self, version: str) -> None:
         config = self.p("/etc/aula/device.yaml")
@@ -1075,20 +1127,7 @@ class _Flash:
                          "fix the cause and flash again")
 
     def _cleanup(self, version: str, previous: str | None) -> None:
-        listing = self.remote.run('cd "$1/releases" 2>/dev/null && for f in */.aula-release.json; do '
-                                  '[ -f "$f" ] && echo "$(stat -c %Y "$f") ${f%/.aula-release.json}"; done; true',
-                                  self.A)
-        names = [ln.split(" ", 1)[1] for ln in sorted(listing.splitlines(), reverse=True) if " " in ln]
-        keep = {version, *([previous] if previous else []), *names[: max(self.opts.keep_releases, 1)]}
-        drop = [n for n in names if n not in keep]
-        self.remote.run(
-            'set -eu; A="$1"; shift; cd "$A/releases"; rm -rf .partial-*; for d in "$@"; do rm -rf "./$d"; done; '
-            'used=$(for d in */; do if [ -L "$d.venv" ]; then basename "$(readlink "$d.venv")"; fi; done); '
-            'if [ -d "$A/venvs" ]; then cd "$A/venvs"; for v in */; do v=${v%/}; [ -d "$v" ] || continue; '
-            'echo "$used" | grep -qx "$v" || rm -rf "./$v"; done; fi; rm -rf "$A/.incoming"',
-            self.A, *drop, what="removing old releases")
-        if drop:
-            self.say(f"removed old releases: {', '.join(drop)} (kept {len(keep)})")
+        remove_old_releases(self.remote, self.A, version, previous, self.opts.keep_releases, self.say)
 
 
 @dataclass

@@ -6,6 +6,9 @@ dependencies plus the `device` extra (pyproject.toml). Devices with the same dep
 one venv, built from a wheelhouse that this module prepares with pip on the technician's machine (for the device's
 platform) and caches under artifacts/wheelhouse/<key>/, so that a second flash downloads nothing and the device
 never needs the internet.
+
+The server's release (SERVER: server/, the device's contract and shared layer, its unit, the `server` extra) is
+built the same way for `make server-install` (fleet/server_install.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,25 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("device", "models_tflite", "systemd/aula-device.service", "pyproject.toml", "docs/deployment.md",
            "docs/hardening.md", "docs/device.example.yaml", "docs/flash.md")
 UNIT = "systemd/aula-device.service"
+
+
+@dataclass(frozen=True)
+class ReleaseRole:
+    """What one kind of machine runs: the shipped entries, its unit, its pyproject extra and its packages."""
+
+    name: str
+    shipped: tuple[str, ...]
+    unit: str
+    extra: str
+    packages: tuple[str, ...]  # compiled on the target; the first one's __main__.py marks a source tree
+
+
+DEVICE = ReleaseRole("device", SHIPPED, UNIT, "device", ("device",))
+# The server imports of the device only the contract and the shared layer (the import contracts in pyproject.toml).
+SERVER = ReleaseRole("server", ("server", "device/__init__.py", "device/contract", "device/common",
+                                "systemd/aula-server.service", "pyproject.toml", "docs/server.md", "docs/hardening.md",
+                                "docs/deployment.md"),
+                     "systemd/aula-server.service", "server", ("server", "device"))
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 WHEELHOUSE_MARKER = ".aula-wheelhouse.json"
@@ -81,9 +103,9 @@ def _is_git_root(source: Path) -> bool:
     return top is not None and Path(top.strip()).resolve() == source.resolve()
 
 
-def _listed(source: Path) -> list[str]:
+def _listed(source: Path, shipped: tuple[str, ...] = SHIPPED) -> list[str]:
     """The shipped files: in a git checkout, tracked and untracked but not ignored; elsewhere every file."""
-    entries = [e for e in SHIPPED if (source / e).exists()]
+    entries = [e for e in shipped if (source / e).exists()]
     if _is_git_root(source):
         out = _git(source, "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *entries)
         if out is not None:
@@ -105,16 +127,17 @@ def _listed(source: Path) -> list[str]:
     return sorted(found)
 
 
-def device_requirements(source: Path) -> tuple[str, ...]:
-    """The device's dependency set: the project's dependencies plus its `device` extra, from pyproject.toml."""
+def device_requirements(source: Path, extra_name: str = "device") -> tuple[str, ...]:
+    """The device's dependency set (or another role's): the project's dependencies plus its extra, from
+    pyproject.toml."""
     path = source / "pyproject.toml"
     try:
         project = tomllib.loads(path.read_text(encoding="utf-8"))["project"]
     except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
         raise ReleaseError(f"cannot read the dependencies from {path}: {exc}") from None
-    extra = project.get("optional-dependencies", {}).get("device")
+    extra = project.get("optional-dependencies", {}).get(extra_name)
     if extra is None:
-        raise ReleaseError(f"{path} has no `device` extra under [project.optional-dependencies]")
+        raise ReleaseError(f"{path} has no `{extra_name}` extra under [project.optional-dependencies]")
     return tuple(dict.fromkeys(r.strip() for r in [*project.get("dependencies", []), *extra] if r.strip()))
 
 
@@ -127,6 +150,7 @@ class Release:
     content_hash: str
     describe: str
     requirements: tuple[str, ...]
+    role: ReleaseRole = DEVICE
 
     @property
     def version(self) -> str:
@@ -163,7 +187,7 @@ class Release:
         return "".join(f"{f.path}\n" for f in self.files)
 
     def unit_text(self) -> str:
-        path = self.source / UNIT
+        path = self.source / self.role.unit
         try:
             return path.read_text(encoding="utf-8")
         except OSError as exc:
@@ -171,7 +195,8 @@ class Release:
 
     def manifest(self, venv_key: str) -> str:
         """.aula-release.json in the installed release."""
-        return json.dumps({"version": self.version, "content_hash": self.content_hash, "describe": self.describe,
+        return json.dumps({"version": self.version, "role": self.role.name, "content_hash": self.content_hash,
+                           "describe": self.describe,
                            "files": len(self.files), "bytes": self.total_bytes, "venv": venv_key,
                            "requirements": list(self.requirements)}, indent=2) + "\n"
 
@@ -182,16 +207,17 @@ def _describe(source: Path) -> str:
     return text[:40]  # the version stays within the 64 characters the device reports (device/system_metrics.py)
 
 
-def build_release(source: Path = ROOT) -> Release:
-    """Read the shipped files of `source` (a checkout or a copy of one) and hash them."""
+def build_release(source: Path = ROOT, role: ReleaseRole = DEVICE) -> Release:
+    """Read the shipped files of `source` (a checkout or a copy of one) for `role` and hash them."""
     source = Path(source).resolve()
-    if not (source / "device" / "__main__.py").is_file():
-        raise ReleaseError(f"{source} is not an Aula source tree (no device/__main__.py)")
-    paths = _listed(source)
-    if not any(p.startswith("models_tflite/") for p in paths):
+    main = f"{role.packages[0]}/__main__.py"
+    if not (source / main).is_file():
+        raise ReleaseError(f"{source} is not an Aula source tree (no {main})")
+    paths = _listed(source, role.shipped)
+    if role == DEVICE and not any(p.startswith("models_tflite/") for p in paths):
         raise ReleaseError(f"{source}/models_tflite has no files: the device cannot run without its models")
-    if UNIT not in paths:
-        raise ReleaseError(f"{source}/{UNIT} is missing")
+    if role.unit not in paths:
+        raise ReleaseError(f"{source}/{role.unit} is missing")
     files = []
     digest = hashlib.sha256()
     for rel in paths:
@@ -200,7 +226,8 @@ def build_release(source: Path = ROOT) -> Release:
         f = ShippedFile(rel, st.st_size, bool(st.st_mode & 0o111), sha256_of(path))
         files.append(f)
         digest.update(f"{f.path}\0{int(f.executable)}\0{f.sha256}\n".encode())
-    return Release(source, tuple(files), digest.hexdigest(), _describe(source), device_requirements(source))
+    return Release(source, tuple(files), digest.hexdigest(), _describe(source),
+                   device_requirements(source, role.extra), role)
 
 
 # --- the wheelhouse -------------------------------------------------------------------------------------------
