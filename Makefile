@@ -26,6 +26,7 @@ help:
 	@echo "make flash INVENTORY=fleet.csv DEVICE=.. BROKER=..  - the same, site, room and host from the inventory's row"
 	@echo "make flash-all INVENTORY=fleet.csv BROKER=.. [JOBS=$(JOBS)] - every device of the inventory, JOBS at a time; a summary table"
 	@echo "make rollout INVENTORY=fleet.csv [VERSION=<tag>] DEVICES=a,b|ROOMS=..|PERCENT=.. BROKER=.. - a release to a group of devices"
+	@echo "make server-install HOST=user@host BROKER=mqtts://host:8883 [CONFIG=server.yaml] [CERTS=$(CERTS)] - the server as a hardened systemd service over ssh (docs/deployment.md)"
 
 system-deps:
 	bash scripts/install-system-deps.sh
@@ -126,6 +127,18 @@ rollout: setup
 	@test -n "$(INVENTORY)" || { echo "usage: make rollout INVENTORY=fleet.csv [VERSION=<tag>] DEVICES=a,b | ROOMS=.. | PERCENT=.. BROKER=mqtts://host:8883" >&2; exit 2; }
 	$(PY) -m fleet rollout --inventory "$(INVENTORY)" --jobs $(JOBS) $(if $(VERSION),--version "$(VERSION)") \
 	  $(if $(DEVICES),--devices "$(DEVICES)") $(if $(ROOMS),--rooms "$(ROOMS)") $(if $(PERCENT),--percent "$(PERCENT)") $(FLASH_ARGS)
+
+# The aggregation server over ssh (docs/deployment.md): a release under /opt/aula/releases/<version> switched by
+# `current`, its venv, /etc/aula/server.yaml (CONFIG, or a minimal one for BROKER) validated on the host, the
+# server's certificates for mqtts://, the user aula-server, /var/lib/aula-server and the hardened unit; started
+# and checked on /healthz. Options: SSH_KEY, KNOWN_HOSTS, DEST_ROOT, SERVER_ACCOUNT (its certificate's name).
+.PHONY: server-install
+server-install: setup
+	@test -n "$(HOST)" || { echo "usage: make server-install HOST=user@host BROKER=mqtts://host:8883 [CONFIG=server.yaml] [CERTS=$(CERTS)] [DEST_ROOT=..]" >&2; exit 2; }
+	$(PY) -m fleet server-install --host "$(HOST)" $(if $(CONFIG),--config "$(CONFIG)") \
+	  $(if $(SERVER_ACCOUNT),--account "$(SERVER_ACCOUNT)") --certs "$(CERTS)" --dest-root "$(DEST_ROOT)" \
+	  $(if $(BROKER),--broker "$(BROKER)") $(if $(SSH_KEY),--identity "$(SSH_KEY)") \
+	  $(if $(KNOWN_HOSTS),--known-hosts "$(KNOWN_HOSTS)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

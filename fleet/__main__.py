@@ -1,5 +1,6 @@
-"""python -m fleet: certificates and the broker's configuration for a fleet (the Makefile's certs, revoke-cert and
-broker-setup targets call these)."""
+"""python -m fleet: certificates and the broker's configuration for a fleet, flashing devices and installing the
+server over ssh (the Makefile's certs, revoke-cert, broker-setup, flash, flash-all, rollout, selftest and
+server-install targets call these)."""
 
 from __future__ import annotations
 
@@ -147,6 +148,29 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_server_install(args: argparse.Namespace) -> int:
+    """Install the aggregation server on a host over ssh: release, venv, config, certificates, user, state directory
+    and the hardened unit; start it and wait for /healthz. A second run with the same release changes nothing."""
+    from fleet.flash import FlashError, FlashOptions, SshTarget
+    from fleet.release import SERVER, build_release
+    from fleet.server_install import ServerOptions, install_server
+
+    host = SshTarget.parse(args.host)
+    opts = FlashOptions(certs=args.certs, broker=args.broker, dest_root=args.dest_root, identity=args.identity,
+                        known_hosts=args.known_hosts, connect_timeout=args.connect_timeout,
+                        wheelhouse_cache=args.wheelhouse_cache, keep_releases=args.keep_releases,
+                        reserve_mib=args.reserve_mib)
+    server = ServerOptions(broker=args.broker, config=args.config, account=args.account,
+                           health_timeout=args.health_timeout)
+    release = build_release(args.source, SERVER)
+    try:
+        install_server(host, release, opts, server, say=lambda line: print(line, flush=True))
+    except FlashError as exc:
+        print(f"error: {host.host}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--host", required=True, help="user@host or ssh://user@host:port")
     flashing(st)
     st.set_defaults(func=cmd_selftest)
+
+    si = sub.add_parser("server-install", help=cmd_server_install.__doc__)
+    si.add_argument("--host", required=True, help="user@host or ssh://user@host:port (root, or passwordless sudo)")
+    si.add_argument("--config", type=Path, help="a server.yaml to install (BROKER and the TLS files are set in it); "
+                                                "default: a minimal one for --broker, SQLite in the state directory")
+    si.add_argument("--account", default="aula-server",
+                    help="the server's certificate in CERTS/clients/ (default aula-server)")
+    si.add_argument("--health-timeout", type=float, default=60.0,
+                    help="seconds to wait for /healthz after the start (default 60)")
+    flashing(si)
+    si.set_defaults(func=cmd_server_install)
 
     args = parser.parse_args(argv)
     if getattr(args, "server", None) is None and args.command != "revoke":

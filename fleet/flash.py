@@ -498,7 +498,7 @@ class TlsLayout:
     key_for_service: bool  # owned by the service user; else root-only (systemd hands it over as a credential)
 
 
-def tls_layout(unit_text: str, device: str) -> TlsLayout:
+def tls_layout(unit_text: str, device: str, unit_name: str = UNIT_NAME) -> TlsLayout:
     """Follow the unit: a `LoadCredential=<name>:<path>.key` line means the key stays root-only at that path and
     the device reads systemd's copy in /run/credentials/; without one, the key is the service user's own file."""
     for line in unit_text.splitlines():
@@ -506,7 +506,7 @@ def tls_layout(unit_text: str, device: str) -> TlsLayout:
         name, _, path = value.strip().partition(":")
         if key == "LoadCredential" and path.startswith("/") and path.endswith(".key"):
             return TlsLayout("/etc/aula/certs/ca.crt", path[: -len(".key")] + ".crt", path,
-                             f"{CREDENTIALS_DIR}/{name}", False)
+                             f"/run/credentials/{unit_name}/{name}", False)
     return TlsLayout("/etc/aula/certs/ca.crt", f"/etc/aula/certs/{device}.crt", f"/etc/aula/certs/{device}.key",
                      f"/etc/aula/certs/{device}.key", True)
 
