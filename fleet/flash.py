@@ -716,7 +716,8 @@ def wheelhouse_for(release: Release, target: Target, opts: FlashOptions, say: Sa
     return wh
 
 
-def check_space(raw: dict, host: str, release_bytes: int, wh: Wheelhouse | None, reserve_mib: int) -> None:
+def check_space(raw: dict, host: str, release_bytes: int, wh: Wheelhouse | None, reserve_mib: int,
+                machine: str = "device") -> None:
     """Stop before copying anything when the host has too little space for the release, wheelhouse and venv."""
     parts = [("release", release_bytes)] if release_bytes else []
     if wh is not None:
@@ -726,10 +727,10 @@ def check_space(raw: dict, host: str, release_bytes: int, wh: Wheelhouse | None,
         detail = ", ".join(f"{what} {b / MIB:,.0f} MiB" for what, b in parts)
         raise FlashError(
             f"not enough space on {host}: {raw['free_bytes'] / MIB:,.0f} MiB free under "
-            f"{raw['free_at']}, this flash needs about {need / MIB:,.0f} MiB ({detail or 'nothing to copy'}, plus "
-            f"{reserve_mib} MiB kept free). Free space on the device (`df -h`; old releases are under "
-            "/opt/aula/releases; `sudo apt clean`; `sudo journalctl --vacuum-size=50M`) or use a larger card. "
-            "Nothing was copied")
+            f"{raw['free_at']}, this install needs about {need / MIB:,.0f} MiB ({detail or 'nothing to copy'}, "
+            f"plus {reserve_mib} MiB kept free). Free space on the {machine} (`df -h`; old releases are under "
+            "/opt/aula/releases; `sudo apt clean`; `sudo journalctl --vacuum-size=50M`)"
+            + (" or use a larger card" if machine == "device" else "") + ". Nothing was copied")
 
 
 # Run by the venv's python with the folder as argv[1]: a .pth file in site-packages puts it on sys.path.
@@ -738,14 +739,14 @@ _WRITE_PTH = ("import sys, sysconfig; p = sysconfig.get_path('purelib') + '/aula
 
 
 def make_venv(remote: Remote, A: str, key: str, wh: Wheelhouse, python: str, release: Release, say: Say,
-              system_site_packages: bool = False, path_entry: str = "") -> None:
+              system_site_packages: bool = False, path_entry: str = "", machine: str = "device") -> None:
     """<A>/venvs/<key> made on the host from the wheelhouse (copied there first); path_entry: a folder the venv
     puts on sys.path (a .pth file), for a service whose working directory is not the code's."""
     incoming = f"{A}/.incoming/wheelhouse-{wh.key}"
     remote.run('mkdir -p "$1"', incoming)
     took = remote.rsync(["-rt", "--partial", "--delete", "--chmod=ugo=rX,u+w", f"{wh.path}/",
                          f"{remote.target.rsync_host}:{incoming}/"], "the wheelhouse")
-    say(f"wheelhouse copied to the device in {took:.1f} s")
+    say(f"wheelhouse copied to the {machine} in {took:.1f} s")
     t = time.monotonic()
     remote.run(
         'set -eu; V="$1/venvs/$2"; W="$3"; rm -rf "$V"; mkdir -p "$1/venvs"; '
@@ -758,7 +759,7 @@ def make_venv(remote: Remote, A: str, key: str, wh: Wheelhouse, python: str, rel
         A, key, incoming, python, "yes" if system_site_packages else "no", path_entry, _WRITE_PTH,
         what="making the venv",
         timeout=3600)
-    say(f"venv {A}/venvs/{key}: made on the device from the wheelhouse in {time.monotonic() - t:.1f} s "
+    say(f"venv {A}/venvs/{key}: made on the {machine} from the wheelhouse in {time.monotonic() - t:.1f} s "
         f"({len(release.requirements)} requirements"
         + (", sees the system's python3-picamera2" if system_site_packages else "") + ")")
 

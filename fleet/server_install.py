@@ -285,9 +285,11 @@ class ServerInstall:
             return "unchanged"
 
         wh = wheelhouse_for(release, target, self.opts, say) if need_venv else None
-        check_space(raw, self.host.host, 0 if installed_as else release.total_bytes, wh, self.opts.reserve_mib)
+        check_space(raw, self.host.host, 0 if installed_as else release.total_bytes, wh, self.opts.reserve_mib,
+                    machine="host")
         if wh is not None:
-            make_venv(remote, self.A, venv_key, wh, raw["python"], release, say, path_entry=f"{self.A}/current")
+            make_venv(remote, self.A, venv_key, wh, raw["python"], release, say, path_entry=f"{self.A}/current",
+                      machine="host")
         else:
             say(f"venv {self.A}/venvs/{venv_key}: present, reused")
         if not installed_as:
@@ -307,7 +309,12 @@ class ServerInstall:
                                                  f" (was {current})" if current else " (first release)"))
         self._unit(unit_text, changed["unit"], systemd)
         if systemd:
-            remote.run(f"systemctl restart {UNIT_NAME}", what=f"systemctl restart {UNIT_NAME}", check=False)
+            done = remote.run(f"systemctl restart {UNIT_NAME} 2>&1", check=False, timeout=120)
+            if done.returncode != 0:
+                raise FlashError(f"systemctl restart {UNIT_NAME} failed: {_last_lines(done.stdout, 3)}\n"
+                                 f"  journalctl -u aula-server (last lines):\n    {self._journal()}\n"
+                                 "fix what it says (often the config or the broker's certificates) and run "
+                                 "server-install again")
             say(f"started aula-server; waiting up to {self.server.health_timeout:.0f} s for /healthz")
             say(f"healthz: {self._health(config_text, self.server.health_timeout)}")
         elif self.R:
@@ -406,11 +413,14 @@ class ServerInstall:
                                check=False, timeout=timeout + 30)
         if done.returncode == 0:
             return done.stdout.strip()
-        journal = self.remote.run(f"journalctl -u {UNIT_NAME} -n 20 --no-pager -o cat 2>&1", check=False)
         raise FlashError(f"the server did not answer {url} within {timeout:.0f} s ({done.stderr.strip()[-300:]});\n"
-                         f"  journalctl -u aula-server (last lines):\n    {_last_lines(journal.stdout, 20, '    ')}\n"
+                         f"  journalctl -u aula-server (last lines):\n    {self._journal()}\n"
                          "fix what it says (often the config or the broker's certificates) and run server-install "
                          "again")
+
+    def _journal(self) -> str:
+        journal = self.remote.run(f"journalctl -u {UNIT_NAME} -n 20 --no-pager -o cat 2>&1", check=False)
+        return _last_lines(journal.stdout, 20, "    ")
 
 
 def _slot(c: CertFile) -> str:

@@ -96,7 +96,7 @@ def test_the_first_install_puts_the_release_config_certificates_state_directory_
     out, root, aula = first.stdout, lab.root, lab.root / "opt/aula"
     version = lab.current().removeprefix("releases/")
     assert version == build_release(lab.source, SERVER).version
-    assert f"current -> releases/{version} (first release)" in out and "made on the device from the wheelhouse" in out
+    assert f"current -> releases/{version} (first release)" in out and "made on the host from the wheelhouse" in out
     release = aula / "releases" / version
     info = json.loads((release / ".aula-release.json").read_text())
     assert info["role"] == "server" and "fastapi>=0.110" in info["requirements"]
