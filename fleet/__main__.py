@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     accounts(b)
     b.set_defaults(func=cmd_broker_config)
 
-    def flashing(p: argparse.ArgumentParser) -> None:
+    def flashing(p: argparse.ArgumentParser, device: bool = True) -> None:
+        """The ssh, release and wheelhouse options; with device, also the device's inputs, config and watcher."""
         from fleet.release import DEFAULT_WHEELHOUSE_CACHE, ROOT
 
         p.add_argument("--certs", type=Path, default=Path("certs"), help="the folder `certs` made (default certs)")
@@ -219,18 +220,21 @@ def main(argv: list[str] | None = None) -> int:
                        help="known_hosts file that must already hold the device's key (default: ~/.ssh/known_hosts, "
                             "a new device's key accepted on first contact)")
         p.add_argument("--connect-timeout", type=int, default=10, help="seconds for ssh to connect (default 10)")
-        p.add_argument("--inputs", choices=["hardware", "sample"],
-                       help="camera and microphone: hardware (picamera2, PyAudio) or sample (the bundled recording); "
-                            "default: the base config's, else hardware")
-        p.add_argument("--base-config", type=Path,
-                       help="a device.yaml whose other keys the rendered config keeps (identity, broker, TLS are set)")
+        if device:
+            p.add_argument("--inputs", choices=["hardware", "sample"],
+                           help="camera and microphone: hardware (picamera2, PyAudio) or sample (the bundled "
+                                "recording); default: the base config's, else hardware")
+            p.add_argument("--base-config", type=Path,
+                           help="a device.yaml whose other keys the rendered config keeps (identity, broker, TLS are "
+                                "set)")
         p.add_argument("--source", type=Path, default=ROOT, help="the source tree to ship (default: this checkout)")
         p.add_argument("--wheelhouse-cache", type=Path, default=DEFAULT_WHEELHOUSE_CACHE,
                        help=f"where wheelhouses are kept between flashes (default {DEFAULT_WHEELHOUSE_CACHE})")
-        p.add_argument("--online-timeout", type=float, default=120.0,
-                       help="seconds to wait for the device's status online and its first health (default 120)")
-        p.add_argument("--watch-as", help="the certificate account that watches the broker (default aula-flash if "
-                                          "the certificates' folder has it, else aula-server)")
+        if device:
+            p.add_argument("--online-timeout", type=float, default=120.0,
+                           help="seconds to wait for the device's status online and its first health (default 120)")
+            p.add_argument("--watch-as", help="the certificate account that watches the broker (default aula-flash "
+                                              "if the certificates' folder has it, else aula-server)")
         p.add_argument("--keep-releases", type=int, default=3, help="releases kept on the device (default 3)")
         p.add_argument("--reserve-mib", type=int, default=64, help="MiB left free on the device (default 64)")
 
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the server's certificate in CERTS/clients/ (default aula-server)")
     si.add_argument("--health-timeout", type=float, default=60.0,
                     help="seconds to wait for /healthz after the start (default 60)")
-    flashing(si)
+    flashing(si, device=False)
     si.set_defaults(func=cmd_server_install)
 
     args = parser.parse_args(argv)
