@@ -1,5 +1,8 @@
 """Speech-emotion classifier: 16 kHz mono float32 speech in, probabilities over the 7 labels out.
 
+This module is the log-mel CNN's; `SpeechEmotionModel.load()` returns the default model, a head on Whisper's
+encoder (device/models/speech_emotion_whisper.py), which has the same calls.
+
 The model sees 2 s of normalised log-mel (device/models/log_mel.py). Longer speech is cut into 2 s windows 1 s
 apart and their probabilities are averaged; shorter speech (at least 0.5 s) is padded with the band means.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +22,9 @@ from device.models.classifier import EmotionClassifier, open_model
 from device.models.face_emotion import softmax
 from device.models.log_mel import LogMelConfig, log_mel, normalised_crop
 from device.runtime import InferenceBackend
+
+if TYPE_CHECKING:
+    from device.models.speech_emotion_whisper import WhisperHeadSpeechModel
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +61,7 @@ class SpeechEmotionModel(EmotionClassifier):
 
     @classmethod
     def load(cls, name: str = DEFAULT_MODEL, runtime: str = "auto", threads: int = 1,
-             path: str | Path | None = None) -> SpeechEmotionModel:
+             path: str | Path | None = None) -> SpeechEmotionModel | WhisperHeadSpeechModel:
         """Load a manifest model by name, or a file by path (checked against its folder's manifest).
 
         A model whose manifest entry says `front_end.kind: whisper_encoder` is a head on Whisper's encoder and

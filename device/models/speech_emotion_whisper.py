@@ -14,7 +14,7 @@ from device.errors import ModelError
 from device.model_store import ModelEntry, model_entry
 from device.models.classifier import EmotionClassifier
 from device.models.face_emotion import softmax
-from device.models.whisper_encoder import HOP_S, POOLING, SAMPLE_RATE, WINDOW_S, WhisperEncoder, window_starts
+from device.models.whisper_encoder import POOLING, SAMPLE_RATE, WINDOW_S, WhisperEncoder, window_starts
 from device.runtime import InferenceBackend
 
 
@@ -62,5 +62,3 @@ class WhisperHeadSpeechModel(EmotionClassifier):
         """The 7 calibrated probabilities of a stretch of speech (mean over its 2 s windows)."""
         return softmax(self.logits(wave), self.temperature).mean(axis=0)
 
-
-__all__ = ["HOP_S", "WhisperHeadSpeechModel"]
