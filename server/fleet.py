@@ -18,7 +18,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from device.contract.topics import TOPIC_ROOT
+from device.contract.alerts import ALERT_STATES, DeviceAlert, SiteAlerts
+from device.contract.schema import short_reason
+from device.contract.topics import alerts_topic
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +32,7 @@ TREND_FIELDS: dict[str, tuple[str, str]] = {
     "cpu_temp_c": ("host", "cpu_temp_c"),
     "backlog": ("mqtt", "backlog"),
 }
-ALERT_STATES = ("offline", "degraded")
-
-
-def alerts_topic(site: str) -> str:
-    return f"{TOPIC_ROOT}/{site}/alerts"
+__all__ = ["ALERT_STATES", "AlertLoop", "FleetMonitor", "alerts_topic", "prometheus_fleet"]
 
 
 def _figure(health: dict[str, Any], section: str, name: str) -> float | None:
@@ -94,15 +92,16 @@ class FleetMonitor:
         """(topic, retained payload) for each site whose alerts changed; an empty payload clears the topic."""
         by_site: dict[str, list[dict[str, Any]]] = {s: [] for s in sites | set(self._published)}
         for a in alerts:
-            by_site.setdefault(a["site"], []).append({k: v for k, v in a.items() if k != "site"})
+            item = {k: v for k, v in a.items() if k != "site"}
+            item["reason"] = item.get("reason") and short_reason(item["reason"])  # as the contract bounds it
+            by_site.setdefault(a["site"], []).append(item)
         out = []
         for site, items in sorted(by_site.items()):
             key = json.dumps(items, sort_keys=True)
             if self._published.get(site, "[]") == key:
                 continue
-            payload = b"" if not items else json.dumps(
-                {"type": "alerts", "schema": 1, "site": site, "ts_ms": now_ms, "alerts": items},
-                separators=(",", ":")).encode()
+            found = [DeviceAlert(**a) for a in items]
+            payload = SiteAlerts(site=site, ts_ms=now_ms, alerts=found).to_payload() if items else b""
             out.append((alerts_topic(site), payload))
         return out
 

@@ -9,11 +9,14 @@ import sys
 import pytest
 
 from device.contract import (
+    DeviceAlert,
     DeviceState,
     DeviceTopics,
     HealthMessage,
     RoomSummary,
     SchemaError,
+    SiteAlerts,
+    alerts_topic,
     parse_device_topic,
     summary_topic,
     topic,
@@ -104,3 +107,24 @@ def test_the_server_process_loads_no_device_internals():
     assert not stray, f"the server loaded device internals: {sorted(stray)}"
     assert "device.mqtt.publisher" not in loaded and "device.offline_queue" not in loaded
     assert not loaded & {"cv2", "ai_edge_litert", "onnxruntime", "tensorflow"}
+
+
+def test_site_alerts_round_trip_and_refuse_what_monitoring_could_not_use():
+    alerts = SiteAlerts(site="school1", ts_ms=1_767_000_000_000, alerts=[
+        DeviceAlert("pi-101", "Room 101", "degraded", "camera: no frames for 10 s", 1_766_999_000_000),
+        DeviceAlert("pi-102", None, "offline", None, 1_766_998_000_000)])
+    data = json.loads(alerts.to_payload())
+    assert data["type"] == "alerts" and data["alerts"][1] == {
+        "device_id": "pi-102", "room": None, "state": "offline", "reason": None, "since_ms": 1_766_998_000_000}
+    assert SiteAlerts.from_payload(alerts.to_payload()) == alerts
+    assert alerts_topic("school1") == "aula/v1/school1/alerts"
+    for change, message in [
+        ({"alerts": []}, "empty payload clears"),
+        ({"alerts": [dict(data["alerts"][0], state="online")]}, "state must be one of offline, degraded"),
+        ({"alerts": [dict(data["alerts"][0], extra=1)]}, "unknown alert fields: extra"),
+        ({"alerts": [dict(data["alerts"][0], device_id="a/b")]}, "device_id contains characters"),
+        ({"alerts": ["pi-101"]}, "each alert must be an object"),
+        ({"site": ""}, "site must be a non-empty string"),
+    ]:
+        with pytest.raises(SchemaError, match=message):
+            SiteAlerts.from_dict(dict(data, **change))

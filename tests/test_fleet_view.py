@@ -10,6 +10,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from device.contract import SiteAlerts
 from server.fleet import FleetMonitor, alerts_topic
 from server.testing import DeviceSimulator, ServerHarness, wait_for
 from tests.mosquitto import broker_factory_fixture, mosquitto_fixture  # noqa: F401 (pytest fixtures)
@@ -30,6 +31,9 @@ def test_alerts_need_the_state_to_last_and_are_published_only_on_change():
     first = m.to_publish({"s1"}, active, now)
     assert [t for t, _ in first] == [alerts_topic("s1")]
     assert [a["device_id"] for a in json.loads(first[0][1])["alerts"]] == ["pi-1", "pi-2"]
+    message = SiteAlerts.from_payload(first[0][1])  # what a school's monitoring parses, by the contract's class
+    assert message.site == "s1" and [(a.device_id, a.state) for a in message.alerts] == [("pi-1", "degraded"),
+                                                                                        ("pi-2", "offline")]
     m.published(first)
     assert m.to_publish({"s1"}, active, now + 10_000) == []  # unchanged: nothing sent again
     cleared = m.to_publish({"s1"}, [], now + 20_000)

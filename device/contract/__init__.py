@@ -4,13 +4,14 @@ Standard library only (orjson is used when it is installed), so the server impor
 publishes, and nothing else of the device. `make lint` checks that (import-linter, `.importlinter`).
 """
 
+from device.contract.alerts import DeviceAlert, SiteAlerts
 from device.contract.events import COUNT_KEYS, FACES, EmotionEvent, Modality, faces_of
 from device.contract.health import HealthMessage
 from device.contract.labels import LABELS, NUM_LABELS, VALENCE_AROUSAL, valence_arousal
 from device.contract.messages import Command, CommandAck, CommandName, DeviceState, StatusMessage, extract_command_id
 from device.contract.schema import MAX_PAYLOAD_BYTES, SCHEMA_VERSION, Message, SchemaError, decode_json, short_reason
 from device.contract.summary import RoomSummary
-from device.contract.topics import TOPIC_ROOT, DeviceTopics, parse_device_topic, summary_topic, topic
+from device.contract.topics import TOPIC_ROOT, DeviceTopics, alerts_topic, parse_device_topic, summary_topic, topic
 
 __all__ = [
     "COUNT_KEYS",
@@ -24,6 +25,7 @@ __all__ = [
     "Command",
     "CommandAck",
     "CommandName",
+    "DeviceAlert",
     "DeviceState",
     "DeviceTopics",
     "EmotionEvent",
@@ -32,7 +34,9 @@ __all__ = [
     "Modality",
     "RoomSummary",
     "SchemaError",
+    "SiteAlerts",
     "StatusMessage",
+    "alerts_topic",
     "decode_json",
     "extract_command_id",
     "faces_of",

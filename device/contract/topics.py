@@ -31,6 +31,11 @@ def topic(site: str, room: str, device: str, leaf: str) -> str:
     return f"{TOPIC_ROOT}/{site}/{room}/{device}/{leaf}"
 
 
+def alerts_topic(site: str) -> str:
+    """Return `aula/v1/<site>/alerts`, the retained alerts of one site (empty payload: none)."""
+    return f"{TOPIC_ROOT}/{site}/alerts"
+
+
 def summary_topic(site: str, room: str) -> str:
     """Return `aula/v1/<site>/<room>/summary`, the retained summary of one room."""
     return f"{TOPIC_ROOT}/{site}/{room}/{SUMMARY}"
