@@ -326,13 +326,14 @@ def _last_lines(text: str, n: int, indent: str = "") -> str:
 
 # --- what is on the device ----------------------------------------------------------------------------------
 
-# Run with the device's python3; prints one JSON object. $1: DEST_ROOT ('' for /), $2-$4: the CA, certificate and
-# key paths.
+# Run with the host's python3; prints one JSON object. $1: DEST_ROOT ('' for /), $2: the service user, $3: the
+# unit's name, $4: the config file, $5-$7: the CA, certificate and key paths, $8: the state directory ('' for
+# none), $9 and after: the names under /opt/aula whose links are reported. A device and a server both use it.
 _PROBE = r"""
 PY=/usr/bin/python3; [ -x "$PY" ] || PY=$(command -v python3) || { echo AULA-NO-PYTHON; exit 3; }
 exec "$PY" - "$@" <<'AULA_PY'
 import hashlib, json, os, platform, pwd, shutil, subprocess, sys, time
-root, ca, cert, key = sys.argv[1:5]
+root, user_name, unit_name, config, ca, cert, key, state = sys.argv[1:9]
 A = root + "/opt/aula"
 def sha(path):
     try:
@@ -360,7 +361,7 @@ venvs = []
 if os.path.isdir(A + "/venvs"):
     venvs = [n for n in os.listdir(A + "/venvs") if os.path.exists("%s/venvs/%s/.aula-venv-complete" % (A, n))]
 links = {}
-for n in ("current", ".venv", "device", "models_tflite", "docs"):
+for n in sys.argv[9:]:
     p = "%s/%s" % (A, n)
     links[n] = ("link:" + os.readlink(p)) if os.path.islink(p) else ("other" if os.path.lexists(p) else None)
 d = A
@@ -368,8 +369,8 @@ while not os.path.isdir(d):
     d = os.path.dirname(d)
 st = os.statvfs(d)
 try:
-    aula = pwd.getpwnam("aula")
-    user = {"uid": aula.pw_uid, "gid": aula.pw_gid}
+    entry = pwd.getpwnam(user_name)
+    user = {"uid": entry.pw_uid, "gid": entry.pw_gid}
 except KeyError:
     user = None
 try:
@@ -380,24 +381,37 @@ except ImportError:
 systemd = os.path.isdir("/run/systemd/system")
 active = None
 if systemd and not root and shutil.which("systemctl"):
-    active = subprocess.run(["systemctl", "is-active", "aula-device.service"], capture_output=True,
-                            text=True).stdout.strip()
+    active = subprocess.run(["systemctl", "is-active", unit_name], capture_output=True, text=True).stdout.strip()
 libc = platform.libc_ver()
-etc = root + "/etc/aula"
-unit = root + "/etc/systemd/system/aula-device.service"
 print(json.dumps({
     "python": sys.executable, "python_version": platform.python_version(), "machine": platform.machine(),
     "libc": libc[1] if libc[0] == "glibc" else "", "venv_module": has_venv,
     "rsync": bool(shutil.which("rsync")), "systemctl": bool(shutil.which("systemctl")), "systemd": systemd,
-    "active": active, "aula_user": user, "free_bytes": st.f_bavail * st.f_frsize, "free_at": d,
+    "active": active, "user": user, "free_bytes": st.f_bavail * st.f_frsize, "free_at": d,
     "releases": releases, "venvs": venvs, "links": links,
-    "files": {"config": meta(etc + "/device.yaml"), "ca": meta(root + ca), "cert": meta(root + cert),
-              "key": meta(root + key), "unit": meta(unit)},
-    "enabled": os.path.lexists(root + "/etc/systemd/system/multi-user.target.wants/aula-device.service"),
+    "state_dir": os.path.isdir(root + state) if state else None,
+    "files": {"config": meta(root + config), "ca": meta(root + ca), "cert": meta(root + cert),
+              "key": meta(root + key), "unit": meta(root + "/etc/systemd/system/" + unit_name)},
+    "enabled": os.path.lexists(root + "/etc/systemd/system/multi-user.target.wants/" + unit_name),
     "clock_ms": int(time.time() * 1000),
 }))
 AULA_PY
 """
+
+
+def probe_host(remote: Remote, what: str, root: str, user: str, unit: str, config: str, tls: tuple[str, str, str],
+               state_dir: str, links: tuple[str, ...]) -> dict:
+    """The host's state as _PROBE reports it (`what`: "device" or "host", for the messages)."""
+    out = remote.run(_PROBE, root, user, unit, config, *tls, state_dir, *links, what=f"reading the {what}'s state",
+                     check=False)
+    if out.returncode == 3 or "AULA-NO-PYTHON" in out.stdout:
+        raise FlashError(f"{remote.target.host} has no python3: install it (`sudo apt install python3 python3-venv`)")
+    if out.returncode != 0:
+        raise FlashError(f"reading the {what}'s state failed (exit {out.returncode}): {_last_lines(out.stderr, 5)}")
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise FlashError(f"the {what}'s state report is unreadable: {out.stdout[-500:]!r}") from None
 
 
 @dataclass
@@ -424,15 +438,8 @@ class DeviceState:
 
 
 def probe(remote: Remote, root: str, layout: TlsLayout) -> DeviceState:
-    out = remote.run(_PROBE, root, layout.ca, layout.cert, layout.key, what="reading the device's state", check=False)
-    if out.returncode == 3 or "AULA-NO-PYTHON" in out.stdout:
-        raise FlashError(f"{remote.target.host} has no python3: install it (`sudo apt install python3 python3-venv`)")
-    if out.returncode != 0:
-        raise FlashError(f"reading the device's state failed (exit {out.returncode}): {_last_lines(out.stderr, 5)}")
-    try:
-        return DeviceState(json.loads(out.stdout.strip().splitlines()[-1]))
-    except (ValueError, IndexError):
-        raise FlashError(f"the device's state report is unreadable: {out.stdout[-500:]!r}") from None
+    return DeviceState(probe_host(remote, "device", root, "aula", UNIT_NAME, "/etc/aula/device.yaml",
+                                  (layout.ca, layout.cert, layout.key), "", ("current", *COMPAT_LINKS)))
 
 
 # --- what is installed ----------------------------------------------------------------------------------------
@@ -871,9 +878,9 @@ class _Flash:
         if raw["links"].get("current") == "other":
             raise FlashError(f"{self.A}/current is not a link: move it aside on the device and flash again")
 
-        if raw["aula_user"] is None and not self.R:
+        if raw["user"] is None and not self.R:
             self._make_user()
-            raw["aula_user"] = self._user_ids()
+            raw["user"] = self._user_ids()
         installed_as = state.release_with(release.content_hash)
         version = installed_as or release.version
         venv_key = release.venv_key(target, picamera)
@@ -885,7 +892,7 @@ class _Flash:
         previous = state.current
         release_changed = previous != version
         config_changed = (state.file("config") or {}).get("sha256") != _sha(config_text.encode())
-        service_uid = (raw["aula_user"] or {}).get("uid")
+        service_uid = (raw["user"] or {}).get("uid")
         certs_changed = [c for c in certs if not _same_file(state.file(_cert_slot(c)), c.data, c.mode,
                                                              service_uid if c.for_service else 0)]
         unit_changed = (state.file("unit") or {}).get("sha256") != _sha(unit_text.encode())
@@ -916,7 +923,7 @@ class _Flash:
             say(f"venv {self.A}/venvs/{venv_key}: present, reused")
         if need_release:
             self._copy_release(version, venv_key, previous if previous in raw["releases"] else None)
-        owner = "aula:aula" if raw["aula_user"] else ""
+        owner = "aula:aula" if raw["user"] else ""
         if certs_changed:
             for c in certs:
                 remote.put(self.p(c.remote), c.data, c.mode, owner if c.for_service else "")

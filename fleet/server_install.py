@@ -20,7 +20,6 @@ The release, venv, switch and clean-up steps are flash's (fleet/flash.py); a ser
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from fleet.flash import (
     check_space,
     copy_release,
     make_venv,
+    probe_host,
     remove_old_releases,
     switch_current,
     tls_layout,
@@ -131,69 +131,6 @@ def health_url(config_text: str) -> str:
 
 # --- on the host ------------------------------------------------------------------------------------------------
 
-# Run with the host's python3; prints one JSON object. $1: DEST_ROOT ('' for /), $2: the unit's TLS key path.
-_PROBE = r"""
-PY=/usr/bin/python3; [ -x "$PY" ] || PY=$(command -v python3) || { echo AULA-NO-PYTHON; exit 3; }
-exec "$PY" - "$@" <<'AULA_PY'
-import hashlib, json, os, platform, pwd, shutil, subprocess, sys
-root, key = sys.argv[1:3]
-A = root + "/opt/aula"
-def meta(path):
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        st = os.stat(path)
-        return {"sha256": hashlib.sha256(data).hexdigest(), "mode": "%04o" % (st.st_mode & 0o7777), "uid": st.st_uid}
-    except OSError:
-        return None
-releases = {}
-if os.path.isdir(A + "/releases"):
-    for name in os.listdir(A + "/releases"):
-        try:
-            with open("%s/releases/%s/.aula-release.json" % (A, name)) as f:
-                releases[name] = json.load(f)
-        except (OSError, ValueError):
-            pass
-venvs = [n for n in os.listdir(A + "/venvs") if os.path.exists("%s/venvs/%s/.aula-venv-complete" % (A, n))] \
-    if os.path.isdir(A + "/venvs") else []
-links = {}
-for n in ("current", ".venv", "server", "docs"):
-    p = "%s/%s" % (A, n)
-    links[n] = ("link:" + os.readlink(p)) if os.path.islink(p) else ("other" if os.path.lexists(p) else None)
-d = A
-while not os.path.isdir(d):
-    d = os.path.dirname(d)
-st = os.statvfs(d)
-try:
-    user = {"uid": pwd.getpwnam("aula-server").pw_uid}
-except KeyError:
-    user = None
-try:
-    import ensurepip, venv
-    has_venv = True
-except ImportError:
-    has_venv = False
-systemd = os.path.isdir("/run/systemd/system")
-active = None
-if systemd and not root and shutil.which("systemctl"):
-    active = subprocess.run(["systemctl", "is-active", "aula-server.service"], capture_output=True,
-                            text=True).stdout.strip()
-state = root + "/var/lib/aula-server"
-libc = platform.libc_ver()
-print(json.dumps({
-    "python": sys.executable, "python_version": platform.python_version(), "machine": platform.machine(),
-    "libc": libc[1] if libc[0] == "glibc" else "", "venv_module": has_venv,
-    "rsync": bool(shutil.which("rsync")), "systemctl": bool(shutil.which("systemctl")), "systemd": systemd,
-    "active": active, "user": user, "free_bytes": st.f_bavail * st.f_frsize, "free_at": d,
-    "releases": releases, "venvs": venvs, "links": links, "state_dir": os.path.isdir(state),
-    "files": {"config": meta(root + "/etc/aula/server.yaml"), "ca": meta(root + "/etc/aula/certs/ca.crt"),
-              "cert": meta(root + key[:-len(".key")] + ".crt"), "key": meta(root + key),
-              "unit": meta(root + "/etc/systemd/system/aula-server.service")},
-    "enabled": os.path.lexists(root + "/etc/systemd/system/multi-user.target.wants/aula-server.service"),
-}))
-AULA_PY
-"""
-
 # Run with the installed venv's python: $1 the URL, $2 seconds; prints the answer or exits 1 with the last error.
 _WAIT_HEALTH = r"""
 import json, ssl, sys, time, urllib.error, urllib.request
@@ -239,13 +176,9 @@ class ServerInstall:
         self.remote = Remote(self.host, self.opts)
         try:
             self.remote.connect()
-            out = self.remote.run(_PROBE, self.R, layout.key, what="reading the host's state", check=False)
-            if out.returncode == 3 or "AULA-NO-PYTHON" in out.stdout:
-                raise FlashError(f"{self.host.host} has no python3: `sudo apt install python3 python3-venv` there")
-            if out.returncode != 0:
-                raise FlashError(f"reading the host's state failed (exit {out.returncode}): "
-                                 f"{_last_lines(out.stderr, 5)}")
-            raw = json.loads(out.stdout.strip().splitlines()[-1])
+            raw = probe_host(self.remote, "host", self.R, USER, UNIT_NAME, CONFIG_PATH,
+                             ("/etc/aula/certs/ca.crt", layout.key[: -len(".key")] + ".crt", layout.key),
+                             STATE_DIR, ("current", *LINKS))
             return self._install(raw, config_text, certs, unit_text, t0)
         finally:
             self.remote.close()
