@@ -68,28 +68,15 @@ def keras_head(w: np.ndarray, b: np.ndarray):
 
 def validation_agreement(net_float: Path, net_int8: Path, stats: str) -> dict:
     """int8 against float top-1 agreement on the training actors' clean features (no test actor is read)."""
-    from ai_edge_litert.interpreter import Interpreter
-
     from converter.train_speech_head import training_rows
+    from device.runtime import open_backend
 
     x = training_rows(stats, 0)["x"].astype(np.float32)
     outs = []
     for path in (net_float, net_int8):
-        it = Interpreter(model_path=str(path))
-        i, o = it.get_input_details()[0], it.get_output_details()[0]
-        it.resize_tensor_input(i["index"], list(x.shape))
-        it.allocate_tensors()
-        xs = x
-        if i["dtype"] == np.int8:
-            scale, zero = i["quantization"]
-            xs = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
-        it.set_tensor(i["index"], xs)
-        it.invoke()
-        y = it.get_tensor(o["index"]).astype(np.float32)
-        if o["dtype"] == np.int8:
-            scale, zero = o["quantization"]
-            y = (y - zero) * scale
-        outs.append(y)
+        backend = open_backend(path, "litert")
+        (raw,) = backend.run(backend.inputs[0].quantize(x))
+        outs.append(backend.outputs[0].dequantize(raw))
     return {"rows": len(x), "top1_agreement": round(float((outs[0].argmax(1) == outs[1].argmax(1)).mean()), 4),
             "max_logit_difference": round(float(np.abs(outs[0] - outs[1]).max()), 4)}
 
