@@ -87,7 +87,10 @@ class WhisperEncoder:
         """(n, 384) float32 encoder frames of one window of 16 kHz mono float32 samples, loudness-normalised."""
         x = normalise_loudness(samples)
         mel = self._mel(x)  # (80, len/160), Whisper's own log-mel; no 30 s padding
-        mel = mel[:, : (mel.shape[1] // 2) * 2]  # the encoder halves the frame rate
+        return self._encode(mel[:, : (mel.shape[1] // 2) * 2])  # the encoder halves the frame rate
+
+    def _encode(self, mel: np.ndarray) -> np.ndarray:
+        """(frames / 2, 384) float32 encoder output of one (80, frames) log-mel."""
         with self._lock:
             out = self._model.encode(self._storage.from_array(np.ascontiguousarray(mel[None], np.float32)),
                                      to_cpu=True)
@@ -100,11 +103,8 @@ class WhisperEncoder:
             raise ValueError(f"a padded pass covers at most {CHUNK_S} s, got {len(samples) / SAMPLE_RATE:.1f} s")
         x = normalise_loudness(samples)
         mel = self._mel(x, padding=CHUNK_S * SAMPLE_RATE - len(x))[:, : CHUNK_S * SAMPLE_RATE // 160]
-        with self._lock:
-            out = self._model.encode(self._storage.from_array(np.ascontiguousarray(mel[None], np.float32)),
-                                     to_cpu=True)
         n = max(1, min(CHUNK_S * FRAMES_PER_S, int(np.ceil(len(samples) / SAMPLE_RATE * FRAMES_PER_S))))
-        return np.array(out, dtype=np.float32)[0, :n]
+        return self._encode(mel)[:n]
 
     def window_frames(self, samples: np.ndarray, padded: bool = False) -> list[np.ndarray]:
         """The encoder frames of each 2 s window (1 s apart) of a segment of at least 0.5 s: each window
