@@ -1,4 +1,4 @@
-"""Command line of the classroom device: run, demo, selftest, validate-config."""
+"""Command line of the classroom device: run, demo, selftest, validate-config, verify-models, switch-release."""
 
 from __future__ import annotations
 
@@ -127,6 +127,16 @@ def cmd_selftest(args: argparse.Namespace) -> int:
                         tls_dir=args.tls_dir)
 
 
+def cmd_switch_release(args: argparse.Namespace) -> int:
+    """Switch ROOT/current to an installed release: sha256 check, switch, self-check, or back on its own."""
+    from device.release_switch import SwitchPlan, switch_release
+
+    plan = SwitchPlan(args.root, args.version, venv=args.venv, links=tuple(args.link or ()), config=args.config,
+                      new_config=args.new_config, restart_unit=args.restart_unit)
+    code, _ = switch_release(plan)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m device`."""
     from device.common.broker_settings import broker_url_arg
@@ -170,6 +180,16 @@ def main(argv: list[str] | None = None) -> int:
                                                  "this folder (make selftest HOST=.. passes /etc/aula/certs: the "
                                                  "config names the unit's credential, which exists only in the unit)")
     st.set_defaults(func=cmd_selftest)
+
+    sw = sub.add_parser("switch-release", help=cmd_switch_release.__doc__)
+    sw.add_argument("root", type=Path, help="the install folder (/opt/aula)")
+    sw.add_argument("version", help="a release under ROOT/releases/")
+    sw.add_argument("--venv", help="point the release's .venv at ROOT/venvs/VENV first")
+    sw.add_argument("--link", action="append", help="a link beside current that points into it (repeatable)")
+    sw.add_argument("--config", type=Path, help="the device config the self-check uses")
+    sw.add_argument("--new-config", type=Path, help="moved over --config with the switch; put back on a rollback")
+    sw.add_argument("--restart-unit", help="systemd unit to restart after a rollback")
+    sw.set_defaults(func=cmd_switch_release)
 
     args = parser.parse_args(argv)
     default_level = logging.INFO if args.command == "run" else logging.WARNING

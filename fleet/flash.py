@@ -952,18 +952,11 @@ class _Flash:
         else:
             say(f"config {config}: unchanged")
 
-        if need_release or release_changed:
-            # The device checks every model file of the new release against its manifest before the switch, so
-            # a release damaged in transit or on the card never becomes current.
-            done = remote.run('cd "$1" && ./.venv/bin/python -m device verify-models', f"{self.A}/releases/{version}",
-                              check=False, timeout=600)
-            lines = (done.stdout or "").strip().splitlines()
-            if done.returncode != 0:
-                bad = [ln.strip() for ln in lines if ln.startswith("FAIL") or ln.startswith("      ")]
-                raise FlashError(f"release {version} does not match its manifest on the device (nothing was "
-                                 f"switched; current stays {previous or 'unset'}):\n  "
-                                 + "\n  ".join(bad + lines[-1:] or [_last_lines(done.stderr, 5)]))
-            say(f"sha256 on the device before the switch: {lines[-1].split(': ', 1)[-1] if lines else 'ok'}")
+        # Releases with `device switch-release` switch themselves: the device checks the sha256 sums, switches,
+        # runs its self-check and goes back on its own if that fails, whatever happens to this ssh session.
+        on_device = "switch-release" in (release.source / "device" / "__main__.py").read_text(encoding="utf-8")
+        if not on_device and (need_release or release_changed):
+            self._verify_before_switch(version, previous)
 
         # From here on the device changes: remember how to go back.
         undo = _Undo(previous=previous if release_changed else None, config=config_changed and raw["files"]["config"]
@@ -972,15 +965,19 @@ class _Flash:
         if systemd and was_active:
             remote.run("systemctl stop aula-device.service", what="systemctl stop aula-device")
             say("stopped aula-device for the switch and the self-check")
-        if undo.config:
-            remote.run('cp -p "$1" "$1.previous"', config)
-        if config_changed:
-            remote.run('mv -f "$1.aula-new" "$1"', config)
-        self._switch(version, venv_key)
-        say(f"current -> releases/{version}" + (f" (was {previous})" if release_changed and previous else
-                                                " (first release)" if previous is None else " (unchanged)"))
+        if on_device:
+            self._switch_on_device(version, venv_key, previous, config_changed, systemd and was_active)
+        else:
+            if undo.config:
+                remote.run('cp -p "$1" "$1.previous"', config)
+            if config_changed:
+                remote.run('mv -f "$1.aula-new" "$1"', config)
+            self._switch(version, venv_key)
+            say(f"current -> releases/{version}" + (f" (was {previous})" if release_changed and previous else
+                                                    " (first release)" if previous is None else " (unchanged)"))
         try:
-            self._self_check(version)
+            if not on_device:
+                self._self_check(version)
             self._unit(unit_text, unit_changed, undo, systemd, raw)
             online = self._start(systemd, raw)
         except BrokerUnreachable:
@@ -1025,6 +1022,46 @@ class _Flash:
 
     def _switch(self, version: str, venv_key: str | None = None) -> None:
         switch_current(self.remote, self.A, version, venv_key, COMPAT_LINKS)
+
+    def _verify_before_switch(self, version: str, previous: str | None) -> None:
+        """A release without `device switch-release`: its models are checked from here, before the switch."""
+        done = self.remote.run('cd "$1" && ./.venv/bin/python -m device verify-models',
+                               f"{self.A}/releases/{version}", check=False, timeout=600)
+        lines = (done.stdout or "").strip().splitlines()
+        if done.returncode != 0:
+            bad = [ln.strip() for ln in lines if ln.startswith("FAIL") or ln.startswith("      ")]
+            raise FlashError(f"release {version} does not match its manifest on the device (nothing was "
+                             f"switched; current stays {previous or 'unset'}):\n  "
+                             + "\n  ".join(bad + lines[-1:] or [_last_lines(done.stderr, 5)]))
+        self.say(f"sha256 on the device before the switch: {lines[-1].split(': ', 1)[-1] if lines else 'ok'}")
+
+    def _switch_on_device(self, version: str, venv_key: str, previous: str | None, config_changed: bool,
+                          restart: bool) -> None:
+        """`device switch-release` on the device; raise FlashError with its reason when it refused or went back."""
+        config = self.p("/etc/aula/device.yaml")
+        args = [self.A, version, "--venv", venv_key, "--config", config,
+                *(a for n in COMPAT_LINKS for a in ("--link", n)),
+                *(["--new-config", config + ".aula-new"] if config_changed else []),
+                *(["--restart-unit", UNIT_NAME] if restart else [])]
+        done = self.remote.run('cd "$1/releases/$2" && exec "$1/venvs/$4/bin/python" -m device switch-release "$@"',
+                               *args, check=False, timeout=1200, what="switch-release")
+        lines = (done.stdout or "").strip().splitlines()
+        result = next((json.loads(ln[len("result: "):]) for ln in reversed(lines) if ln.startswith("result: ")), None)
+        if result is None:
+            raise FlashError(f"switch-release on the device gave no result (exit {done.returncode}); see "
+                             f"{self.A}/switch.log there:\n  {_last_lines(done.stderr or done.stdout, 8, '  ')}")
+        for line in lines[:-1]:
+            self.say(line)
+        if result["result"] == "switched":
+            return
+        if result["result"] == "refused":
+            bad = [ln.strip() for ln in lines if ln.startswith("FAIL")]
+            raise FlashError(f"{result['reason']}:\n  " + "\n  ".join(bad or [result["reason"]]))
+        if result["result"] == "rolled-back":
+            raise FlashError(f"{result['reason']}\nrolled back on the device: {'; '.join(result['undone'])}"
+                             f". Release {version} stays in {self.A}/releases/ for a look (and {self.A}/switch.log);"
+                             " fix the cause and flash again")
+        raise FlashError(f"{result['reason']}\n{self.A}/switch.log on the device has each step")
 
     def _self_check(self, version: str) -> None:
         config = self.p("/etc/aula/device.yaml")

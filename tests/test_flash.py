@@ -460,7 +460,7 @@ def test_a_rollout_to_two_of_three_devices_rolls_back_the_one_that_fails_its_sel
     assert set(by_device) == {"pi-a", "pi-b"} and "pi-c" not in done.stdout.split("not contacted", 1)[1]
     assert " ok " in by_device["pi-a"]
     assert "FAILED" in by_device["pi-b"] and "self-check failed" in by_device["pi-b"]
-    assert f"rolled back: current -> {release_1}" in done.stdout
+    assert f"rolled back on the device: current -> {release_1}" in done.stdout
     release_2 = os.readlink(roots / "pi-a" / "opt/aula/current")
     assert release_2 != release_1 and os.readlink(roots / "pi-b" / "opt/aula/current") == release_1
     assert "type: video" in (roots / "pi-b" / "etc/aula/device.yaml").read_text()  # its config came back too
