@@ -159,7 +159,8 @@ def switch_release(plan: SwitchPlan) -> tuple[int, dict]:
         log.say(f"config {plan.config}: the new one is in place" + (" (old one kept as .previous)"
                                                                     if config_backup else ""))
     _switch_links(plan, version)
-    log.say(f"current -> releases/{version}" + (f" (was {previous})" if previous and previous != version else ""))
+    log.say(f"current -> releases/{version}" + (" (first release)" if previous is None else " (unchanged)"
+                                                 if previous == version else f" (was {previous})"))
 
     ok, table = _self_check(plan)
     for line in table:
