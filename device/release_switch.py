@@ -167,8 +167,8 @@ def switch_release(plan: SwitchPlan) -> tuple[int, dict]:
         log.say(f"  {line}")
     if ok:
         return done(0, "switched")
-    reason = "self-check failed after the switch: " + "; ".join(ln.strip() for ln in table if "FAIL" in ln
-                                                                   or ln.startswith("selftest exit"))
+    failed = [" ".join(ln.split()) for ln in table if "FAIL" in ln]
+    reason = f"self-check failed after the switch ({table[0]}): " + "; ".join(failed or table[1:] or ["no detail"])
     go_back = previous is not None and previous != version
     if not go_back and config_backup is None:
         return done(CHECK_FAILED, "failed",

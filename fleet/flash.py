@@ -1050,8 +1050,10 @@ class _Flash:
         if result is None:
             raise FlashError(f"switch-release on the device gave no result (exit {done.returncode}); see "
                              f"{self.A}/switch.log there:\n  {_last_lines(done.stderr or done.stdout, 8, '  ')}")
+        repeated = ("rolled back on the device", "FAIL  ")  # the error below says these
         for line in lines[:-1]:
-            self.say(line)
+            if not line.startswith(repeated):
+                self.say(line)
         if result["result"] == "switched":
             return
         if result["result"] == "refused":

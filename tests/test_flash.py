@@ -250,6 +250,7 @@ def test_an_upgrade_whose_models_do_not_match_is_never_switched_to(lab, first):
     model.write_bytes(bytes(data))
     done = lab.flash("--source", str(broken))
     assert done.returncode == 1, done.stdout + done.stderr
+    print(done.stderr)
     assert "does not match its manifest on the device (nothing was switched" in done.stderr
     assert "face_emotion_int8.tflite" in done.stderr
     assert "current -> releases/nogit-" not in done.stdout  # checked on the device before the switch
