@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--limit", type=int, help="train on the first N rows only (a smoke run)")
     tt.add_argument("--float32", action="store_true", help="train in float32 instead of bfloat16")
     tt.add_argument("--no-export", action="store_true", help="train only")
+    tt.add_argument("--init-from", type=Path, help="start from an earlier run's epochN.weights.h5 (a second stage)")
+    tt.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    tt.add_argument("--seed", type=int, help="shuffling and dropout seed (default: the recipe's)")
+    tt.add_argument("--fine-aux", type=float, help="weight of an auxiliary head on the 28 original labels "
+                                                   "(default: the recipe's)")
     et = sub.add_parser("export-text", help="quantise, evaluate and register the fine-tuned text model")
     et.add_argument("--work-dir", type=Path, help="the training run (default: ~/.cache/aula/train_text)")
     sub.add_parser("evaluate-text", help="evaluate the committed text models on the GoEmotions test split")
@@ -136,8 +141,10 @@ def _text(args) -> int:
 
     work_dir = getattr(args, "work_dir", None) or train_text.default_work_dir()
     if args.command == "train-text":
-        recipe = dict(train_text.RECIPE, **({"epochs": args.epochs} if args.epochs else {}))
-        train_text.train(work_dir, recipe, threads=args.threads, limit=args.limit, bf16=not args.float32)
+        changes = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "fine_aux") if getattr(args, k) is not None}
+        recipe = dict(train_text.RECIPE, **changes)
+        train_text.train(work_dir, recipe, threads=args.threads, limit=args.limit, bf16=not args.float32,
+                         init_from=args.init_from)
         if args.no_export:
             return 0
     from converter import export_text

@@ -53,3 +53,25 @@ def load(split: str, root: Path | None = None) -> Split:
         rows.append(target)
     targets = np.stack(rows)
     return Split(texts, targets, (targets == 1.0).any(axis=1))
+
+
+def load_fine(split: str, root: Path | None = None) -> np.ndarray:
+    """The same rows' 27 emotions plus neutral (`original/`), as float32 [N, 28] targets shared like `load`'s.
+
+    The rows are those of the Ekman files, in the same order (checked by comment id); training uses them for an
+    auxiliary head only: the finer labels tell apart what the grouping merges (annoyance and anger, say).
+    """
+    base = (root or datasets_root()) / "goemotions"
+    n = len((base / "original" / "labels.txt").read_text().split())
+    ekman = (base / "ekman" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
+    rows = []
+    path = base / "original" / f"{split}.tsv"
+    for number, (line, other) in enumerate(zip(path.read_text(encoding="utf-8").splitlines(), ekman, strict=True), 1):
+        parts = line.split("\t")
+        if parts[-1] != other.split("\t")[-1]:
+            raise ValueError(f"{path}:{number}: comment {parts[-1]} is not the Ekman file's {other.split(chr(9))[-1]}")
+        ids = [int(i) for i in parts[1].split(",")]
+        target = np.zeros(n, np.float32)
+        target[ids] = 1.0 / len(ids)
+        rows.append(target)
+    return np.stack(rows)

@@ -27,7 +27,9 @@ from device.models.text_tokens import encode, load_tokenizer
 logger = logging.getLogger(__name__)
 
 RECIPE = {"epochs": 1, "lr": 5e-5, "batch_size": 32, "warmup": 0.06, "weight_decay": 0.01,
-          "class_weight_power": 0.5, "dropout": 0.1, "seed": 0, "checkpoint_every": 200}
+          "class_weight_power": 0.5, "dropout": 0.1, "seed": 0, "checkpoint_every": 200, "fine_aux": 0.0}
+# fine_aux > 0: a second head, on the same pooled sentence vector, learns GoEmotions' 28 original labels, and its
+# cross-entropy (times fine_aux) is added to the loss. Only the 7-way model is saved and exported.
 
 
 def default_work_dir() -> Path:
@@ -82,8 +84,12 @@ def _restore(path: Path, model, optimizer) -> dict:
 
 
 def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2, limit: int | None = None,
-          bf16: bool = True) -> dict:
-    """Run (or resume) the recipe in `work_dir`; return the history. `limit` trains on the first rows only."""
+          bf16: bool = True, init_from: Path | None = None) -> dict:
+    """Run (or resume) the recipe in `work_dir`; return the history. `limit` trains on the first rows only.
+
+    `init_from` starts from an earlier run's weights (an `epochN.weights.h5`) instead of the published MiniLM: a
+    second stage with a fresh warm-up and decay. The earlier run's history is carried into this one's.
+    """
     import keras
     import tensorflow as tf
 
@@ -105,9 +111,22 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
         dev = goemotions.Split(dev.texts[:limit], dev.targets[:limit], dev.single[:limit])
     lengths = token_lengths(tokenizer, texts)
     weights = class_weights(targets, recipe["class_weight_power"])
+    fine_aux = float(recipe.get("fine_aux", 0.0))
+    fine = goemotions.load_fine("train")[: len(texts)] if fine_aux else np.zeros((len(texts), 1), np.float32)
 
     model = build_text_model(dropout=recipe["dropout"])
     load_minilm(model, read_safetensors(source / "model.safetensors"))
+    net = model  # what the optimiser trains and the checkpoint holds: with fine_aux, the model and its 2nd head
+    if fine_aux:
+        pooled = keras.layers.Dropout(recipe["dropout"])(model.get_layer("mean_pool").output)
+        aux = keras.layers.Dense(fine.shape[1], name="fine_classifier", dtype="float32")(pooled)
+        net = keras.Model(model.inputs, [model.output, aux], name="text_emotion_with_fine_head")
+    earlier = None
+    if init_from:
+        model.load_weights(init_from)
+        earlier_history = Path(init_from).parent / "history.json"
+        earlier = {"weights": str(init_from),
+                   "run": json.loads(earlier_history.read_text()) if earlier_history.exists() else None}
     steps_per_epoch = int(np.ceil(len(texts) / recipe["batch_size"]))
     total = steps_per_epoch * recipe["epochs"]
     warmup = max(1, int(total * recipe["warmup"]))
@@ -115,25 +134,30 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
     schedule = _Warmup(recipe["lr"], warmup, decay)
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe["weight_decay"], clipnorm=1.0)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    optimizer.build(model.trainable_variables)
+    optimizer.build(net.trainable_variables)
 
-    signature = [tf.TensorSpec([None, None], tf.int32)] * 2 + [tf.TensorSpec([None, 7], tf.float32)]
+    signature = [tf.TensorSpec([None, None], tf.int32)] * 2 + [tf.TensorSpec([None, 7], tf.float32),
+                                                              tf.TensorSpec([None, fine.shape[1]], tf.float32)]
 
     @tf.function(input_signature=signature, reduce_retracing=True)
-    def step(ids, mask, y):
+    def step(ids, mask, y, y_fine):
         with tf.GradientTape() as tape:
-            logits = tf.cast(model([ids, mask], training=True), tf.float32)
+            out = net([ids, mask], training=True)
+            logits = tf.cast(out[0] if fine_aux else out, tf.float32)
             per_row = tf.nn.softmax_cross_entropy_with_logits(y, logits)
             loss = tf.reduce_mean(per_row * tf.linalg.matvec(y, weights))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            if fine_aux:
+                loss += fine_aux * tf.reduce_mean(
+                    tf.nn.softmax_cross_entropy_with_logits(y_fine, tf.cast(out[1], tf.float32)))
+        grads = tape.gradient(loss, net.trainable_variables)
+        optimizer.apply_gradients(zip(grads, net.trainable_variables, strict=True))
         return loss
 
     checkpoint = work_dir / "checkpoint.npz"
     state = {"epoch": 0, "batch": 0, "history": [], "best": None, "recipe": recipe, "rows": len(texts),
-             "precision": "bfloat16" if bf16 else "float32"}
+             "precision": "bfloat16" if bf16 else "float32", "init_from": earlier}
     if checkpoint.exists():
-        state = _restore(checkpoint, model, optimizer)
+        state = _restore(checkpoint, net, optimizer)
         logger.info("resuming at epoch %d, batch %d", state["epoch"] + 1, state["batch"])
         if state["recipe"] != recipe:  # e.g. resumed with fewer --epochs: the schedule follows the new recipe
             logger.warning("resuming with a changed recipe: %s (was %s)", recipe, state["recipe"])
@@ -149,13 +173,13 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
         for b in range(state["batch"], len(plan)):
             rows = plan[b]
             ids, mask = encode(tokenizer, [texts[r] for r in rows])
-            losses.append(float(step(ids, mask, targets[rows])))
+            losses.append(float(step(ids, mask, targets[rows], fine[rows])))
             if (b + 1) % 50 == 0:
                 logger.info("epoch %d batch %d/%d loss %.4f (%.1f ms/row)", state["epoch"] + 1, b + 1, len(plan),
                             np.mean(losses[-50:]), (time.time() - started) / len(losses) / len(rows) * 1000)
             if (b + 1) % recipe["checkpoint_every"] == 0:
                 state["batch"] = b + 1
-                _save(checkpoint, model, optimizer, state)
+                _save(checkpoint, net, optimizer, state)
         logits = predict_logits(model, tokenizer, dev.texts)
         acc, f1 = accuracy_and_macro_f1(dev.labels()[dev.single], logits[dev.single].argmax(1))
         record = {"epoch": state["epoch"] + 1, "train_loss": float(np.mean(losses)) if losses else None,
@@ -167,7 +191,7 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
             state["best"] = record
         state["epoch"] += 1
         state["batch"] = 0
-        _save(checkpoint, model, optimizer, state)
+        _save(checkpoint, net, optimizer, state)
     (work_dir / "history.json").write_text(json.dumps(state, indent=2))
     return state
 
