@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages Aula's device, server and tests need (idempotent; needs root and apt).
 set -euo pipefail
-PACKAGES=(portaudio19-dev espeak-ng sox mosquitto mosquitto-clients postgresql chromium chromium-driver openssl e2fsprogs openssh-server rsync systemd)
+PACKAGES=(portaudio19-dev espeak-ng sox mosquitto mosquitto-clients postgresql chromium chromium-driver openssl e2fsprogs openssh-server rsync sudo systemd)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

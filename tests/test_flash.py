@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -71,7 +72,8 @@ class Sshd:
         self.wrong_known_hosts.write_text(f"[127.0.0.1]:{self.port} {self._pub('other_host_key')}\n")
         config = work / "sshd_config"
         config.write_text(f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {work / 'host_key'}\nPidFile none\n"
-                          f"AuthorizedKeysFile {work / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+                          f"AuthorizedKeysFile {work / 'authorized_keys'} .ssh/authorized_keys\n"
+                          "PermitRootLogin prohibit-password\n"
                           "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
                           "StrictModes no\nUsePAM no\nMaxStartups 50\n")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder
@@ -423,15 +425,42 @@ def test_ssh_targets_units_and_platform_tags():
     assert summary_table([])[-1] == "0 device(s): 0 installed, 0 unchanged, 0 failed"
 
 
+@pytest.fixture
+def sudo_user(lab):
+    """A login user with passwordless sudo and the lab's client key, as a Raspberry Pi OS image has: the
+    technician's usual `pi@device`, where flash runs each command with `sudo -n`. Removed afterwards."""
+    name = "aula-tech"
+    if os.geteuid() != 0 or not shutil.which("sudo") or not shutil.which("useradd"):
+        missing_system_dep("the rollout test logs in as a user with sudo, which it creates: it needs root and sudo "
+                           "(apt-get install sudo)")
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True, timeout=30)
+    subprocess.run(["usermod", "-p", "*", name], check=True, timeout=30)  # no password, but not locked: sshd
+    # (without PAM) refuses a locked account even its keys
+    home = Path(pwd.getpwnam(name).pw_dir)
+    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    (home / ".ssh" / "authorized_keys").write_text((lab.sshd.work / "client_key.pub").read_text())
+    for path in (home / ".ssh", home / ".ssh" / "authorized_keys"):
+        shutil.chown(path, name, name)
+    rule = Path("/etc/sudoers.d/aula-flash-test")
+    rule.write_text(f"{name} ALL=(ALL) NOPASSWD: ALL\n")
+    rule.chmod(0o440)
+    yield name
+    rule.unlink(missing_ok=True)
+    subprocess.run(["userdel", "--remove", name], capture_output=True, timeout=30)
+
+
 # Last: it moves pi-a to a second release, which the tests above do not expect.
-def test_a_rollout_to_two_of_three_devices_rolls_back_the_one_that_fails_its_self_check(lab, first):
+def test_a_rollout_to_two_of_three_devices_rolls_back_the_one_that_fails_its_self_check(lab, first, sudo_user):
     """pi-a and pi-b get release 2; pi-b's camera fails its self-check after the switch, so pi-b goes back to
-    release 1 on its own config; pi-c, outside the group (and unreachable), is never contacted."""
+    release 1 on its own config; pi-c, outside the group (and unreachable), is never contacted. pi-a is reached
+    as a user with sudo, not as root."""
     roots = lab.work / "roots"
     roots.mkdir()
     (roots / "pi-a").symlink_to(lab.root)  # pi-a as the first flash left it
     inventory = lab.work / "rollout.csv"
-    inventory.write_text(f"site,room,device,host\nschool1,room101,pi-a,{lab.sshd.host}\n"
+    user = sudo_user
+    inventory.write_text(f"site,room,device,host\nschool1,room101,pi-a,ssh://{user}@127.0.0.1:{lab.sshd.port}\n"
                          f"school1,room102,pi-b,{lab.sshd.host}\n"
                          f"school1,room103,pi-c,ssh://root@127.0.0.1:{free_port()}\n")
     samples = lab.source / "device" / "samples"
@@ -459,7 +488,7 @@ def test_a_rollout_to_two_of_three_devices_rolls_back_the_one_that_fails_its_sel
     table = done.stdout[done.stdout.index("device  "):].splitlines()
     by_device = {ln.split()[0]: ln for ln in table[1:3]}
     assert set(by_device) == {"pi-a", "pi-b"} and "pi-c" not in done.stdout.split("not contacted", 1)[1]
-    assert " ok " in by_device["pi-a"]
+    assert " ok " in by_device["pi-a"] and f"[pi-a] flash pi-a (school1/room101) to {user}@127.0.0.1" in done.stdout
     assert "FAILED" in by_device["pi-b"] and "self-check failed" in by_device["pi-b"]
     assert f"rolled back on the device: current -> {release_1}" in done.stdout
     release_2 = os.readlink(roots / "pi-a" / "opt/aula/current")
