@@ -36,6 +36,11 @@ def write_text_card(report: dict, path: Path) -> None:
         f"\n- This run was resumed at epoch {c['epoch'] + 1}, batch {c['batch']} with the recipe above; before that it "
         f"followed {c['before']} (the learning-rate schedule is set by the number of epochs)."
         for c in report["training"].get("recipe_changes") or ())
+    fine_aux = (report["training"].get("recipe") or {}).get("fine_aux") or 0
+    fine = ("" if not fine_aux else
+            f"\n- A second head on the same pooled vector learns the 28 original GoEmotions labels (27 emotions and "
+            f"neutral, `original/`, the same rows), its cross-entropy added to the loss times {fine_aux}; it tells "
+            "apart what the grouping merges (annoyance and anger, say). Only the 7-way head is exported.")
     text = f"""# Text-emotion model card: `{report['version']}`
 
 all-MiniLM-L6-v2 (6 layers, 384 wide, 22.7 M parameters) with a mean-pooled 7-way head, every weight fine-tuned
@@ -63,7 +68,7 @@ on GoEmotions' Ekman grouping for Aula's labels ({', '.join(LABELS)}). It runs o
 
 ## Training
 - Data: GoEmotions train (43,410 Reddit comments, Apache-2.0). A row with several labels (3,855 rows) has its
-  target shared equally among them; the loss weights class c by (largest class count / count of c) ^ 0.5.
+  target shared equally among them; the loss weights class c by (largest class count / count of c) ^ 0.5.{fine}
 - Recipe: {report['training']['recipe']}; AdamW with linear warm-up and decay, {precision} on the CPU, rows
   bucketed by length. The epoch with the best dev macro-F1 is kept (epoch {report['epoch']}).{changes}
 - Calibration on dev only (the test split chose nothing): per-class logit offsets that maximise dev macro-F1
