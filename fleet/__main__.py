@@ -84,7 +84,8 @@ def _flash_options(args: argparse.Namespace):
 
 def cmd_flash(args: argparse.Namespace) -> int:
     """Install a release on one device over ssh, configure, self-check and start it; roll back if it fails."""
-    from fleet.flash import FlashError, flash_device, spec_from_args
+    from fleet.errors import FlashError
+    from fleet.flash import flash_device, spec_from_args
     from fleet.release import build_release
 
     spec = spec_from_args(args.site, args.room, args.device, args.host, args.inventory)
@@ -138,7 +139,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 def cmd_selftest(args: argparse.Namespace) -> int:
     """The device's self-check over ssh (models, camera, microphone, broker with its key, clock): a pass/fail table."""
-    from fleet.flash import FlashError
+    from fleet.errors import FlashError
     from fleet.remote_selftest import remote_selftest
 
     try:
@@ -151,9 +152,11 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 def cmd_server_install(args: argparse.Namespace) -> int:
     """Install the aggregation server on a host over ssh: release, venv, config, certificates, user, state directory
     and the hardened unit; start it and wait for /healthz. A second run with the same release changes nothing."""
-    from fleet.flash import FlashError, FlashOptions, SshTarget
+    from fleet.errors import FlashError
+    from fleet.flash import FlashOptions
     from fleet.release import SERVER, build_release
     from fleet.server_install import ServerOptions, install_server
+    from fleet.ssh_remote import SshTarget
 
     host = SshTarget.parse(args.host)
     opts = FlashOptions(certs=args.certs, broker=args.broker, dest_root=args.dest_root, identity=args.identity,

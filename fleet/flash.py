@@ -14,17 +14,14 @@ On the device (every path below is under DEST_ROOT, `/` on a real device):
 A release whose self-check fails, or that does not come online in time, is switched back to the previous one,
 which is restarted. Nothing is changed on the device before everything it needs is copied and validated.
 Uses the system's ssh and rsync (BatchMode, a connect timeout, one multiplexed connection per device).
+The ssh connection is in fleet/ssh_remote.py, the steps shared with server-install (the host's probe, the venv,
+the release's copy, the switch and the clean-up) in fleet/host_release.py, the watch on the broker in
+fleet/online_watch.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shlex
-import shutil
-import ssl
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -34,78 +31,33 @@ from pathlib import Path
 
 import yaml
 
-from device.common.broker_settings import BrokerAddress, parse_broker_url
+from device.common.broker_settings import parse_broker_url
 from device.common.errors import AulaError, ConfigError
-from device.contract import DeviceTopics, HealthMessage, StatusMessage
-from fleet.inventory import DeviceRow, check_id, read_inventory
-from fleet.release import (
-    DEFAULT_WHEELHOUSE_CACHE,
-    Release,
-    Target,
-    Wheelhouse,
-    prepare_wheelhouse,
+from device.contract import DeviceTopics
+from fleet.errors import BrokerUnreachable, FlashError, NotOnline
+from fleet.host_release import (
+    MIB,
+    check_space,
+    copy_release,
+    make_venv,
+    probe_host,
+    remove_old_releases,
+    switch_current,
+    wheelhouse_for,
 )
+from fleet.inventory import DeviceRow, check_id, read_inventory
+from fleet.online_watch import Online, watch_online, watcher_account
+from fleet.release import DEFAULT_WHEELHOUSE_CACHE, Release, Target, Wheelhouse
+from fleet.ssh_remote import Remote, SshTarget, _last_lines
 
 UNIT_NAME = "aula-device.service"
 # The links that make systemd/aula-device.service's paths (/opt/aula/.venv/bin/python, WorkingDirectory=/opt/aula
 # and `-m device`) follow `current`.
 COMPAT_LINKS = (".venv", "device", "models_tflite", "docs")
-# A venv takes about 3.2x its wheels once unpacked (788 MB from 250 MB of wheels, the device extra on x86_64).
-VENV_PER_WHEEL_BYTE = 3.5
-MIB = 1024 * 1024
 Say = Callable[[str], None]
 
 
-class FlashError(AulaError):
-    """A flash failed; the message tells the technician what to fix."""
-
-
-class BrokerUnreachable(FlashError):
-    """The broker cannot be reached or refuses the watcher: not the release's fault, so no rollback."""
-
-
-class NotOnline(FlashError):
-    """The device did not report `online` in time."""
-
-
 # --- what to flash where ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SshTarget:
-    """`[user@]host`, or `ssh://[user@]host[:port]` (inventory host column or HOST=)."""
-
-    host: str
-    user: str | None = None
-    port: int | None = None
-
-    @classmethod
-    def parse(cls, text: str, port: int | None = None) -> SshTarget:
-        raw = text.strip()
-        if not raw:
-            raise ConfigError("the ssh host is empty: HOST=user@host or ssh://user@host:port")
-        if raw.startswith("ssh://"):
-            m = re.fullmatch(r"ssh://(?:([^@/]+)@)?(\[[0-9A-Fa-f:.]+\]|[^:/@\[\]]+)(?::(\d+))?/?", raw)
-            if not m:
-                raise ConfigError(f"ssh host {raw!r} is not ssh://[user@]host[:port]")
-            user, host, p = m.group(1), m.group(2).strip("[]"), m.group(3)
-            return cls(host, user, int(p) if p else port)
-        user, _, host = raw.rpartition("@")
-        if not host or any(c in host for c in "/ ") or ("@" in user):
-            raise ConfigError(f"ssh host {raw!r} is not [user@]host; for a port use ssh://user@host:port")
-        return cls(host.strip("[]"), user or None, port)
-
-    @property
-    def destination(self) -> str:
-        return f"{self.user}@{self.host}" if self.user else self.host
-
-    @property
-    def rsync_host(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user}@{host}" if self.user else host
-
-    def __str__(self) -> str:
-        return self.destination + (f" port {self.port}" if self.port else "")
-
 
 @dataclass(frozen=True)
 class DeviceSpec:
@@ -166,253 +118,7 @@ class FlashResult:
     lines: list[str] = field(default_factory=list)
 
 
-# --- ssh and rsync ------------------------------------------------------------------------------------------
-
-def ssh_failure(stderr: str, target: SshTarget, opts: FlashOptions) -> FlashError:
-    """Turn ssh's stderr (exit 255) into what the technician should do."""
-    text = stderr.strip()
-    port = target.port or 22
-    if "Could not resolve hostname" in text:
-        return FlashError(f"cannot resolve the host name {target.host!r}: check the name in HOST or the inventory, "
-                          "or use the device's IP address")
-    if "Connection refused" in text:
-        return FlashError(f"cannot reach {target.host}: connection refused on port {port}. Is the device on and "
-                          "running sshd (`sudo systemctl enable --now ssh` on it), and is the port right?")
-    if any(s in text for s in ("timed out", "No route to host", "Network is unreachable", "Host is unreachable")):
-        reason = next(s for s in ("timed out", "No route to host", "Network is unreachable", "Host is unreachable")
-                      if s in text)
-        return FlashError(f"cannot reach {target.host} (port {port}): {reason.lower()} after up to "
-                          f"{opts.connect_timeout} s. Check that the device is powered and on this network "
-                          f"(`ping {target.host}`) and that the address is right")
-    if "Host key verification failed" in text or "IDENTIFICATION HAS CHANGED" in text:
-        where = opts.known_hosts or "~/.ssh/known_hosts"
-        forget = f"ssh-keygen -R {target.host}" + ("" if opts.known_hosts is None else f" -f {where}")
-        return FlashError(f"the host key of {target.host} does not match {where}. If the device was reinstalled, "
-                          f"remove its old key (`{forget}`) and flash again; if not, stop: something else answers "
-                          "at that address")
-    if "Permission denied" in text or "Too many authentication failures" in text:
-        key = f"the key {opts.identity}" if opts.identity else "your ssh keys (ssh-agent, ~/.ssh/id_*)"
-        user = target.user or "your user name"
-        return FlashError(f"{target.destination} refused {key} (permission denied). Put your public key on the "
-                          f"device (`ssh-copy-id {target.destination}`), or pass the right one with SSH_KEY=..., "
-                          f"and check the user ({user}) is allowed to log in")
-    last = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Warning: Permanently added")]
-    return FlashError(f"ssh to {target} failed: {last[-1] if last else 'no message'}")
-
-
-def _space_error(text: str) -> bool:
-    return "No space left on device" in text or "Errno 28" in text
-
-
-class Remote:
-    """One device over one multiplexed ssh connection; commands run as root (sudo -n for another user)."""
-
-    def __init__(self, target: SshTarget, opts: FlashOptions):
-        self.target, self.opts = target, opts
-        self._dir = tempfile.mkdtemp(prefix="aula-ssh-")
-        self.control = f"{self._dir}/c"
-        self.sudo: list[str] = []
-        self._master = False
-
-    def ssh_options(self) -> list[str]:
-        o = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.opts.connect_timeout}",
-             "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", f"ControlPath={self.control}"]
-        if self.opts.known_hosts is not None:
-            o += ["-o", f"UserKnownHostsFile={self.opts.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-        else:
-            o += ["-o", "StrictHostKeyChecking=accept-new"]
-        if self.opts.identity is not None:
-            o += ["-i", str(self.opts.identity), "-o", "IdentitiesOnly=yes"]
-        if self.target.port:
-            o += ["-p", str(self.target.port)]
-        return o
-
-    def connect(self) -> None:
-        """Open the shared connection (the error, if any, says why) and find out whether sudo is needed."""
-        if shutil.which("ssh") is None:
-            raise FlashError("ssh is not installed here (`sudo apt install openssh-client`)")
-        with tempfile.TemporaryFile(mode="w+") as err:
-            # -f: ssh backgrounds itself once logged in; its stderr goes to a file, not a pipe that it would
-            # hold open for as long as the shared connection lives.
-            try:
-                done = subprocess.run(["ssh", "-M", "-N", "-f", "-o", "ControlPersist=600", *self.ssh_options(),
-                                       self.target.destination], stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=err,
-                                      timeout=self.opts.connect_timeout * 3 + 15)
-            except subprocess.TimeoutExpired:
-                raise FlashError(f"cannot reach {self.target}: no answer within {self.opts.connect_timeout * 3 + 15} s"
-                                 f" (check `ping {self.target.host}`)") from None
-            err.seek(0)
-            if done.returncode != 0:
-                raise ssh_failure(err.read(), self.target, self.opts)
-        self._master = True
-        uid = self.run("id -u", raw=True).strip()
-        if uid != "0":
-            check = self.run("sudo -n true", check=False, raw=True)
-            if check.returncode != 0:
-                raise FlashError(f"{self.target.destination} is not root and cannot use sudo without a password: "
-                                 f"log in as root@{self.target.host}, or allow passwordless sudo for that user")
-            self.sudo = ["sudo", "-n"]
-
-    def _command(self, script: str, args: tuple[str, ...]) -> str:
-        return shlex.join([*self.sudo, "sh", "-c", script, "sh", *args])
-
-    def run(self, script: str, *args: str, input: bytes | str | None = None, check: bool = True,
-            timeout: float = 600, raw: bool = False, what: str | None = None):
-        """Run `script` with `sh -c` on the device (arguments as $1...), as root. With check, return its stdout
-        or raise FlashError; without, return the CompletedProcess (text). raw: as the login user, no sudo."""
-        data = input.encode() if isinstance(input, str) else input
-        remote = shlex.join([*([] if raw else self.sudo), "sh", "-c", script, "sh", *args])
-        cmd = ["ssh", *self.ssh_options(), self.target.destination, remote]
-        try:
-            done = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout,
-                                  stdin=None if data is not None else subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise FlashError(f"{what or 'a command'} on {self.target} did not finish within {timeout:.0f} s") from None
-        out, err = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-        if done.returncode == 255 and not out and (err.startswith("ssh:") or "Permission denied" in err
-                                                   or "Connection" in err or not err.strip()):
-            raise ssh_failure(err or "the connection was lost", self.target, self.opts)
-        if not check:
-            return subprocess.CompletedProcess(cmd, done.returncode, out, err)
-        if done.returncode != 0:
-            text = (err or out).strip()
-            if _space_error(text):
-                raise FlashError(f"the device {self.target.host} ran out of space during {what or 'a command'}: "
-                                 f"{_last_lines(text, 3)}; free space there (`df -h`) and flash again")
-            raise FlashError(f"{what or 'a command'} failed on {self.target} (exit {done.returncode}):\n"
-                             f"  {_last_lines(text, 12, indent='  ')}")
-        return out
-
-    def put(self, path: str, data: bytes, mode: str = "0644", owner: str = "") -> None:
-        """Write a file on the device atomically, created with a private mode before it is renamed into place."""
-        self.run('set -eu; p="$1"; t="$p.aula-tmp"; mkdir -p "$(dirname "$p")"; (umask 077; cat > "$t"); '
-                 'chmod "$2" "$t"; if [ -n "$3" ]; then chown "$3" "$t"; fi; mv -f "$t" "$p"',
-                 path, mode, owner, input=data, what=f"writing {path}")
-
-    def rsync(self, args: list[str], what: str, timeout: float = 3600) -> float:
-        if shutil.which("rsync") is None:
-            raise FlashError("rsync is not installed here (`sudo apt install rsync`)")
-        cmd = ["rsync", "-e", shlex.join(["ssh", *self.ssh_options()])]
-        if self.sudo:
-            cmd += ["--rsync-path", "sudo -n rsync"]
-        t = time.monotonic()
-        try:
-            done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise FlashError(f"copying {what} to {self.target} took longer than {timeout:.0f} s") from None
-        if done.returncode != 0:
-            text = (done.stderr or done.stdout).strip()
-            if _space_error(text):
-                raise FlashError(f"the device {self.target.host} ran out of space while copying {what}; free space "
-                                 "there (`df -h`; old releases are under /opt/aula/releases) and flash again")
-            raise FlashError(f"copying {what} to {self.target} failed (rsync exit {done.returncode}):\n"
-                             f"  {_last_lines(text, 8, indent='  ')}")
-        return time.monotonic() - t
-
-    def close(self) -> None:
-        if self._master:
-            subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={self.control}", self.target.destination],
-                           capture_output=True, timeout=15, stdin=subprocess.DEVNULL)
-            self._master = False
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-
-def _last_lines(text: str, n: int, indent: str = "") -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return f"\n{indent}".join(lines[-n:]) if lines else "(no output)"
-
-
 # --- what is on the device ----------------------------------------------------------------------------------
-
-# Run with the host's python3; prints one JSON object. $1: DEST_ROOT ('' for /), $2: the service user, $3: the
-# unit's name, $4: the config file, $5-$7: the CA, certificate and key paths, $8: the state directory ('' for
-# none), $9 and after: the names under /opt/aula whose links are reported. A device and a server both use it.
-_PROBE = r"""
-PY=/usr/bin/python3; [ -x "$PY" ] || PY=$(command -v python3) || { echo AULA-NO-PYTHON; exit 3; }
-exec "$PY" - "$@" <<'AULA_PY'
-import hashlib, json, os, platform, pwd, shutil, subprocess, sys, time
-root, user_name, unit_name, config, ca, cert, key, state = sys.argv[1:9]
-A = root + "/opt/aula"
-def sha(path):
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return None
-def meta(path):
-    try:
-        st = os.stat(path)
-        return {"sha256": sha(path), "mode": "%04o" % (st.st_mode & 0o7777), "uid": st.st_uid}
-    except OSError:
-        return None
-releases = {}
-if os.path.isdir(A + "/releases"):
-    for name in os.listdir(A + "/releases"):
-        try:
-            with open("%s/releases/%s/.aula-release.json" % (A, name)) as f:
-                info = json.load(f)
-            info["mtime"] = os.stat("%s/releases/%s/.aula-release.json" % (A, name)).st_mtime
-            releases[name] = info
-        except (OSError, ValueError):
-            pass
-venvs = []
-if os.path.isdir(A + "/venvs"):
-    venvs = [n for n in os.listdir(A + "/venvs") if os.path.exists("%s/venvs/%s/.aula-venv-complete" % (A, n))]
-links = {}
-for n in sys.argv[9:]:
-    p = "%s/%s" % (A, n)
-    links[n] = ("link:" + os.readlink(p)) if os.path.islink(p) else ("other" if os.path.lexists(p) else None)
-d = A
-while not os.path.isdir(d):
-    d = os.path.dirname(d)
-st = os.statvfs(d)
-try:
-    entry = pwd.getpwnam(user_name)
-    user = {"uid": entry.pw_uid, "gid": entry.pw_gid}
-except KeyError:
-    user = None
-try:
-    import ensurepip, venv
-    has_venv = True
-except ImportError:
-    has_venv = False
-systemd = os.path.isdir("/run/systemd/system")
-active = None
-if systemd and not root and shutil.which("systemctl"):
-    active = subprocess.run(["systemctl", "is-active", unit_name], capture_output=True, text=True).stdout.strip()
-libc = platform.libc_ver()
-print(json.dumps({
-    "python": sys.executable, "python_version": platform.python_version(), "machine": platform.machine(),
-    "libc": libc[1] if libc[0] == "glibc" else "", "venv_module": has_venv,
-    "rsync": bool(shutil.which("rsync")), "systemctl": bool(shutil.which("systemctl")), "systemd": systemd,
-    "active": active, "user": user, "free_bytes": st.f_bavail * st.f_frsize, "free_at": d,
-    "releases": releases, "venvs": venvs, "links": links,
-    "state_dir": os.path.isdir(root + state) if state else None,
-    "files": {"config": meta(root + config), "ca": meta(root + ca), "cert": meta(root + cert),
-              "key": meta(root + key), "unit": meta(root + "/etc/systemd/system/" + unit_name)},
-    "enabled": os.path.lexists(root + "/etc/systemd/system/multi-user.target.wants/" + unit_name),
-    "clock_ms": int(time.time() * 1000),
-}))
-AULA_PY
-"""
-
-
-def probe_host(remote: Remote, what: str, root: str, user: str, unit: str, config: str, tls: tuple[str, str, str],
-               state_dir: str, links: tuple[str, ...]) -> dict:
-    """The host's state as _PROBE reports it (`what`: "device" or "host", for the messages)."""
-    out = remote.run(_PROBE, root, user, unit, config, *tls, state_dir, *links, what=f"reading the {what}'s state",
-                     check=False)
-    if out.returncode == 3 or "AULA-NO-PYTHON" in out.stdout:
-        raise FlashError(f"{remote.target.host} has no python3: install it (`sudo apt install python3 python3-venv`)")
-    if out.returncode != 0:
-        raise FlashError(f"reading the {what}'s state failed (exit {out.returncode}): {_last_lines(out.stderr, 5)}")
-    try:
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise FlashError(f"the {what}'s state report is unreadable: {out.stdout[-500:]!r}") from None
-
 
 @dataclass
 class DeviceState:
@@ -568,261 +274,6 @@ def unit_programs(unit_text: str) -> list[str]:
         elif key == "WorkingDirectory" and value.strip().lstrip("-").startswith("/"):
             found.append(value.strip().lstrip("-"))
     return list(dict.fromkeys(found))
-
-
-# --- the broker ------------------------------------------------------------------------------------------------
-
-@dataclass
-class Online:
-    status: StatusMessage
-    health: dict | None
-    seconds: float
-
-
-def watch_online(broker: str, certs: Path, account: str, topics: DeviceTopics, timeout: float,
-                 since_ms: int | None = None, want_health: bool = True) -> Online:
-    """Wait until the device's retained status is `online` (newer than since_ms, device clock), then for its first
-    health message; subscribe with `account`'s certificate from the certificates' folder."""
-    try:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-    except ImportError:
-        raise FlashError("paho-mqtt is not installed here, so the broker cannot be watched: `make setup` "
-                         "(EXTRAS with device or server)") from None
-    address: BrokerAddress = parse_broker_url(broker)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"aula-flash-{account}", protocol=mqtt.MQTTv5)
-    if address.tls:
-        ca, crt, key = (Path(certs) / "ca.crt", Path(certs) / "clients" / f"{account}.crt",
-                        Path(certs) / "clients" / f"{account}.key")
-        for path in (ca, crt, key):
-            if not path.is_file():
-                raise FlashError(f"{path} is missing: watching the broker needs the account {account}'s certificate "
-                                 "(`make certs`), or pass WATCH_AS=<an account with read access>")
-        client.tls_set(ca_certs=str(ca), certfile=str(crt), keyfile=str(key), cert_reqs=ssl.CERT_REQUIRED)
-    cond = threading.Condition()
-    state: dict = {"connected": None, "gone": None, "status": [], "health": []}
-
-    def on_connect(c, u, flags, rc, props):
-        with cond:
-            state["connected"] = rc
-            cond.notify_all()
-        if not rc.is_failure:
-            c.subscribe([(topics.status, 1), (topics.health, 0)])
-
-    def on_disconnect(c, u, flags, rc, props):
-        with cond:
-            state["gone"] = rc
-            cond.notify_all()
-
-    def on_message(c, u, msg):
-        with cond:
-            state["status" if msg.topic == topics.status else "health"].append((time.monotonic(), msg.payload))
-            cond.notify_all()
-
-    client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
-    where = f"the broker {address.url}"
-    t0 = time.monotonic()
-    try:
-        client.connect(address.host, address.port, keepalive=30)
-    except ssl.SSLCertVerificationError as exc:
-        raise BrokerUnreachable(f"{where} presented a certificate that {certs}/ca.crt does not verify "
-                                f"({exc.verify_message}); is BROKER the name in the broker's certificate "
-                                "(make certs BROKER_HOSTS=...)?") from None
-    except ssl.SSLError as exc:
-        raise BrokerUnreachable(f"TLS with {where} failed ({exc.reason or exc}); is it the fleet's broker "
-                                "(`make broker-setup`) and is BROKER's port the TLS listener?") from None
-    except (ConnectionRefusedError, TimeoutError) as exc:
-        raise BrokerUnreachable(f"{where} is down or unreachable ({exc.strerror or type(exc).__name__}): is "
-                                "Mosquitto running there (`systemctl status mosquitto`, `make broker-setup`) and "
-                                "is the port open? The device is installed; flash again once the broker is up to "
-                                "see it come online") from None
-    except OSError as exc:
-        raise BrokerUnreachable(f"cannot reach {where}: {exc.strerror or exc}") from None
-    client.loop_start()
-    try:
-        deadline = t0 + timeout
-        with cond:
-            cond.wait_for(lambda: state["connected"] is not None or state["gone"] is not None, 15)
-            rc = state["connected"]
-            if rc is None or rc.is_failure:
-                why = rc or state["gone"] or "no answer within 15 s"
-                raise BrokerUnreachable(f"{where} refused the watcher account {account} ({why}): check that "
-                                        "account is in the broker's ACL (`make broker-setup`) and not revoked")
-            online_at = None
-            while True:
-                if state["gone"] is not None:
-                    raise BrokerUnreachable(f"{where} closed the watcher's connection ({state['gone']}). The broker "
-                                            "keeps one connection per account: if a running server uses "
-                                            f"{account}, watch with an account of its own (WATCH_AS=<name>)")
-                statuses = _parsed(StatusMessage, state["status"])
-                if online_at is None:
-                    fresh = [s for s in statuses if since_ms is None or s.ts_ms >= since_ms]
-                    if fresh and fresh[-1].state.value == "online":
-                        online_at = time.monotonic()
-                        status = fresh[-1]
-                if online_at is not None:
-                    healths = [json.loads(p) for p, h in zip([p for _, p in state["health"]],
-                                                              _parsed(HealthMessage, state["health"], keep=True),
-                                                              strict=True)
-                               if h is not None and (since_ms is None or h.ts_ms >= since_ms)]
-                    if healths or not want_health:
-                        return Online(status, healths[0] if healths else None, time.monotonic() - t0)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                cond.wait(min(left, 0.5))
-            if online_at is not None:
-                return Online(status, None, time.monotonic() - t0)
-            last = statuses[-1] if statuses else None
-            if last is None:
-                seen = "no status message at all"
-            elif since_ms is not None and last.ts_ms < since_ms:
-                seen = f"only an older status ({last.state.value}) from before the restart"
-            else:
-                seen = f"its status is {last.state.value}" + (f": {last.reason}" if last.reason else "")
-            raise NotOnline(f"{topics.status} did not turn online within {timeout:.0f} s; {seen}")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def _parsed(kind, received: list, keep: bool = False) -> list:
-    """Messages of the contract's type; one that does not parse is left out (None in its place with keep)."""
-    out = []
-    for _, payload in received:
-        try:
-            out.append(kind.from_payload(payload))
-        except (ValueError, KeyError, TypeError):
-            if keep:
-                out.append(None)
-    return out
-
-
-def watcher_account(opts: FlashOptions, say: Say) -> str:
-    if opts.watch_as:
-        return opts.watch_as
-    if (Path(opts.certs) / "clients" / "aula-flash.crt").is_file():
-        return "aula-flash"
-    say("note: watching as aula-server. The broker makes a certificate's name its client id, so while flash watches, "
-        "a running server with that account is disconnected and reconnects; make an account for flash "
-        "(run make certs and make broker-setup again: they make the read-only monitor account aula-flash)")
-    return "aula-server"
-
-
-# --- a release on a host (shared by flash and server-install) ---------------------------------------------------
-
-def wheelhouse_for(release: Release, target: Target, opts: FlashOptions, say: Say) -> Wheelhouse:
-    """The release's wheels for the target's platform, from the cache or made now (once per platform at a time)."""
-    t = time.monotonic()
-    with _wheelhouse_lock(release.wheelhouse_key(target)):
-        wh = prepare_wheelhouse(release, target, opts.wheelhouse_cache, say)
-    say(f"wheelhouse {wh.path}: {wh.files} files, {wh.bytes / MIB:.0f} MiB, "
-        + ("cached, nothing downloaded" if wh.cached else f"made in {time.monotonic() - t:.1f} s")
-        + (f"; built on the device from source: {', '.join(wh.source_builds)} (needs gcc, python3-dev "
-           "and portaudio19-dev there)" if wh.source_builds else ""))
-    return wh
-
-
-def check_space(raw: dict, host: str, release_bytes: int, wh: Wheelhouse | None, reserve_mib: int,
-                machine: str = "device") -> None:
-    """Stop before copying anything when the host has too little space for the release, wheelhouse and venv."""
-    parts = [("release", release_bytes)] if release_bytes else []
-    if wh is not None:
-        parts += [("wheelhouse", wh.bytes), ("venv about", int(wh.bytes * VENV_PER_WHEEL_BYTE))]
-    need = sum(b for _, b in parts) + reserve_mib * MIB
-    if raw["free_bytes"] < need:
-        detail = ", ".join(f"{what} {b / MIB:,.0f} MiB" for what, b in parts)
-        raise FlashError(
-            f"not enough space on {host}: {raw['free_bytes'] / MIB:,.0f} MiB free under "
-            f"{raw['free_at']}, this install needs about {need / MIB:,.0f} MiB ({detail or 'nothing to copy'}, "
-            f"plus {reserve_mib} MiB kept free). Free space on the {machine} (`df -h`; old releases are under "
-            "/opt/aula/releases; `sudo apt clean`; `sudo journalctl --vacuum-size=50M`)"
-            + (" or use a larger card" if machine == "device" else "") + ". Nothing was copied")
-
-
-# Run by the venv's python with the folder as argv[1]: a .pth file in site-packages puts it on sys.path.
-_WRITE_PTH = ("import sys, sysconfig; p = sysconfig.get_path('purelib') + '/aula-release.pth'; "
-              "open(p, 'w').write(sys.argv[1] + '\\n')")
-
-
-def make_venv(remote: Remote, A: str, key: str, wh: Wheelhouse, python: str, release: Release, say: Say,
-              system_site_packages: bool = False, path_entry: str = "", machine: str = "device") -> None:
-    """<A>/venvs/<key> made on the host from the wheelhouse (copied there first); path_entry: a folder the venv
-    puts on sys.path (a .pth file), for a service whose working directory is not the code's."""
-    incoming = f"{A}/.incoming/wheelhouse-{wh.key}"
-    remote.run('mkdir -p "$1"', incoming)
-    took = remote.rsync(["-rt", "--partial", "--delete", "--chmod=ugo=rX,u+w", f"{wh.path}/",
-                         f"{remote.target.rsync_host}:{incoming}/"], "the wheelhouse")
-    say(f"wheelhouse copied to the {machine} in {took:.1f} s")
-    t = time.monotonic()
-    remote.run(
-        'set -eu; V="$1/venvs/$2"; W="$3"; rm -rf "$V"; mkdir -p "$1/venvs"; '
-        'if [ "$5" = yes ]; then "$4" -m venv --system-site-packages "$V"; else "$4" -m venv "$V"; fi; '
-        '"$V/bin/python" -m pip install --disable-pip-version-check --no-index --find-links "$W" '
-        '--ignore-installed --no-warn-script-location -q -r "$W/requirements.txt"; '
-        'if [ -n "$6" ]; then "$V/bin/python" -c "$7" "$6"; fi; '
-        '"$V/bin/python" -m pip freeze --all > "$V/.aula-freeze.txt" 2>/dev/null || true; '
-        'chmod -R go+rX "$V"; touch "$V/.aula-venv-complete"; rm -rf "$W"',
-        A, key, incoming, python, "yes" if system_site_packages else "no", path_entry, _WRITE_PTH,
-        what="making the venv",
-        timeout=3600)
-    say(f"venv {A}/venvs/{key}: made on the {machine} from the wheelhouse in {time.monotonic() - t:.1f} s "
-        f"({len(release.requirements)} requirements"
-        + (", sees the system's python3-picamera2" if system_site_packages else "") + ")")
-
-
-def copy_release(remote: Remote, A: str, release: Release, version: str, venv_key: str, link_from: str | None,
-                 say: Say) -> None:
-    """rsync the release's files to <A>/releases/.partial-<version>, then rename it into place (never half there)."""
-    partial = f"{A}/releases/.partial-{version}"
-    remote.run('mkdir -p "$1"', partial)
-    with tempfile.NamedTemporaryFile("w", prefix="aula-files-", suffix=".txt") as listing:
-        listing.write(release.file_list())
-        listing.flush()
-        args = ["-rlt", "--chmod=ugo=rX,u+w", f"--files-from={listing.name}"]
-        if link_from:
-            args.append(f"--link-dest={A}/releases/{link_from}")
-        took = remote.rsync([*args, f"{release.source}/", f"{remote.target.rsync_host}:{partial}/"],
-                            f"release {version}")
-    remote.run('set -eu; A="$1"; V="$2"; P="$A/releases/.partial-$V"; ln -sfn "../../venvs/$3" "$P/.venv"; '
-               'cat > "$P/.aula-release.json"; printf "%s\\n" "$V" > "$P/RELEASE"; shift 3; '
-               'for pkg in "$@"; do "$P/.venv/bin/python" -m compileall -q "$P/$pkg" >/dev/null; done; '
-               'rm -rf "$A/releases/$V"; mv -T "$P" "$A/releases/$V"',
-               A, version, venv_key, *release.role.packages, input=release.manifest(venv_key),
-               what=f"installing release {version}")
-    say(f"release copied to {A}/releases/{version} in {took:.1f} s"
-        + (f" (unchanged files linked from {link_from})" if link_from else ""))
-
-
-def switch_current(remote: Remote, A: str, version: str, venv_key: str | None, links: tuple[str, ...]) -> None:
-    """`current` and the unit's paths: each a new link renamed over the old one (atomic). With venv_key, the
-    release's .venv is pointed at that venv first (a release already on the device may predate it)."""
-    remote.run('set -eu; A="$1"; V="$A/releases/$2"; if [ -n "$3" ] && '
-               '[ "$(readlink "$V/.venv")" != "../../venvs/$3" ]; then '
-               'ln -sfn "../../venvs/$3" "$V/.venv.aula-new"; mv -T "$V/.venv.aula-new" "$V/.venv"; fi; '
-               'ln -sfn "releases/$2" "$A/current.aula-new"; '
-               'mv -T "$A/current.aula-new" "$A/current"; shift 3; for n in "$@"; do '
-               'if [ "$(readlink "$A/$n" 2>/dev/null)" != "current/$n" ]; then '
-               'ln -sfn "current/$n" "$A/$n.aula-new"; mv -T "$A/$n.aula-new" "$A/$n"; fi; done',
-               A, version, venv_key or "", *links, what="switching current")
-
-
-def remove_old_releases(remote: Remote, A: str, version: str, previous: str | None, keep_releases: int,
-                        say: Say) -> None:
-    """Keep the newest `keep_releases`, the current and the previous release; remove venvs no release uses."""
-    listing = remote.run('cd "$1/releases" 2>/dev/null && for f in */.aula-release.json; do '
-                         '[ -f "$f" ] && echo "$(stat -c %Y "$f") ${f%/.aula-release.json}"; done; true', A)
-    names = [ln.split(" ", 1)[1] for ln in sorted(listing.splitlines(), reverse=True) if " " in ln]
-    keep = {version, *([previous] if previous else []), *names[: max(keep_releases, 1)]}
-    drop = [n for n in names if n not in keep]
-    remote.run(
-        'set -eu; A="$1"; shift; cd "$A/releases"; rm -rf .partial-*; for d in "$@"; do rm -rf "./$d"; done; '
-        'used=$(for d in */; do if [ -L "$d.venv" ]; then basename "$(readlink "$d.venv")"; fi; done); '
-        'if [ -d "$A/venvs" ]; then cd "$A/venvs"; for v in */; do v=${v%/}; [ -d "$v" ] || continue; '
-        'echo "$used" | grep -qx "$v" || rm -rf "./$v"; done; fi; rm -rf "$A/.incoming"',
-        A, *drop, what="removing old releases")
-    if drop:
-        say(f"removed old releases: {', '.join(drop)} (kept {len(keep)})")
 
 
 # --- one device ------------------------------------------------------------------------------------------------
@@ -1196,16 +647,6 @@ def _same_file(meta: dict | None, data: bytes, mode: str, uid: int | None) -> bo
 
 def parse_broker_url_from(config_text: str) -> str:
     return str((yaml.safe_load(config_text).get("mqtt") or {})["broker"])
-
-
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def _wheelhouse_lock(key: str) -> threading.Lock:
-    """One wheelhouse build per dependency set and platform, whichever device thread gets there first."""
-    with _locks_guard:
-        return _locks.setdefault(key, threading.Lock())
 
 
 def flash_device(spec: DeviceSpec, release: Release, opts: FlashOptions, say: Say = print) -> FlashResult:

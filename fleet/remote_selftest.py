@@ -8,7 +8,9 @@ camera, so it is stopped for the check and started again afterwards; the technic
 
 from __future__ import annotations
 
-from fleet.flash import FlashError, FlashOptions, Remote, Say, SshTarget
+from fleet.errors import FlashError
+from fleet.flash import FlashOptions, Say
+from fleet.ssh_remote import Remote, SshTarget
 
 UNIT = "aula-device.service"
 

@@ -14,7 +14,7 @@ On the host (every path below is under DEST_ROOT, `/` on a real server):
     /var/lib/aula-server                 the state directory (StateDirectory=), 0750, the user aula-server's
     /etc/systemd/system/aula-server.service, enabled, and started where systemd runs
 
-The release, venv, switch and clean-up steps are flash's (fleet/flash.py); a server and a device cannot share one
+The release, venv, switch and clean-up steps are flash's (fleet/host_release.py); a server and a device cannot share one
 /opt/aula. A second run with the same release and config changes nothing and says so.
 """
 
@@ -28,28 +28,20 @@ import yaml
 
 from device.common.broker_settings import parse_broker_url
 from device.common.errors import ConfigError
-from fleet.flash import (
+from fleet.errors import FlashError
+from fleet.flash import CertFile, FlashOptions, Say, TlsLayout, _sha, tls_layout, unit_programs
+from fleet.host_release import (
     MIB,
-    CertFile,
-    FlashError,
-    FlashOptions,
-    Remote,
-    Say,
-    SshTarget,
-    TlsLayout,
-    _last_lines,
-    _sha,
     check_space,
     copy_release,
     make_venv,
     probe_host,
     remove_old_releases,
     switch_current,
-    tls_layout,
-    unit_programs,
     wheelhouse_for,
 )
 from fleet.release import SERVER, Release, Target
+from fleet.ssh_remote import Remote, SshTarget, _last_lines
 
 UNIT_NAME = "aula-server.service"
 USER = "aula-server"

@@ -28,15 +28,11 @@ import yaml
 
 from device.common.errors import ConfigError
 from device.contract import DeviceTopics
-from fleet.flash import (
-    BrokerUnreachable,
-    SshTarget,
-    summary_table,
-    tls_layout,
-    unit_programs,
-    watch_online,
-)
+from fleet.errors import BrokerUnreachable
+from fleet.flash import summary_table, tls_layout, unit_programs
+from fleet.online_watch import watch_online
 from fleet.release import Target, build_release, platform_tags, prepare_wheelhouse
+from fleet.ssh_remote import SshTarget
 from tests.mosquitto import free_port, require_mosquitto
 from tests.system_deps import missing_system_dep, require_system_dep
 from tests.test_broker_acl import Broker, listening
