@@ -268,7 +268,7 @@ class FleetConfig(StrictModel):
     )
     check_interval_s: float = Field(10.0, ge=1, le=3600, description="Seconds between alert checks.")
     trend_samples: int = Field(
-        120, ge=2, le=10_000, description="Health messages kept per device for the trends (in memory)."
+        120, ge=2, le=10_000, description="Health messages kept per device for the trends (in the database)."
     )
 
 

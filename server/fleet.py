@@ -1,11 +1,14 @@
 """The fleet at a glance: each device's health trend, and alerts for devices offline or degraded too long.
 
-Trends are the last `fleet.trend_samples` health messages of each device, kept in memory (after a restart
-they fill again as health arrives; the latest health of each device is also in the database). An alert is
-raised when a device's shown state has been `offline` or `degraded` for `fleet.alert_after_s`; it is shown
-on the fleet page, counted in /metrics, and published retained on `aula/v1/<site>/alerts` while any is active,
-so that a school's own monitoring can subscribe. When the last alert of a site clears, the retained message
-is cleared too (an empty retained payload).
+Trends are the last `fleet.trend_samples` health messages of each device. The monitor holds them in memory
+and appends each health message as it arrives; the batch writer keeps the same rows in the database
+(`device_health_trend`, server/storage/health_trend.py), from which the server fills the monitor at start, so
+the trends survive a restart.
+
+An alert is raised when a device's shown state has been `offline` or `degraded` for `fleet.alert_after_s`; it
+is shown on the fleet page, counted in /metrics, and published retained on `aula/v1/<site>/alerts` while any
+is active, so that a school's own monitoring can subscribe. When the last alert of a site clears, the retained
+message is cleared too (an empty retained payload).
 """
 
 from __future__ import annotations
@@ -21,23 +24,11 @@ from typing import Any
 from device.contract.alerts import ALERT_STATES, DeviceAlert, SiteAlerts
 from device.contract.schema import short_reason
 from device.contract.topics import alerts_topic
+from server.health_trend import TREND_FIELDS, figure, trend_figures, trend_row
 
 logger = logging.getLogger(__name__)
 
-# Trend name -> (health section, figure).
-TREND_FIELDS: dict[str, tuple[str, str]] = {
-    "frames_per_s": ("vision", "frames_analysed_per_s"),
-    "frames_dropped": ("vision", "frames_dropped"),
-    "detect_ms_p95": ("vision", "detect_ms_p95"),
-    "cpu_temp_c": ("host", "cpu_temp_c"),
-    "backlog": ("mqtt", "backlog"),
-}
 __all__ = ["ALERT_STATES", "AlertLoop", "FleetMonitor", "alerts_topic", "prometheus_fleet"]
-
-
-def _figure(health: dict[str, Any], section: str, name: str) -> float | None:
-    value = (health.get(section) or {}).get(name)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class FleetMonitor:
@@ -52,12 +43,18 @@ class FleetMonitor:
         self._published: dict[str, str] = {}  # site -> the retained alerts payload last published
 
     def note_health(self, site: str, device_id: str, health: dict[str, Any], ts_ms: int) -> None:
-        row = {"t_ms": ts_ms, **{k: _figure(health, *where) for k, where in TREND_FIELDS.items()}}
+        row = trend_row(ts_ms, trend_figures(health))
         with self._lock:
             trend = self._trends.get((site, device_id))
             if trend is None:
                 trend = self._trends[(site, device_id)] = deque(maxlen=self.samples)
             trend.append(row)
+
+    def restore(self, trends: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+        """Take the stored trends (each device's rows oldest first), as at start, before health arrives."""
+        with self._lock:
+            for key, rows in trends.items():
+                self._trends[key] = deque(rows, maxlen=self.samples)
 
     def trend(self, site: str, device_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -166,7 +163,7 @@ _GAUGES: dict[str, tuple[str, Callable[[dict[str, Any]], float | None]]] = {
 }
 for _name, (_section, _figure_name) in TREND_FIELDS.items():
     _GAUGES[f"aula_device_{_name}"] = (f"The device's latest health figure {_section}.{_figure_name}.",
-                                       lambda v, s=_section, f=_figure_name: _figure(v.get("health") or {}, s, f))
+                                       lambda v, s=_section, f=_figure_name: figure(v.get("health") or {}, s, f))
 
 
 def prometheus_fleet(views: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> str:

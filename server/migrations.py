@@ -109,4 +109,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX quarantine_received ON quarantine (received_ms)",
         ),
     ),
+    Migration(
+        8,
+        "health trends of the fleet page",
+        (
+            # The last fleet.trend_samples health messages of each device (server/storage/health_trend.py):
+            # ts_ms is when the server received it, figures the trend's figures as a JSON object. The rows of a
+            # device go with it when it is deleted.
+            "CREATE TABLE device_health_trend (id {id}, site TEXT NOT NULL, device_id TEXT NOT NULL, "
+            "ts_ms {bigint} NOT NULL, figures TEXT NOT NULL, FOREIGN KEY (site, device_id) "
+            "REFERENCES devices (site, device_id) ON DELETE CASCADE)",
+            "CREATE INDEX device_health_trend_device ON device_health_trend (site, device_id, ts_ms, id)",
+        ),
+    ),
 )

@@ -121,6 +121,8 @@ class AulaServer:
         applied = self.db.migrate()
         logger.info("database: %s ready (%s migrations applied now)", self.db.description, len(applied))
         self.registry.reload(self.storage.devices.assignments(), self.storage.rooms.index())
+        # The trends stored before this start; health that arrives from now on is appended to them.
+        self.fleet.restore(self.storage.health_trends.recent(cfg.fleet.trend_samples))
         self.writer = BatchWriter(
             self.storage,
             self.stats,
@@ -132,6 +134,7 @@ class AulaServer:
             unassigned_max=cfg.intake.unassigned_events_max,
             quarantine_max=cfg.intake.quarantine_max,
             forget_new_after_s=cfg.intake.new_device_ttl_s,
+            trend_samples=cfg.fleet.trend_samples,
         )
         self.writer.start()
         shared = cfg.mqtt.shared_group is not None

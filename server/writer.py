@@ -63,6 +63,7 @@ class BatchWriter:
         unassigned_max: int | None = None,
         quarantine_max: int | None = None,
         forget_new_after_s: float | None = None,
+        trend_samples: int = 120,
     ):
         self.storage = storage
         self.stats = stats
@@ -74,6 +75,7 @@ class BatchWriter:
         self.unassigned_max = unassigned_max
         self.quarantine_max = quarantine_max
         self.forget_new_after_s = forget_new_after_s
+        self.trend_samples = trend_samples  # fleet.trend_samples: health trend rows kept per device
         # One FIFO per device and a ring of the devices with something queued; the writer takes one item from
         # each in turn, everything that piled up while it was committing (which sizes batches to the load).
         self._queues: dict[tuple[str, str], deque[WriteItem]] = {}
@@ -177,7 +179,11 @@ class BatchWriter:
             for i in batch
             if i.kind == "status" and i.touch is not None and i.status is not None
         ]
-        healths = [(i.touch.site, i.touch.device_id, i.payload) for i in batch if i.kind == "health" and i.touch]
+        healths = [
+            (i.touch.site, i.touch.device_id, i.payload, i.touch.seen_ms)  # seen_ms: when the server received it
+            for i in batch
+            if i.kind == "health" and i.touch
+        ]
         quarantine = [i.quarantined for i in batch if i.kind == "quarantine" and i.quarantined is not None]
         while True:
             try:
@@ -189,6 +195,7 @@ class BatchWriter:
                     quarantine=quarantine,
                     unassigned_max=self.unassigned_max,
                     quarantine_max=self.quarantine_max,
+                    trend_samples=self.trend_samples,
                 )
                 break
             except Exception as exc:

@@ -1,5 +1,6 @@
-"""The fleet page's data (/api/fleet), its alerts on MQTT (retained while active) and the per-device gauges of
-/metrics, with the server in this process and a real Mosquitto; and the alert rules on their own."""
+"""The fleet page's data (/api/fleet), its alerts on MQTT (retained while active), the per-device gauges of
+/metrics and the trends after a restart, with the server in this process and a real Mosquitto; and the alert
+rules on their own."""
 
 from __future__ import annotations
 
@@ -118,6 +119,11 @@ def test_the_fleet_view_alerts_on_mqtt_and_metrics(harness, mosquitto):
         assert wait_for(lambda: got[-1][0] == alerts_topic("school1") and got[-1][1] == b"", 10)  # cleared
         assert admin.get("/api/fleet").json()["alerts"] == []
         assert harness.client().get("/api/fleet").status_code == 401
+
+        # The trends are in the database: a restarted server shows them before any new health arrives.
+        harness.restart()
+        admin, _ = harness.login("admin", ADMIN_PW)
+        assert [t["frames_per_s"] for t in admin.get("/api/fleet").json()["devices"][0]["trend"]] == [4.8, 5.0, 5.1]
     finally:
         device.close()
         watcher.loop_stop()

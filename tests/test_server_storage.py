@@ -298,3 +298,52 @@ def test_device_state_shown_on_the_dashboard():
     state, reason = effective_state("assigned", "online", None, now - 300_000, now, 120_000)
     assert state == "offline" and reason == "no messages for 300 s"
     assert effective_state("assigned", None, None, now, now, 120_000) == ("online", None)
+
+
+def test_health_trends_outlive_a_restart_and_stay_bounded(storage):
+    """Health through the intake and the batch writer; a monitor filled from the database, as at a server's start,
+    shows the trend the running one built, bounded to fleet.trend_samples; a deleted device's rows go with it."""
+    from device.contract import DeviceState, HealthMessage, topic
+    from server.devices import DeviceRegistry
+    from server.fleet import FleetMonitor
+    from server.ingest import Ingestor
+    from server.metrics import IngestStats
+    from server.writer import BatchWriter
+
+    samples = 3
+    stats, registry = IngestStats(), DeviceRegistry()
+    writer = BatchWriter(storage, stats, registry, lambda tokens: None, trend_samples=samples)
+    running = FleetMonitor(alert_after_s=60, samples=samples)
+    ingestor = Ingestor(stats, registry, writer, None, None)
+    ingestor.fleet = running
+
+    def health(device_id: str, fps: float) -> None:
+        message = HealthMessage(device_id=device_id, ts_ms=int(time.time() * 1000), state=DeviceState.ONLINE,
+                                vision={"frames_analysed_per_s": fps, "frames_dropped": 2},
+                                host={"cpu_temp_c": 50.5}, mqtt={"backlog": 1})
+        assert ingestor.handle(topic("school1", "room101", device_id, "health"), message.to_payload()) == "health"
+
+    for fps in (1.0, 2.0, 3.0, 4.0):  # one batch with more than the trend keeps
+        health("pi-1", fps)
+    health("pi-2", 9.0)
+    assert writer._write(writer._take())
+    for fps in (5.0, 6.0):  # a later batch: the older rows are deleted
+        health("pi-1", fps)
+    assert writer._write(writer._take())
+
+    db = Database(storage.db.config)  # the restarted server's own connection to the same database
+    try:
+        stored = Storage(db).health_trends
+        restarted = FleetMonitor(alert_after_s=60, samples=samples)
+        restarted.restore(stored.recent(samples))
+        trend = restarted.trend("school1", "pi-1")
+        assert trend == running.trend("school1", "pi-1")
+        assert [t["frames_per_s"] for t in trend] == [4.0, 5.0, 6.0]
+        assert trend[-1] == {"t_ms": trend[-1]["t_ms"], "frames_per_s": 6.0, "frames_dropped": 2.0,
+                             "detect_ms_p95": None, "cpu_temp_c": 50.5, "backlog": 1.0}
+        assert restarted.trend("school1", "pi-2") == running.trend("school1", "pi-2") != []
+        assert stored.count("school1", "pi-1") == samples
+        assert storage.devices.forget_new(int(time.time() * 1000) + 1000) == 2
+        assert stored.recent(samples) == {}
+    finally:
+        db.close()

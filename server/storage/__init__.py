@@ -5,6 +5,7 @@ from __future__ import annotations
 from server.db import Database
 from server.storage.aggregates import AggregateRepository
 from server.storage.devices import DeviceRepository
+from server.storage.health_trend import HealthTrendRepository
 from server.storage.ingest import IngestRepository
 from server.storage.quarantine import QuarantineRepository
 from server.storage.retention import RetentionRepository
@@ -21,6 +22,7 @@ class Storage:
         self.db = db
         self.rooms = RoomRepository(db)
         self.devices = DeviceRepository(db)
+        self.health_trends = HealthTrendRepository(db)
         self.ingest = IngestRepository(db)
         self.quarantine = QuarantineRepository(db)
         self.aggregates = AggregateRepository(db)
