@@ -41,13 +41,14 @@ GRID = tuple(HeadConfig(stats, copies, c) for stats in ("mean", "mean+std") for 
              for c in (0.01, 0.03, 0.1, 0.3))
 
 
-def training_rows(stats: str, copies: int) -> dict[str, np.ndarray]:
+def training_rows(stats: str, copies: int, padded: bool = False,
+                  pad_s: float | None = None) -> dict[str, np.ndarray]:
     """Feature rows of training-actor clips: x, label, actor, clip index, and whether the row is clean."""
     clips = ravdess.clips()
     parts = [("clean", True)] + [(v, False) for v in AUGMENTED[:copies]]
     xs, cs, clean = [], [], []
     for variant, is_clean in parts:
-        x, ci = wf.load(variant, stats)
+        x, ci = wf.load(variant, stats, padded, pad_s)
         keep = np.array([clips[i].actor in ravdess.TRAIN_ACTORS for i in ci])
         xs.append(x[keep])
         cs.append(ci[keep])
@@ -137,11 +138,33 @@ def train(out: Path, grid=GRID) -> dict:
     return report
 
 
+def compare_padding(pad_lengths: list[float]) -> list[dict]:
+    """Cross-validation on clean training clips only (no augmented copies) for each way of feeding the encoder:
+    each window alone (as shipped), each window followed by silence to each of `pad_lengths` seconds, and one
+    30 s padded pass per clip (Whisper's own). Best C per pooling; the test actors are not read."""
+    modes = [("window alone", False, None)] + [(f"window + silence to {p:g} s", False, p) for p in pad_lengths]
+    out = []
+    for name, padded, pad_s in [*modes, ("30 s padded pass per clip", True, None)]:
+        for stats in ("mean", "mean+std"):
+            rows = training_rows(stats, 0, padded, pad_s)
+            scores = [(c, cross_validate(HeadConfig(stats, 0, c), rows)) for c in (0.01, 0.03, 0.1, 0.3)]
+            c, r = max(scores, key=lambda cr: cr[1]["accuracy"])
+            out.append({"features": name, "stats": stats, "c": c, "cv_accuracy": round(r["accuracy"], 4),
+                        "cv_accuracy_std": round(r["accuracy_std"], 4), "cv_macro_f1": round(r["macro_f1"], 4)})
+            print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m converter.train_speech_head", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=cache_dir() / "speech_head" / "head.npz")
+    parser.add_argument("--compare-padding", type=float, nargs="+", metavar="SECONDS",
+                        help="only compare padded and unpadded encoder features in cross-validation (clean clips)")
     args = parser.parse_args(argv)
+    if args.compare_padding:
+        compare_padding(args.compare_padding)
+        return 0
     report = train(args.out)
     print(json.dumps({k: v for k, v in report.items() if k not in ("oof", "grid")}, indent=1))
     return 0

@@ -42,11 +42,11 @@ def _voiced(wave: np.ndarray) -> np.ndarray:
     return voiced_part(wave)
 
 
-def _init(threads: int, padded: bool) -> None:
+def _init(threads: int, padded: bool, pad_s: float | None = None) -> None:
     from device.models.whisper_encoder import WhisperEncoder
 
     _state["encoder"] = WhisperEncoder(ENCODER, threads=threads)
-    _state["padded"] = padded
+    _state["padded"], _state["pad_s"] = padded, pad_s
     _state["clips"] = ravdess.clips()
     _state["waves"] = [_voiced(ravdess.read_wave(c.path)) for c in _state["clips"]]
 
@@ -91,7 +91,7 @@ def _one(args: tuple[str, int]) -> np.ndarray:
     variant, i = args
     from device.models.whisper_encoder import pool
 
-    frames = _state["encoder"].window_frames(_variant_wave(variant, i), _state["padded"])
+    frames = _state["encoder"].window_frames(_variant_wave(variant, i), _state["padded"], _state.get("pad_s"))
     return np.stack([pool(f, "mean+std") for f in frames])
 
 
@@ -101,34 +101,36 @@ def clip_indices(variant: str, clips: list[ravdess.Clip]) -> list[int]:
     return [i for i, c in enumerate(clips) if c.actor in actors]
 
 
-def cache_path(variant: str, padded: bool) -> Path:
-    return cache_dir() / f"whisper_head_v{VERSION}_{'padded_' if padded else ''}{variant}.npz"
+def cache_path(variant: str, padded: bool, pad_s: float | None = None) -> Path:
+    mode = "padded_" if padded else f"pad{pad_s:g}_" if pad_s else ""
+    return cache_dir() / f"whisper_head_v{VERSION}_{mode}{variant}.npz"
 
 
-def extract(variants: list[str], padded: bool, processes: int = 2) -> None:
-    """Fill the cache for every variant not cached yet."""
-    todo = [v for v in variants if not cache_path(v, padded).exists()]
+def extract(variants: list[str], padded: bool, processes: int = 2, pad_s: float | None = None) -> None:
+    """Fill the cache for every variant not cached yet (`pad_s`: each window followed by silence to that length)."""
+    todo = [v for v in variants if not cache_path(v, padded, pad_s).exists()]
     if not todo:
         return
     clips = ravdess.clips()
-    with mp.get_context("fork").Pool(processes, initializer=_init, initargs=(1, padded)) as pool:
+    with mp.get_context("fork").Pool(processes, initializer=_init, initargs=(1, padded, pad_s)) as pool:
         for v in todo:
             t = time.perf_counter()
             idx = clip_indices(v, clips)
             feats = pool.map(_one, [(v, i) for i in idx], chunksize=8)
             x = np.concatenate(feats)
             clip = np.repeat(idx, [len(f) for f in feats])
-            np.savez(cache_path(v, padded), x=x, clip=clip)
+            np.savez(cache_path(v, padded, pad_s), x=x, clip=clip)
             print(f"{v}: {len(idx)} clips, {len(x)} windows, {time.perf_counter() - t:.0f} s", flush=True)
 
 
 STATS = {"mean": slice(0, 384), "mean+std": slice(0, 768)}
 
 
-def load(variant: str, stats: str = "mean", padded: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def load(variant: str, stats: str = "mean", padded: bool = False,
+         pad_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(windows, 384 or 768) features and each window's clip index (into ravdess.clips())."""
-    extract([variant], padded)
-    data = np.load(cache_path(variant, padded))
+    extract([variant], padded, pad_s=pad_s)
+    data = np.load(cache_path(variant, padded, pad_s))
     return data["x"][:, STATS[stats]], data["clip"]
 
 
@@ -138,8 +140,9 @@ def main(argv=None) -> int:
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--padded", action="store_true", help="one padded 30 s pass per clip, cut into windows")
+    parser.add_argument("--pad-s", type=float, help="each window followed by silence to this many seconds")
     args = parser.parse_args(argv)
-    extract(args.variants, args.padded, args.processes)
+    extract(args.variants, args.padded, args.processes, args.pad_s)
     return 0
 
 

@@ -112,3 +112,16 @@ def test_the_head_uses_the_recognisers_whisper_model_when_one_is_loaded():
     model = SpeechEmotionModel.load()
     assert model.encoder._model is transcriber._model.model  # one copy in memory, not two
     assert model.predict(_voice(2.0)).shape == (7,)
+
+
+def test_a_window_followed_by_silence_keeps_only_its_own_frames():
+    """The measurement-only padded input (`--compare-padding`): the same 100 frames for a 2 s window, but the
+    silence after it changes what the encoder makes of them."""
+    from device.models.whisper_encoder import WhisperEncoder
+
+    encoder = WhisperEncoder(models_dir() / "whisper-tiny.en")
+    wave = _voice(2.0)
+    plain, padded = encoder.frames(wave), encoder.frames(wave, pad_to_s=4)
+    assert plain.shape == padded.shape == (100, 384)
+    assert not np.allclose(plain, padded, atol=1e-2)
+    assert len(encoder.window_frames(_voice(3.0), pad_to_s=4)) == 2

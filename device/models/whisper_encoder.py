@@ -83,9 +83,17 @@ class WhisperEncoder:
         self._mel = FeatureExtractor(feature_size=self._model.n_mels)
         self._lock = threading.Lock()  # one CTranslate2 model, called from one thread at a time
 
-    def frames(self, samples: np.ndarray) -> np.ndarray:
-        """(n, 384) float32 encoder frames of one window of 16 kHz mono float32 samples, loudness-normalised."""
+    def frames(self, samples: np.ndarray, pad_to_s: float | None = None) -> np.ndarray:
+        """(n, 384) float32 encoder frames of one window of 16 kHz mono float32 samples, loudness-normalised.
+
+        `pad_to_s` (measurement only): the window followed by silence up to that many seconds, as Whisper's
+        own padding does up to 30 s; only the frames that hold the window are returned.
+        """
         x = normalise_loudness(samples)
+        if pad_to_s:
+            mel = self._mel(x, padding=max(0, int(pad_to_s * SAMPLE_RATE) - len(x)))[:, : int(pad_to_s * 100)]
+            n = max(1, int(np.ceil(len(samples) / SAMPLE_RATE * FRAMES_PER_S)))
+            return self._encode(mel[:, : (mel.shape[1] // 2) * 2])[:n]
         mel = self._mel(x)  # (80, len/160), Whisper's own log-mel; no 30 s padding
         return self._encode(mel[:, : (mel.shape[1] // 2) * 2])  # the encoder halves the frame rate
 
@@ -106,16 +114,18 @@ class WhisperEncoder:
         n = max(1, min(CHUNK_S * FRAMES_PER_S, int(np.ceil(len(samples) / SAMPLE_RATE * FRAMES_PER_S))))
         return self._encode(mel)[:n]
 
-    def window_frames(self, samples: np.ndarray, padded: bool = False) -> list[np.ndarray]:
+    def window_frames(self, samples: np.ndarray, padded: bool = False,
+                      pad_to_s: float | None = None) -> list[np.ndarray]:
         """The encoder frames of each 2 s window (1 s apart) of a segment of at least 0.5 s: each window
-        encoded on its own, or (`padded`) one padded pass per 30 s whose frames are cut into the windows."""
+        encoded on its own (followed by silence up to `pad_to_s`, if given), or (`padded`) one padded pass per
+        30 s whose frames are cut into the windows."""
         samples = np.asarray(samples, dtype=np.float32)
         if len(samples) < MIN_S * SAMPLE_RATE:
             raise ValueError(f"speech must be at least {MIN_S} s long, got {len(samples) / SAMPLE_RATE:.2f} s")
         win = int(WINDOW_S * SAMPLE_RATE)
         starts = window_starts(len(samples))
         if not padded:
-            return [self.frames(samples[s : s + win]) for s in starts]
+            return [self.frames(samples[s : s + win], pad_to_s) for s in starts]
         chunk = CHUNK_S * SAMPLE_RATE
         frames = np.concatenate([self.padded_frames(samples[c : c + chunk]) for c in range(0, len(samples), chunk)])
         per = SAMPLE_RATE // FRAMES_PER_S
