@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from device.common.broker_settings import BrokerConnection
 from device.common.config_loader import StrictModel, load_yaml_model
+from server.health_trend import TREND_SAMPLES
 
 
 def _default_client_id() -> str:
@@ -268,7 +269,7 @@ class FleetConfig(StrictModel):
     )
     check_interval_s: float = Field(10.0, ge=1, le=3600, description="Seconds between alert checks.")
     trend_samples: int = Field(
-        120, ge=2, le=10_000, description="Health messages kept per device for the trends (in the database)."
+        TREND_SAMPLES, ge=2, le=10_000, description="Health messages kept per device for the trends (in the database)."
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from device.contract.alerts import ALERT_STATES, DeviceAlert, SiteAlerts
 from device.contract.schema import short_reason
 from device.contract.topics import alerts_topic
-from server.health_trend import TREND_FIELDS, figure, trend_figures, trend_row
+from server.health_trend import TREND_FIELDS, TREND_SAMPLES, figure, trend_figures, trend_row
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ __all__ = ["ALERT_STATES", "AlertLoop", "FleetMonitor", "alerts_topic", "prometh
 class FleetMonitor:
     """Health trends per device, how long each has been in its state, and the active alerts."""
 
-    def __init__(self, alert_after_s: float, samples: int = 120):
+    def __init__(self, alert_after_s: float, samples: int = TREND_SAMPLES):
         self.alert_after_ms = int(alert_after_s * 1000)
         self.samples = samples
         self._lock = threading.Lock()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+TREND_SAMPLES = 120  # health messages kept per device: the default of fleet.trend_samples
+
 # Trend name -> (health section, figure).
 TREND_FIELDS: dict[str, tuple[str, str]] = {
     "frames_per_s": ("vision", "frames_analysed_per_s"),

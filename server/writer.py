@@ -15,6 +15,7 @@ from typing import Any
 
 from device.contract import StatusMessage
 from server.devices import DeviceRegistry
+from server.health_trend import TREND_SAMPLES
 from server.metrics import IngestStats
 from server.storage import Storage
 from server.storage.ingest import BatchResult, DeviceTouch, IncomingEvent
@@ -63,7 +64,7 @@ class BatchWriter:
         unassigned_max: int | None = None,
         quarantine_max: int | None = None,
         forget_new_after_s: float | None = None,
-        trend_samples: int = 120,
+        trend_samples: int = TREND_SAMPLES,
     ):
         self.storage = storage
         self.stats = stats

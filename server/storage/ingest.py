@@ -9,6 +9,7 @@ from typing import Any
 from device.contract import EmotionEvent, StatusMessage
 from server.aggregates import SUM_COLUMNS, Sums, accumulate
 from server.db import Connection
+from server.health_trend import TREND_SAMPLES
 from server.storage.aggregates import AGG_COLUMNS
 from server.storage.base import Repository, placeholders
 from server.storage.health_trend import add_trend_rows
@@ -71,7 +72,7 @@ class IngestRepository(Repository):
         quarantine: list[QuarantinedMessage] | None = None,
         unassigned_max: int | None = None,
         quarantine_max: int | None = None,
-        trend_samples: int = 120,
+        trend_samples: int = TREND_SAMPLES,
     ) -> BatchResult:
         """Store one batch in one transaction; an event_id already stored is counted as a duplicate.
 
