@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REFUSED, CHECK_FAILED, STUCK = 3, 4, 5  # exit statuses; 4: rolled back where there was something to go back to
@@ -48,10 +49,8 @@ class SwitchPlan:
 @dataclass
 class _Log:
     path: Path
-    lines: list[str] = field(default_factory=list)
 
     def say(self, line: str) -> None:
-        self.lines.append(line)
         try:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
@@ -153,8 +152,7 @@ def switch_release(plan: SwitchPlan) -> tuple[int, dict]:
     if plan.new_config is not None and plan.config is not None:
         if plan.config.exists():
             config_backup = plan.config.with_name(plan.config.name + ".previous")
-            config_backup.write_bytes(plan.config.read_bytes())
-            os.chmod(config_backup, plan.config.stat().st_mode & 0o7777)
+            shutil.copy2(plan.config, config_backup)  # with its mode, as `cp -p`
         os.replace(plan.new_config, plan.config)
         log.say(f"config {plan.config}: the new one is in place" + (" (old one kept as .previous)"
                                                                     if config_backup else ""))

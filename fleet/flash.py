@@ -417,7 +417,7 @@ class _Flash:
             remote.run("systemctl stop aula-device.service", what="systemctl stop aula-device")
             say("stopped aula-device for the switch and the self-check")
         if on_device:
-            self._switch_on_device(version, venv_key, previous, config_changed, systemd and was_active)
+            self._switch_on_device(version, venv_key, config_changed, systemd and was_active)
         else:
             if undo.config:
                 remote.run('cp -p "$1" "$1.previous"', config)
@@ -486,8 +486,7 @@ class _Flash:
                              + "\n  ".join(bad + lines[-1:] or [_last_lines(done.stderr, 5)]))
         self.say(f"sha256 on the device before the switch: {lines[-1].split(': ', 1)[-1] if lines else 'ok'}")
 
-    def _switch_on_device(self, version: str, venv_key: str, previous: str | None, config_changed: bool,
-                          restart: bool) -> None:
+    def _switch_on_device(self, version: str, venv_key: str, config_changed: bool, restart: bool) -> None:
         """`device switch-release` on the device; raise FlashError with its reason when it refused or went back."""
         config = self.p("/etc/aula/device.yaml")
         args = [self.A, version, "--venv", venv_key, "--config", config,
