@@ -91,7 +91,7 @@ def _one(args: tuple[str, int]) -> np.ndarray:
     variant, i = args
     from device.models.whisper_encoder import pool
 
-    frames = _state["encoder"].window_frames(_variant_wave(variant, i), _state["padded"], _state.get("pad_s"))
+    frames = _state["encoder"].window_frames(_variant_wave(variant, i), _state["padded"], _state["pad_s"])
     return np.stack([pool(f, "mean+std") for f in frames])
 
 

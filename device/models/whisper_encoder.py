@@ -109,10 +109,7 @@ class WhisperEncoder:
         speech-to-text makes as well); only the frames that hold the segment are returned."""
         if len(samples) > CHUNK_S * SAMPLE_RATE:
             raise ValueError(f"a padded pass covers at most {CHUNK_S} s, got {len(samples) / SAMPLE_RATE:.1f} s")
-        x = normalise_loudness(samples)
-        mel = self._mel(x, padding=CHUNK_S * SAMPLE_RATE - len(x))[:, : CHUNK_S * SAMPLE_RATE // 160]
-        n = max(1, min(CHUNK_S * FRAMES_PER_S, int(np.ceil(len(samples) / SAMPLE_RATE * FRAMES_PER_S))))
-        return self._encode(mel)[:n]
+        return self.frames(samples, pad_to_s=CHUNK_S)
 
     def window_frames(self, samples: np.ndarray, padded: bool = False,
                       pad_to_s: float | None = None) -> list[np.ndarray]:
