@@ -24,7 +24,7 @@ from typing import Any
 from device.contract.alerts import ALERT_STATES, DeviceAlert, SiteAlerts
 from device.contract.schema import short_reason
 from device.contract.topics import alerts_topic
-from server.health_trend import TREND_FIELDS, TREND_SAMPLES, figure, trend_figures, trend_row
+from server.health_trend import TREND_FIELDS, TREND_SAMPLES, figure, trend_row
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ class FleetMonitor:
         self._since: dict[tuple[str, str], tuple[str, int]] = {}  # shown state and since when
         self._published: dict[str, str] = {}  # site -> the retained alerts payload last published
 
-    def note_health(self, site: str, device_id: str, health: dict[str, Any], ts_ms: int) -> None:
-        row = trend_row(ts_ms, trend_figures(health))
+    def note_trend(self, site: str, device_id: str, figures: dict[str, float | None], ts_ms: int) -> None:
+        """Append one health message's trend figures (server/health_trend.py: trend_figures)."""
+        row = trend_row(ts_ms, figures)
         with self._lock:
             trend = self._trends.get((site, device_id))
             if trend is None:

@@ -12,6 +12,7 @@ from device.contract import CommandAck, SchemaError, faces_of, parse_device_topi
 from device.contract.topics import CMD_ACK, EVENTS, STATUS, parse_ack_topic
 from server.aggregates import MODALITIES, Sums
 from server.devices import DeviceRegistry
+from server.health_trend import trend_figures
 from server.hub import LiveHub
 from server.metrics import IngestStats
 from server.storage.ingest import IncomingEvent
@@ -292,12 +293,12 @@ class Ingestor:
         touched = self.registry.touch(incoming.site, incoming.device_id, incoming.room, now)
         if touched is None:
             return self._unknown_device(incoming, token)
-        if self.fleet is not None and incoming.health is not None:
-            h = incoming.health
-            self.fleet.note_health(incoming.site, incoming.device_id,
-                                   {"vision": h.vision, "host": h.host, "mqtt": h.mqtt}, now)
+        h = incoming.health
+        figures = None if h is None else trend_figures({"vision": h.vision, "host": h.host, "mqtt": h.mqtt})
+        if self.fleet is not None and figures is not None:
+            self.fleet.note_trend(incoming.site, incoming.device_id, figures, now)
         if self.writer is not None:
             self.stats.add("health_messages")
-            item = WriteItem("health", touch=touched[0], payload=incoming.payload, ack=token)
+            item = WriteItem("health", touch=touched[0], payload=incoming.payload, ack=token, trend=figures)
             self._submit(item, _topic_of(incoming))
         return "health"

@@ -38,6 +38,7 @@ class WriteItem:
     event: IncomingEvent | None = None
     status: StatusMessage | None = None
     payload: bytes = b""
+    trend: dict[str, float | None] | None = None  # a health message's trend figures (server/health_trend.py)
     ack: AckToken | None = None
     quarantined: QuarantinedMessage | None = None
     device: tuple[str, str] | None = None
@@ -181,7 +182,7 @@ class BatchWriter:
             if i.kind == "status" and i.touch is not None and i.status is not None
         ]
         healths = [
-            (i.touch.site, i.touch.device_id, i.payload, i.touch.seen_ms)  # seen_ms: when the server received it
+            (i.touch.site, i.touch.device_id, i.payload, i.touch.seen_ms, i.trend)  # seen_ms: when it was received
             for i in batch
             if i.kind == "health" and i.touch
         ]

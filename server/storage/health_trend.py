@@ -7,15 +7,14 @@ ones, so the table stays bounded. A deleted device's rows go with it (a foreign 
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
-from device.contract.schema import SchemaError, decode_json
 from server.db import Connection
-from server.health_trend import trend_figures, trend_row
+from server.health_trend import trend_row
 from server.storage.base import Repository
 
-logger = logging.getLogger(__name__)
+# (site, device_id, payload, received_ms, trend figures or None): one health message of a batch.
+HealthRow = tuple[str, str, bytes, int, dict[str, float | None] | None]
 
 # Only for a device that exists: as the UPDATE of devices.last_health, a health without its device adds nothing.
 _INSERT = (
@@ -28,22 +27,16 @@ _TRIM = (
 )
 
 
-def add_trend_rows(c: Connection, healths: list[tuple[str, str, bytes, int]], samples: int) -> None:
-    """Add one row per (site, device_id, payload, received_ms) and keep each device's newest `samples` rows.
+def add_trend_rows(c: Connection, healths: list[HealthRow], samples: int) -> None:
+    """Add one row per health message with trend figures and keep each device's newest `samples` rows.
 
-    Inside the caller's transaction; the payloads are health messages the intake validated (decoded with the
-    intake's decoder, so they decode here too; one that would not is left out of the trend, never retried).
+    Inside the caller's transaction. The figures are those the intake took from the validated message
+    (server/health_trend.py: trend_figures), so the payload is not decoded again here.
     """
-    rows = []
-    for site, device_id, payload, received_ms in healths:
-        try:
-            figures = trend_figures(decode_json(payload))
-        except SchemaError as exc:
-            logger.warning("health of %s/%s left out of its trend: %s", site, device_id, exc)
-            continue
-        rows.append((received_ms, json.dumps(figures, separators=(",", ":")), site, device_id))
+    rows = [(received_ms, json.dumps(figures, separators=(",", ":")), site, device_id)
+            for site, device_id, _, received_ms, figures in healths if figures is not None]
     c.executemany(_INSERT, rows)
-    devices = sorted({(site, device_id) for site, device_id, _, _ in healths})  # one lock order
+    devices = sorted({(site, device_id) for site, device_id, *_ in healths})  # one lock order
     c.executemany(_TRIM, [(site, device_id, site, device_id, samples) for site, device_id in devices])
 
 

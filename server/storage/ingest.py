@@ -12,7 +12,7 @@ from server.db import Connection
 from server.health_trend import TREND_SAMPLES
 from server.storage.aggregates import AGG_COLUMNS
 from server.storage.base import Repository, placeholders
-from server.storage.health_trend import add_trend_rows
+from server.storage.health_trend import HealthRow, add_trend_rows
 from server.storage.quarantine import QuarantinedMessage, add_quarantined
 
 _EVENT_ROWS_PER_INSERT = 400  # 9 parameters each: well under SQLite's 32,766 and PostgreSQL's 65,535
@@ -68,7 +68,7 @@ class IngestRepository(Repository):
         devices: list[DeviceTouch],
         events: list[IncomingEvent],
         statuses: list[tuple[str, str, StatusMessage, bytes]],
-        healths: list[tuple[str, str, bytes, int]],
+        healths: list[HealthRow],
         quarantine: list[QuarantinedMessage] | None = None,
         unassigned_max: int | None = None,
         quarantine_max: int | None = None,
@@ -76,8 +76,8 @@ class IngestRepository(Repository):
     ) -> BatchResult:
         """Store one batch in one transaction; an event_id already stored is counted as a duplicate.
 
-        `healths` are (site, device_id, payload, received_ms): each sets the device's last_health and adds a
-        row to its health trend, of which the newest `trend_samples` (fleet.trend_samples) are kept.
+        `healths` are (site, device_id, payload, received_ms, trend figures): each sets the device's last_health
+        and adds a row to its health trend, of which the newest `trend_samples` (fleet.trend_samples) are kept.
         `unassigned_max` bounds the stored events of devices without a room, `quarantine_max` the quarantine;
         what is over a bound is left out and counted in the result.
         """
@@ -131,7 +131,7 @@ class IngestRepository(Repository):
             )
             c.executemany(
                 "UPDATE devices SET last_health = ? WHERE site = ? AND device_id = ?",
-                [(p.decode(), site, dev) for site, dev, p, _ in healths],
+                [(p.decode(), site, dev) for site, dev, p, *_ in healths],
             )
             add_trend_rows(c, healths, trend_samples)
             if quarantine:
