@@ -25,7 +25,7 @@ import numpy as np
 from converter import ravdess
 from converter import whisper_features as wf
 from converter.datasets import cache_dir
-from converter.metrics import accuracy_and_macro_f1
+from converter.metrics import accuracy_and_macro_f1, fit_temperature
 
 AUGMENTED = tuple(f"aug{i}" for i in range(1, 13))
 
@@ -95,18 +95,6 @@ def cross_validate(cfg: HeadConfig, rows: dict) -> dict:
             "oof": oof, "heads": heads}
 
 
-def fit_temperature(logp: np.ndarray, y: np.ndarray) -> float:
-    """The temperature that minimises the negative log-likelihood of softmax(logp / T) (grid search)."""
-    best, best_nll = 1.0, np.inf
-    for t in np.arange(0.5, 3.01, 0.05):
-        z = logp / t
-        z = z - z.max(1, keepdims=True)
-        nll = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1))).mean()
-        if nll < best_nll:
-            best, best_nll = float(t), nll
-    return round(best, 2)
-
-
 def train(out: Path, grid=GRID) -> dict:
     """Cross-validate the grid, keep the best, and save its fold-mean head (W, b) and the report beside it."""
     t0 = time.perf_counter()
@@ -124,7 +112,7 @@ def train(out: Path, grid=GRID) -> dict:
     cfg, r = best
     ids = np.array(sorted(r["oof"]))
     oof = np.stack([r["oof"][i] for i in ids])
-    temperature = fit_temperature(oof, np.array([clips[i].label for i in ids]))
+    temperature = round(fit_temperature(np.array([clips[i].label for i in ids]), oof), 2)
     w = np.mean([h[0] for h in r["heads"]], axis=0)
     b = np.mean([h[1] for h in r["heads"]], axis=0)
     out.parent.mkdir(parents=True, exist_ok=True)
