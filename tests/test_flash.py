@@ -33,65 +33,13 @@ from fleet.flash import summary_table, tls_layout, unit_programs
 from fleet.online_watch import watch_online
 from fleet.release import Target, build_release, platform_tags, prepare_wheelhouse
 from fleet.ssh_remote import SshTarget
-from tests.mosquitto import free_port, require_mosquitto
-from tests.system_deps import missing_system_dep, require_system_dep
+from tests.mosquitto import free_port
+from tests.ssh_lab import Sshd, run_fleet, show, start_lab, stop_lab
+from tests.system_deps import missing_system_dep
 from tests.test_broker_acl import Broker, listening
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = DeviceTopics.for_device("school1", "room101", "pi-a")
-
-
-def _require_flash_tools() -> str:
-    sshd = require_system_dep(shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:" + os.environ.get("PATH", "")),
-                              "sshd is not installed; `apt-get install openssh-server` to run the flash tests")
-    for tool, package in (("ssh", "openssh-client"), ("ssh-keygen", "openssh-client"), ("rsync", "rsync")):
-        require_system_dep(shutil.which(tool), f"{tool} is not installed; `apt-get install {package}`")
-    if os.geteuid() != 0:
-        missing_system_dep("the flash tests log in to a loopback sshd as root: run them as root")
-    if not Path("/usr/bin/python3").exists():
-        missing_system_dep("the flash tests need the system's /usr/bin/python3 (the device's interpreter)")
-    return sshd
-
-
-class Sshd:
-    """sshd on a free loopback port: a throwaway host key, root login with a throwaway client key only."""
-
-    def __init__(self, binary: str, work: Path):
-        self.work, self.port = work, free_port()
-        for name in ("host_key", "client_key", "wrong_key", "other_host_key"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(work / name)],
-                           check=True)
-        (work / "authorized_keys").write_text((work / "client_key.pub").read_text())
-        self.known_hosts = work / "known_hosts"
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {self._pub('host_key')}\n")
-        self.wrong_known_hosts = work / "wrong_known_hosts"
-        self.wrong_known_hosts.write_text(f"[127.0.0.1]:{self.port} {self._pub('other_host_key')}\n")
-        config = work / "sshd_config"
-        config.write_text(f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {work / 'host_key'}\nPidFile none\n"
-                          f"AuthorizedKeysFile {work / 'authorized_keys'} .ssh/authorized_keys\n"
-                          "PermitRootLogin prohibit-password\n"
-                          "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-                          "StrictModes no\nUsePAM no\nMaxStartups 50\n")
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder
-        self.log = work / "sshd.log"
-        self.process = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
-                                        stderr=self.log.open("w"))
-        deadline = time.monotonic() + 10
-        while not listening(self.port):
-            assert self.process.poll() is None and time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.05)
-
-    def _pub(self, name: str) -> str:
-        return " ".join((self.work / f"{name}.pub").read_text().split()[:2])
-
-    @property
-    def host(self) -> str:
-        return f"ssh://root@127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 @dataclass
@@ -112,16 +60,14 @@ class Lab:
     def flash(self, *args: str, command: str = "flash", identity: str = "client_key", known_hosts: Path | None = None,
               device: str | None = "pi-a", timeout: float = 400, inputs: str | None = "sample"
               ) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "fleet", command, "--inventory", str(self.inventory),
-               *(["--device", device] if device and command == "flash" else []),
-               "--certs", str(self.broker.certs), "--broker", self.broker_url, "--dest-root", str(self.root),
-               "--identity", str(self.sshd.work / identity), "--known-hosts", str(known_hosts or self.sshd.known_hosts),
-               "--connect-timeout", "5", *(["--inputs", inputs] if inputs else []),
-               "--base-config", str(self.base_config),
-               "--source", str(self.source), "--wheelhouse-cache", str(self.wheelhouse), *args]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        print(f"$ {' '.join(cmd)}\n{done.stdout}{done.stderr}")
-        return done
+        return run_fleet([command, "--inventory", str(self.inventory),
+                          *(["--device", device] if device and command == "flash" else []),
+                          "--certs", str(self.broker.certs), "--broker", self.broker_url, "--dest-root", str(self.root),
+                          "--identity", str(self.sshd.work / identity),
+                          "--known-hosts", str(known_hosts or self.sshd.known_hosts),
+                          "--connect-timeout", "5", *(["--inputs", inputs] if inputs else []),
+                          "--base-config", str(self.base_config),
+                          "--source", str(self.source), "--wheelhouse-cache", str(self.wheelhouse), *args], timeout)
 
     def current(self) -> str:
         return os.readlink(self.root / "opt/aula/current")
@@ -129,24 +75,15 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    binary = _require_flash_tools()
-    require_mosquitto()
     work = tmp_path_factory.mktemp("flash")
-    sshd = Sshd(binary, work)
-    (work / "broker").mkdir()
-    broker = Broker(work / "broker")  # certificates for pi-a, pi-b and aula-server; started by the online test
-    source = work / "source"
-    subprocess.run(["git", "clone", "-q", "--local", str(ROOT), str(source)], check=True, timeout=120)
+    parts = start_lab(work)  # the broker is started by the online test
     inventory = work / "fleet.csv"
-    inventory.write_text(f"site,room,device,host\nschool1,room101,pi-a,{sshd.host}\n"
+    inventory.write_text(f"site,room,device,host\nschool1,room101,pi-a,{parts.sshd.host}\n"
                          f"school1,room102,pi-b,ssh://root@127.0.0.1:{free_port()}\n")
     base = work / "base.yaml"
     base.write_text("mqtt:\n  health_interval_s: 1\n")  # the first health message a second after online
-    (work / "root").mkdir()
-    lab = Lab(work, sshd, broker, work / "root", source, inventory, base, work / "wheelhouse")
-    yield lab
-    broker.stop()
-    sshd.stop()
+    yield Lab(work, parts.sshd, parts.broker, work / "root", parts.source, inventory, base, work / "wheelhouse")
+    stop_lab(parts)
     for heavy in ("root", "wheelhouse", "source", "broken-source", "space-source"):  # a venv alone is 0.8 GB
         shutil.rmtree(work / heavy, ignore_errors=True)
 
@@ -157,13 +94,7 @@ def first(lab, request):
     t = time.monotonic()
     done = lab.flash()
     seconds = time.monotonic() - t
-    line = f"first `python -m fleet flash` against the loopback host: {seconds:.1f} s ({os.cpu_count()} CPUs)"
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if capture is not None:
-        with capture.global_and_fixture_disabled():  # shown without -s too
-            print(f"\n{line}")
-    else:
-        print(line)
+    show(request, f"first `python -m fleet flash` against the loopback host: {seconds:.1f} s ({os.cpu_count()} CPUs)")
     assert done.returncode == 0, done.stdout + done.stderr
     return done, seconds
 

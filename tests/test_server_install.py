@@ -1,7 +1,8 @@
 """`python -m fleet server-install` (what `make server-install` runs) against a real sshd on loopback, with a scratch
 folder as the host's `/` (DEST_ROOT): the installed tree, the rendered and validated config, the certificates, the
 enabled unit, a second run that changes nothing, the installed server answering /healthz, and the errors a
-technician meets. The sshd, the broker's certificates and the shipped clone are test_flash.py's fixtures' parts.
+technician meets. The sshd, the broker's certificates and the shipped clone come from tests/ssh_lab.py, as in
+test_flash.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -23,9 +23,9 @@ import yaml
 from fleet.flash import tls_layout, unit_programs
 from fleet.release import SERVER, build_release
 from fleet.server_install import health_url
-from tests.mosquitto import free_port, require_mosquitto
+from tests.mosquitto import free_port
+from tests.ssh_lab import Sshd, run_fleet, show, start_lab, stop_lab
 from tests.test_broker_acl import Broker, listening
-from tests.test_flash import Sshd, _require_flash_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,14 +43,11 @@ class ServerLab:
         return f"mqtts://localhost:{self.broker.port}"
 
     def install(self, *args: str, host: str | None = None, timeout: float = 400) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "fleet", "server-install", "--host", host or self.sshd.host,
-               "--broker", self.broker_url, "--certs", str(self.broker.certs), "--dest-root", str(self.root),
-               "--identity", str(self.sshd.work / "client_key"), "--known-hosts", str(self.sshd.known_hosts),
-               "--connect-timeout", "5", "--source", str(self.source),
-               "--wheelhouse-cache", str(self.work / "wheelhouse"), *args]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        print(f"$ {' '.join(cmd)}\n{done.stdout}{done.stderr}")
-        return done
+        return run_fleet(["server-install", "--host", host or self.sshd.host,
+                          "--broker", self.broker_url, "--certs", str(self.broker.certs), "--dest-root", str(self.root),
+                          "--identity", str(self.sshd.work / "client_key"), "--known-hosts", str(self.sshd.known_hosts),
+                          "--connect-timeout", "5", "--source", str(self.source),
+                          "--wheelhouse-cache", str(self.work / "wheelhouse"), *args], timeout)
 
     def current(self) -> str:
         return os.readlink(self.root / "opt/aula/current")
@@ -58,38 +55,19 @@ class ServerLab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    binary = _require_flash_tools()
-    require_mosquitto()
     work = tmp_path_factory.mktemp("server-install")
-    sshd = Sshd(binary, work)
-    (work / "broker").mkdir()
-    broker = Broker(work / "broker")  # its certificates include the server's account, aula-server
-    source = work / "source"
-    subprocess.run(["git", "clone", "-q", "--local", str(ROOT), str(source)], check=True, timeout=120)
-    (work / "root").mkdir()
-    yield ServerLab(work, sshd, broker, work / "root", source)
-    broker.stop()
-    sshd.stop()
+    parts = start_lab(work)
+    yield ServerLab(work, parts.sshd, parts.broker, work / "root", parts.source)
+    stop_lab(parts)
 
 
 @pytest.fixture(scope="module")
 def first(lab, request):
     t = time.monotonic()
     done = lab.install()
-    line = f"first `python -m fleet server-install` against the loopback host: {time.monotonic() - t:.1f} s"
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture is not None else _nothing():
-        print(f"\n{line}")
+    show(request, f"first `python -m fleet server-install` against the loopback host: {time.monotonic() - t:.1f} s")
     assert done.returncode == 0, done.stdout + done.stderr
     return done
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_the_first_install_puts_the_release_config_certificates_state_directory_and_unit_in_place(lab, first):
