@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     et = sub.add_parser("export-text", help="quantise, evaluate and register the fine-tuned text model")
     et.add_argument("--work-dir", type=Path, help="the training run (default: ~/.cache/aula/train_text)")
     sub.add_parser("evaluate-text", help="evaluate the committed text models on the GoEmotions test split")
+    st = sub.add_parser("soup-text", help="average the weights of fine-tuned text runs into one model and score it "
+                                          "on dev (converter/text_soup.py); export it with export-text --work-dir")
+    st.add_argument("items", type=Path, nargs="+", help="training run folders (their best epoch) or .weights.h5 files")
+    st.add_argument("--work-dir", type=Path, required=True, help="where the soup is saved as a run")
     fu = sub.add_parser("evaluate-fusion", help="choose the fusion weights on validation splits, score RAVDESS pairs "
                                                 "and label-paired test triples once, and write them to the manifest "
                                                 "and card (converter/evaluate_fusion.py)")
@@ -140,6 +145,11 @@ def _text(args) -> int:
     from converter import train_text
 
     work_dir = getattr(args, "work_dir", None) or train_text.default_work_dir()
+    if args.command == "soup-text":
+        from converter.text_soup import soup
+
+        print(json.dumps(soup(args.items, args.work_dir)))
+        return 0
     if args.command == "train-text":
         changes = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "fine_aux") if getattr(args, k) is not None}
         recipe = dict(train_text.RECIPE, **changes)
@@ -165,6 +175,7 @@ def _speech(args) -> int:
         head = args.model if args.command == "export-speech" and args.model else export_speech_head.default_head_path()
         if args.command == "train-speech":
             whisper_features.extract(["clean", *train_speech_head.AUGMENTED])
+            whisper_features.extract_voice(["clean", *train_speech_head.AUGMENTED])
             train_speech_head.main(["--out", str(head)])
         export_speech_head.export(head)
         return 0

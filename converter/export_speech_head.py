@@ -29,6 +29,7 @@ VERSION = "speech-emotion-whisper-head"
 CALIBRATION_ROWS = 1000
 REPORT = "speech_emotion_whisper_metrics.json"
 OUT_OF_FOLD = "cards/speech_emotion_whisper_out_of_fold.json"
+STANDARDISE = "speech_emotion_whisper_standardise.json"  # a companion file of each head: features' mean and scale
 
 
 def write_out_of_fold(training: dict) -> None:
@@ -46,13 +47,32 @@ def write_out_of_fold(training: dict) -> None:
                                                   "probabilities": rows}, indent=0) + "\n")
 
 
-def calibration_rows(stats: str, n: int = CALIBRATION_ROWS, seed: int = 3) -> list[np.ndarray]:
-    """`n` real feature rows of training-actor speech, clean and augmented, as the int8 calibration set."""
+def calibration_rows(stats: str, voice: bool, mean: np.ndarray, scale: np.ndarray, n: int = CALIBRATION_ROWS,
+                     seed: int = 3) -> list[np.ndarray]:
+    """`n` real feature rows of training-actor speech, clean and augmented, standardised, as the int8 calibration
+    set."""
     from converter.train_speech_head import AUGMENTED, training_rows
 
-    x = training_rows(stats, len(AUGMENTED))["x"]
+    x = (training_rows(stats, len(AUGMENTED), voice=voice)["x"] - mean) / scale
     rng = np.random.default_rng(seed)
     return [x[i].astype(np.float32) for i in rng.choice(len(x), size=min(n, len(x)), replace=False)]
+
+
+def standardisation(stats: str, voice: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's mean and standard deviation over the training rows (clean and augmented), as the device
+    applies them before the head: an int8 input has one scale for all its columns, and the encoder's pooled
+    frames (about +-2) beside the voice statistics (log-mel levels down to -100 dB) would not share one."""
+    from converter.train_speech_head import AUGMENTED, training_rows
+
+    x = training_rows(stats, len(AUGMENTED), voice=voice)["x"].astype(np.float64)
+    mean = np.array([float(f"{v:.6g}") for v in x.mean(0)])
+    scale = np.array([float(f"{v:.6g}") for v in x.std(0) + 1e-6])
+    return mean, scale
+
+
+def standardised_head(w: np.ndarray, b: np.ndarray, mean: np.ndarray, scale: np.ndarray):
+    """(W', b') with (x - mean) / scale @ W' + b' == x @ W + b."""
+    return w * scale[:, None], b + mean @ w
 
 
 def keras_head(w: np.ndarray, b: np.ndarray):
@@ -66,12 +86,13 @@ def keras_head(w: np.ndarray, b: np.ndarray):
     return net
 
 
-def validation_agreement(net_float: Path, net_int8: Path, stats: str) -> dict:
+def validation_agreement(net_float: Path, net_int8: Path, stats: str, voice: bool, mean: np.ndarray,
+                         scale: np.ndarray) -> dict:
     """int8 against float top-1 agreement on the training actors' clean features (no test actor is read)."""
     from converter.train_speech_head import training_rows
     from device.runtime import open_backend
 
-    x = training_rows(stats, 0)["x"].astype(np.float32)
+    x = ((training_rows(stats, 0, voice=voice)["x"] - mean) / scale).astype(np.float32)
     outs = []
     for path in (net_float, net_int8):
         backend = open_backend(path, "litert")
@@ -81,8 +102,10 @@ def validation_agreement(net_float: Path, net_int8: Path, stats: str) -> dict:
             "max_logit_difference": round(float(np.abs(outs[0] - outs[1]).max()), 4)}
 
 
-def _entry(name: str, quantized: bool, file: str, temperature: float, stats: str, metrics: dict) -> dict:
+def _entry(name: str, quantized: bool, file: str, temperature: float, stats: str, voice: bool,
+           metrics: dict) -> dict:
     from device.models.manifest_tools import file_meta
+    from device.models.voice_statistics import N_FEATURES
     from device.models.whisper_encoder import HOP_S, POOLING, WINDOW_S
 
     meta = file_meta(MODELS / file)
@@ -92,10 +115,13 @@ def _entry(name: str, quantized: bool, file: str, temperature: float, stats: str
         "version": VERSION,
         "labels": list(LABELS),
         "card": "cards/speech_emotion_whisper.md",
-        "input": {"shape": [1, POOLING[stats]], "dtype": "int8" if quantized else "float32"},
+        "input": {"shape": [1, POOLING[stats] + (N_FEATURES if voice else 0)],
+                  "dtype": "int8" if quantized else "float32"},
         "front_end": {"kind": "whisper_encoder", "encoder": "whisper_tiny_en", "window_s": WINDOW_S, "hop_s": HOP_S,
                       "loudness": "active level normalised to -20 dBFS", "pooling": stats,
-                      "padding": "none: the encoder runs on the window itself"},
+                      "voice_statistics": voice, "padding": "none: the encoder runs on the window itself",
+                      "standardise": STANDARDISE},
+        "companions": {STANDARDISE: {k: v for k, v in file_meta(MODELS / STANDARDISE).items() if k != "file"}},
         "output": "logits (7); apply softmax(logits / calibration_temperature), average over 2 s windows",
         "calibration_temperature": temperature,
         "licence": "Head: trained by Aula on RAVDESS (CC BY-NC-SA 4.0: non-commercial research and teaching). "
@@ -116,9 +142,9 @@ def held_out_sex(training: dict) -> dict:
     from converter.train_speech_head import HeadConfig, clip_log_probs, fit, training_rows
 
     cfg = HeadConfig(**training["chosen"])
-    rows = training_rows(cfg.stats, cfg.copies)
     clips = ravdess.clips()
-    x, ci = wf.load("clean", cfg.stats)
+    rows = training_rows(cfg.stats, cfg.copies, voice=cfg.voice)
+    x, ci = wf.load("clean", cfg.stats, voice=cfg.voice)
     test = np.array([clips[i].actor in ravdess.TEST_ACTORS for i in ci])
     out = {}
     for trained_on, female in (("male", False), ("female", True)):
@@ -139,29 +165,34 @@ def export(head_path: Path) -> dict:
 
     training = json.loads(head_path.with_suffix(".json").read_text())
     temperature = float(training["calibration_temperature"])
-    stats = training["chosen"]["stats"]
+    stats, voice = training["chosen"]["stats"], bool(training["chosen"].get("voice", False))
     head = np.load(head_path)
-    net = keras_head(head["w"], head["b"])
+    standardise = standardisation(stats, voice)
+    (MODELS / STANDARDISE).write_text(json.dumps({"version": VERSION, "mean": standardise[0].tolist(),
+                                                  "scale": standardise[1].tolist()}) + "\n")
+    net = keras_head(*standardised_head(head["w"], head["b"], *standardise))
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "saved"
         saved_model(net, saved)
         (MODELS / FILES["speech_emotion_whisper_float"]).write_bytes(convert(saved, None))
-        (MODELS / FILES["speech_emotion_whisper_int8"]).write_bytes(convert(saved, calibration_rows(stats)))
+        calibration = calibration_rows(stats, voice, *standardise)
+        (MODELS / FILES["speech_emotion_whisper_int8"]).write_bytes(convert(saved, calibration))
         onnx_export(saved, MODELS / FILES["speech_emotion_whisper_onnx"])
     training["int8_on_training_actors"] = validation_agreement(
-        MODELS / FILES["speech_emotion_whisper_float"], MODELS / FILES["speech_emotion_whisper_int8"], stats)
+        MODELS / FILES["speech_emotion_whisper_float"], MODELS / FILES["speech_emotion_whisper_int8"], stats, voice,
+        *standardise)
     print("int8 against float on actors 1-18:", json.dumps(training["int8_on_training_actors"]), flush=True)
     waves, labels, actors = _test_set()
     results = {}
     for name, file in FILES.items():
-        update_manifest_entry(name, _entry(name, name.endswith("int8"), file, temperature, stats, {}))
+        update_manifest_entry(name, _entry(name, name.endswith("int8"), file, temperature, stats, voice, {}))
         results[name] = evaluate(SpeechEmotionModel.load(name), waves, labels, actors,
                                  robustness=name == DEFAULT)
     report = _report(results, labels, actors, training)
     write_out_of_fold(training)
     for name, file in FILES.items():
-        update_manifest_entry(name, _entry(name, name.endswith("int8"), file, temperature, stats,
-                                                 report["models"][name]))
+        update_manifest_entry(name, _entry(name, name.endswith("int8"), file, temperature, stats, voice,
+                                           report["models"][name]))
     return report
 
 

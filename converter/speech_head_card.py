@@ -16,8 +16,9 @@ def _cnn_figures(folder: Path) -> dict | None:
 
 def _config(c: dict) -> str:
     pooled = "mean" if c["stats"] == "mean" else "mean and standard deviation"
+    voice = " + voice statistics" if c.get("voice") else ""
     copies = f"clean + {c['copies']} augmented copies" if c["copies"] else "clean clips only"
-    return f"{pooled} of the frames; {copies}; C = {c['c']}"
+    return f"{pooled} of the frames{voice}; {copies}; C = {c['c']}"
 
 
 def write_card(report: dict, out: Path) -> None:
@@ -58,6 +59,10 @@ def write_card(report: dict, out: Path) -> None:
         "- **Pooling and head**: the window's encoder frames (50 per second, 384 wide) are pooled "
         f"({_config(tr['chosen'])}; `device/models/whisper_encoder.py`, the same code in training and on the "
         "device), and a logistic regression (scikit-learn, on standardised features) maps them to 7 logits. "
+        "*Voice statistics* (`device/models/voice_statistics.py`, numpy) are 200 numbers of the window itself: "
+        "each log-mel band's mean, spread and change, the pitch's level, spread, range and movement, the voiced "
+        "share, and the loudness contour; Whisper's encoder was trained to hear words, and these describe the "
+        "voice. "
         "The shipped head is the mean of the five cross-validation fold models, each trained without its "
         "validation actors, folded into one int8 dense layer (7 x its inputs). Calibration temperature "
         f"{tr['calibration_temperature']}, fitted on their out-of-fold predictions for actors 1-18.",
@@ -143,9 +148,10 @@ def write_card(report: dict, out: Path) -> None:
         "it by the reliability the fusion was given (`docs/fusion.md`).",
         "",
         "## Cost on the device",
-        "One encoder pass per 2 s window of speech (no 30 s padding) plus the head: 22 ms per window on one "
-        "thread of a 2-core AMD EPYC (AVX2, no int8 dot products), the speech path with Silero VAD at 0.019x "
-        "real time (`python bench/speech.py`; every CPU measured: `docs/benchmarks.md`). Memory: the "
+        "One encoder pass per 2 s window of speech (no 30 s padding), the voice statistics (about 8 ms) and the "
+        "head: 23 ms per window on one thread of a 2-core AMD EPYC (AVX2, no int8 dot products), the speech "
+        "path with Silero VAD at 0.021x real time (`python bench/speech.py`; every CPU measured: "
+        "`docs/benchmarks.md`). Memory: the "
         "CTranslate2 Whisper model, shared with the words path when that runs (one copy in memory).",
         "",
         "## Licence",

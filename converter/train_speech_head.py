@@ -1,10 +1,12 @@
 """Train the speech-emotion head on Whisper tiny.en's encoder (route 2 of docs/speech_routes.md).
 
-Inputs are the pooled encoder features of converter/whisper_features.py: every training-actor clip clean plus
-twelve augmented copies of it (speed, shift, babble of other training actors, white, pink or fan noise). The
-head is a logistic regression (scikit-learn) on standardised features.
+Inputs are the pooled encoder features of converter/whisper_features.py, with or without the window's voice
+statistics (device/models/voice_statistics.py: spectrum, pitch, loudness contour): every training-actor clip
+clean plus twelve augmented copies of it (speed, shift, babble of other training actors, white, pink or fan
+noise). The head is a logistic regression (scikit-learn) on standardised features.
 
-Choices (which pooled statistics, how many augmented copies, the regularisation C) are made by 5-fold
+Choices (which pooled statistics, whether the voice statistics join them, how many augmented copies, the
+regularisation C) are made by 5-fold
 cross-validation grouped by actor over actors 1-18, scored on the validation actors' clean clips, clip by clip
 (the mean of a clip's window probabilities, as the device predicts). Test actors 19-24 are not read here. The
 shipped head is the mean of the five fold models (each trained without its validation actors), folded into one
@@ -35,20 +37,21 @@ class HeadConfig:
     stats: str = "mean"  # "mean" or "mean+std" of the window's encoder frames
     copies: int = 12  # augmented copies of each training clip, besides the clean one
     c: float = 0.03  # inverse L2 regularisation of the logistic regression
+    voice: bool = False  # the window's voice statistics (200 numbers) beside the pooled encoder frames
 
 
-GRID = tuple(HeadConfig(stats, copies, c) for stats in ("mean", "mean+std") for copies in (0, 12)
-             for c in (0.01, 0.03, 0.1, 0.3))
+GRID = tuple(HeadConfig(stats, copies, c, voice) for voice in (False, True) for stats in ("mean", "mean+std")
+             for copies in (0, 12) for c in (0.01, 0.03, 0.1, 0.3))
 
 
-def training_rows(stats: str, copies: int, padded: bool = False,
-                  pad_s: float | None = None) -> dict[str, np.ndarray]:
+def training_rows(stats: str, copies: int, padded: bool = False, pad_s: float | None = None,
+                  voice: bool = False) -> dict[str, np.ndarray]:
     """Feature rows of training-actor clips: x, label, actor, clip index, and whether the row is clean."""
     clips = ravdess.clips()
     parts = [("clean", True)] + [(v, False) for v in AUGMENTED[:copies]]
     xs, cs, clean = [], [], []
     for variant, is_clean in parts:
-        x, ci = wf.load(variant, stats, padded, pad_s)
+        x, ci = wf.load(variant, stats, padded, pad_s, voice)
         keep = np.array([clips[i].actor in ravdess.TRAIN_ACTORS for i in ci])
         xs.append(x[keep])
         cs.append(ci[keep])
@@ -101,8 +104,9 @@ def train(out: Path, grid=GRID) -> dict:
     clips = ravdess.clips()
     results, best, cache = [], None, {}
     for cfg in grid:
-        rows = cache.setdefault((cfg.stats, cfg.copies), None) or training_rows(cfg.stats, cfg.copies)
-        cache[(cfg.stats, cfg.copies)] = rows
+        key = (cfg.stats, cfg.copies, cfg.voice)
+        rows = cache.get(key) or training_rows(cfg.stats, cfg.copies, voice=cfg.voice)
+        cache[key] = rows
         r = cross_validate(cfg, rows)
         results.append({"config": asdict(cfg), "cv_accuracy": round(r["accuracy"], 4),
                         "cv_accuracy_std": round(r["accuracy_std"], 4), "cv_macro_f1": round(r["macro_f1"], 4)})

@@ -13,6 +13,10 @@ of clips:
 - `gain<G>`, `babble<S>`, `fan<S>`: test actors only (19-24), at G dB of gain (clipped to [-1, 1]) or S dB
   SNR of babble from three other test actors or of fan noise, as converter/export_speech.py measures the CNN.
 
+Beside the encoder's features, the cache keeps each window's voice statistics (device/models/voice_statistics.py:
+spectrum, pitch and loudness contour, 200 columns), from the same windows of the same variant waves; `load(...,
+voice=True)` appends them to the encoder's columns.
+
 Features are cached per variant in the cache folder; `python -m converter.whisper_features VARIANT...` fills it
 on two processes.
 """
@@ -42,10 +46,11 @@ def _voiced(wave: np.ndarray) -> np.ndarray:
     return voiced_part(wave)
 
 
-def _init(threads: int, padded: bool, pad_s: float | None = None) -> None:
+def _init(threads: int, padded: bool, pad_s: float | None = None, encoder: bool = True) -> None:
     from device.models.whisper_encoder import WhisperEncoder
 
-    _state["encoder"] = WhisperEncoder(ENCODER, threads=threads)
+    if encoder:
+        _state["encoder"] = WhisperEncoder(ENCODER, threads=threads)
     _state["padded"], _state["pad_s"] = padded, pad_s
     _state["clips"] = ravdess.clips()
     _state["waves"] = [_voiced(ravdess.read_wave(c.path)) for c in _state["clips"]]
@@ -95,6 +100,15 @@ def _one(args: tuple[str, int]) -> np.ndarray:
     return np.stack([pool(f, "mean+std") for f in frames])
 
 
+def _one_voice(args: tuple[str, int]) -> np.ndarray:
+    variant, i = args
+    from device.models.voice_statistics import voice_statistics
+    from device.models.whisper_encoder import SAMPLE_RATE, WINDOW_S, window_starts
+
+    wave, win = _variant_wave(variant, i), int(WINDOW_S * SAMPLE_RATE)
+    return np.stack([voice_statistics(wave[s : s + win]) for s in window_starts(len(wave))])
+
+
 def clip_indices(variant: str, clips: list[ravdess.Clip]) -> list[int]:
     actors = ravdess.TRAIN_ACTORS if variant.startswith("aug") else (
         ravdess.TEST_ACTORS if variant != "clean" else ravdess.TRAIN_ACTORS | ravdess.TEST_ACTORS)
@@ -104,6 +118,10 @@ def clip_indices(variant: str, clips: list[ravdess.Clip]) -> list[int]:
 def cache_path(variant: str, padded: bool, pad_s: float | None = None) -> Path:
     mode = "padded_" if padded else f"pad{pad_s:g}_" if pad_s else ""
     return cache_dir() / f"whisper_head_v{VERSION}_{mode}{variant}.npz"
+
+
+def voice_cache_path(variant: str) -> Path:
+    return cache_dir() / f"voice_statistics_v{VERSION}_{variant}.npz"
 
 
 def extract(variants: list[str], padded: bool, processes: int = 2, pad_s: float | None = None) -> None:
@@ -123,15 +141,39 @@ def extract(variants: list[str], padded: bool, processes: int = 2, pad_s: float 
             print(f"{v}: {len(idx)} clips, {len(x)} windows, {time.perf_counter() - t:.0f} s", flush=True)
 
 
+def extract_voice(variants: list[str], processes: int = 2) -> None:
+    """Fill the voice-statistics cache (unpadded 2 s windows, as the encoder's) for every variant not cached yet."""
+    todo = [v for v in variants if not voice_cache_path(v).exists()]
+    if not todo:
+        return
+    clips = ravdess.clips()
+    with mp.get_context("fork").Pool(processes, initializer=_init, initargs=(1, False, None, False)) as pool:
+        for v in todo:
+            t = time.perf_counter()
+            idx = clip_indices(v, clips)
+            feats = pool.map(_one_voice, [(v, i) for i in idx], chunksize=8)
+            np.savez(voice_cache_path(v), x=np.concatenate(feats), clip=np.repeat(idx, [len(f) for f in feats]))
+            print(f"{v}: voice statistics of {len(idx)} clips, {time.perf_counter() - t:.0f} s", flush=True)
+
+
 STATS = {"mean": slice(0, 384), "mean+std": slice(0, 768)}
 
 
-def load(variant: str, stats: str = "mean", padded: bool = False,
-         pad_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(windows, 384 or 768) features and each window's clip index (into ravdess.clips())."""
+def load(variant: str, stats: str = "mean", padded: bool = False, pad_s: float | None = None,
+         voice: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(windows, 384 or 768, plus 200 with `voice`) features and each window's clip index (into ravdess.clips())."""
     extract([variant], padded, pad_s=pad_s)
     data = np.load(cache_path(variant, padded, pad_s))
-    return data["x"][:, STATS[stats]], data["clip"]
+    x, clip = data["x"][:, STATS[stats]], data["clip"]
+    if not voice:
+        return x, clip
+    if padded:
+        raise ValueError("voice statistics are cached for the unpadded windows only")
+    extract_voice([variant])
+    extra = np.load(voice_cache_path(variant))
+    if not np.array_equal(extra["clip"], clip):
+        raise ValueError(f"{variant}: the voice statistics and the encoder features cover different windows")
+    return np.hstack([x, extra["x"]]), clip
 
 
 def main(argv=None) -> int:
@@ -141,8 +183,11 @@ def main(argv=None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--padded", action="store_true", help="one padded 30 s pass per clip, cut into windows")
     parser.add_argument("--pad-s", type=float, help="each window followed by silence to this many seconds")
+    parser.add_argument("--voice", action="store_true", help="the voice statistics as well")
     args = parser.parse_args(argv)
     extract(args.variants, args.padded, args.processes, args.pad_s)
+    if args.voice:
+        extract_voice(args.variants, args.processes)
     return 0
 
 

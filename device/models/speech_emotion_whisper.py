@@ -4,9 +4,18 @@ The head (models_tflite/speech_emotion_whisper_int8.tflite) is small; the work i
 unpadded on each 2 s window (device/models/whisper_encoder.py). Its manifest entry names the encoder
 (`front_end.encoder`, the same Whisper model the words path loads), and both files are checked against their
 sha256 before anything runs.
+
+Where the entry says `front_end.voice_statistics`, the window's voice statistics (device/models/
+voice_statistics.py: spectrum, pitch, loudness contour) follow the pooled frames in the head's input. Where it
+names `front_end.standardise` (a companion file, checked against its sha256 with the head, of each feature's
+training mean and standard deviation), the features are standardised before the head: an int8 input has one
+scale for all its columns.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -14,6 +23,7 @@ from device.errors import ModelError
 from device.model_store import ModelEntry, model_entry
 from device.models.classifier import EmotionClassifier
 from device.models.face_emotion import softmax
+from device.models.voice_statistics import N_FEATURES, voice_statistics
 from device.models.whisper_encoder import POOLING, SAMPLE_RATE, WINDOW_S, WhisperEncoder, window_starts
 from device.runtime import InferenceBackend
 
@@ -31,10 +41,12 @@ class WhisperHeadSpeechModel(EmotionClassifier):
         self.pooling = front.get("pooling", "mean")
         if self.pooling not in POOLING:
             raise ModelError(f"{backend.path}: unknown pooling {self.pooling!r} in the manifest (front_end.pooling)")
-        width = POOLING[self.pooling]
+        self.voice = bool(front.get("voice_statistics", False))
+        width = POOLING[self.pooling] + (N_FEATURES if self.voice else 0)
         if tuple(self._in.shape[-1:]) != (width,) or self._out.shape[-1] != len(self.labels):
             raise ModelError(f"{backend.path}: expected input (n, {width}) and 7 outputs, got "
                              f"{self._in.shape}, {self._out.shape}")
+        self._mean, self._scale = self._standardisation(front.get("standardise"), width, backend.path)
         name = front.get("encoder")
         if not name:
             raise ModelError(f"{backend.path}: the manifest entry does not name its encoder (front_end.encoder)")
@@ -48,9 +60,32 @@ class WhisperHeadSpeechModel(EmotionClassifier):
         wave = np.asarray(wave)
         if wave.ndim != 1 or wave.dtype.kind != "f":
             raise ValueError(f"speech must be 1-D float samples in [-1, 1], got {wave.dtype} {wave.shape}")
-        x = self.encoder.features(wave.astype(np.float32), self.pooling)
+        wave = wave.astype(np.float32)
+        x = self.encoder.features(wave, self.pooling)
+        if self.voice:
+            win = int(WINDOW_S * SAMPLE_RATE)
+            x = np.hstack([x, np.stack([voice_statistics(wave[s : s + win]) for s in window_starts(len(wave))])])
+        if self._mean is not None:
+            x = (x - self._mean) / self._scale
         (raw,) = self.backend.run(self._in.quantize(x))
         return np.array(self._out.dequantize(raw), dtype=np.float32)
+
+    @staticmethod
+    def _standardisation(name: str | None, width: int, path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if name is None:
+            return None, None
+        file = Path(path).parent / name
+        try:
+            section = json.loads(file.read_text())
+            mean = np.asarray(section["mean"], dtype=np.float32)
+            scale = np.asarray(section["scale"], dtype=np.float32)
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{file}: the head's standardisation must be a JSON object with 'mean' and 'scale' "
+                             f"lists: {exc}") from exc
+        if mean.shape != (width,) or scale.shape != (width,) or not (scale > 0).all():
+            raise ModelError(f"{file}: the head's standardisation needs {width} means and {width} positive scales, "
+                             f"got {mean.shape} and {scale.shape}")
+        return mean, scale
 
     def window_probs(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, 7) calibrated probabilities of each 2 s window, and each window's end in seconds from the start."""
