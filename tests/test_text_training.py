@@ -48,6 +48,31 @@ def test_offsets_fitted_on_one_split_raise_its_macro_f1():
     assert after > before + 0.05
 
 
+def test_cross_calibrated_f1_scores_offsets_on_rows_they_were_not_fitted_on():
+    from converter.metrics import accuracy_and_macro_f1
+    from converter.text_soup import cross_calibrated_f1
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 7, 1200)
+    logits = rng.normal(size=(1200, 7)).astype(np.float32)
+    logits[np.arange(1200), y] += 1.0
+    logits[:, 4] += 1.5
+    before = accuracy_and_macro_f1(y, logits.argmax(1))[1]
+    in_sample = accuracy_and_macro_f1(y, (logits + fit_offsets(y, logits, rounds=1)).argmax(1))[1]
+    held_out, spread = cross_calibrated_f1(y, logits, halvings=1)
+    assert before < held_out < in_sample + 0.01 and spread < 0.05
+
+
+def test_a_soup_ingredient_is_a_weights_file_or_a_runs_best_epoch(tmp_path):
+    import json
+
+    from converter.text_soup import weight_file
+
+    (tmp_path / "history.json").write_text(json.dumps({"best": {"epoch": 2}}))
+    assert weight_file(tmp_path) == tmp_path / "epoch2.weights.h5"
+    assert weight_file(tmp_path / "x.weights.h5") == tmp_path / "x.weights.h5"
+
+
 @pytest.fixture(scope="module")
 def minilm():
     pytest.importorskip("tensorflow")
