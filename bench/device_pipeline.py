@@ -54,11 +54,22 @@ def make_video(path: Path) -> None:
     writer.release()
 
 
+def unit_environment(unit: Path = ROOT / "systemd" / "aula-device.service") -> dict[str, str]:
+    """The Environment= settings of the device's systemd unit: the bench runs the device as the unit does."""
+    env = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line.removeprefix("Environment=").partition("=")
+            env[key] = value
+    return env
+
+
 def run_measured(cmd: list[str], stop_after_s: float | None = None) -> tuple[float, float, float, str]:
     """Run cmd (stopped with SIGTERM after `stop_after_s`, as systemd stops the device); return (wall s, CPU s of
     the child, peak RSS MiB of the child, stderr)."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **unit_environment()})
     if stop_after_s is not None:
         threading.Timer(stop_after_s, proc.send_signal, (signal.SIGTERM,)).start()
     # Read stderr first (a full pipe would block the child), then wait4 for the child's own rusage:
