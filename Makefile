@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml
 setup: system-deps $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10  # the ten slowest: the suite is kept under 15 minutes
 
 lint: setup
 	$(VENV)/bin/ruff check .
