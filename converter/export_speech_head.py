@@ -47,24 +47,20 @@ def write_out_of_fold(training: dict) -> None:
                                                   "probabilities": rows}, indent=0) + "\n")
 
 
-def calibration_rows(stats: str, voice: bool, mean: np.ndarray, scale: np.ndarray, n: int = CALIBRATION_ROWS,
+def calibration_rows(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, n: int = CALIBRATION_ROWS,
                      seed: int = 3) -> list[np.ndarray]:
-    """`n` real feature rows of training-actor speech, clean and augmented, standardised, as the int8 calibration
-    set."""
-    from converter.train_speech_head import AUGMENTED, training_rows
-
-    x = (training_rows(stats, len(AUGMENTED), voice=voice)["x"] - mean) / scale
+    """`n` of the training rows `x` (training-actor speech, clean and augmented), standardised, as the int8
+    calibration set."""
+    x = (x - mean) / scale
     rng = np.random.default_rng(seed)
     return [x[i].astype(np.float32) for i in rng.choice(len(x), size=min(n, len(x)), replace=False)]
 
 
-def standardisation(stats: str, voice: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Each feature's mean and standard deviation over the training rows (clean and augmented), as the device
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's mean and standard deviation over the training rows `x` (clean and augmented), as the device
     applies them before the head: an int8 input has one scale for all its columns, and the encoder's pooled
     frames (about +-2) beside the voice statistics (log-mel levels down to -100 dB) would not share one."""
-    from converter.train_speech_head import AUGMENTED, training_rows
-
-    x = training_rows(stats, len(AUGMENTED), voice=voice)["x"].astype(np.float64)
+    x = x.astype(np.float64)
     mean = np.array([float(f"{v:.6g}") for v in x.mean(0)])
     scale = np.array([float(f"{v:.6g}") for v in x.std(0) + 1e-6])
     return mean, scale
@@ -160,6 +156,7 @@ def held_out_sex(training: dict) -> dict:
 
 def export(head_path: Path) -> dict:
     """Convert, evaluate and register the head trained by `python -m converter train-speech --route whisper`."""
+    from converter.train_speech_head import AUGMENTED, training_rows
     from device.models.manifest_tools import update_manifest_entry
     from device.models.speech_emotion import SpeechEmotionModel
 
@@ -167,7 +164,8 @@ def export(head_path: Path) -> dict:
     temperature = float(training["calibration_temperature"])
     stats, voice = training["chosen"]["stats"], bool(training["chosen"].get("voice", False))
     head = np.load(head_path)
-    standardise = standardisation(stats, voice)
+    rows = training_rows(stats, len(AUGMENTED), voice=voice)["x"]
+    standardise = standardisation(rows)
     (MODELS / STANDARDISE).write_text(json.dumps({"version": VERSION, "mean": standardise[0].tolist(),
                                                   "scale": standardise[1].tolist()}) + "\n")
     net = keras_head(*standardised_head(head["w"], head["b"], *standardise))
@@ -175,7 +173,7 @@ def export(head_path: Path) -> dict:
         saved = Path(tmp) / "saved"
         saved_model(net, saved)
         (MODELS / FILES["speech_emotion_whisper_float"]).write_bytes(convert(saved, None))
-        calibration = calibration_rows(stats, voice, *standardise)
+        calibration = calibration_rows(rows, *standardise)
         (MODELS / FILES["speech_emotion_whisper_int8"]).write_bytes(convert(saved, calibration))
         onnx_export(saved, MODELS / FILES["speech_emotion_whisper_onnx"])
     training["int8_on_training_actors"] = validation_agreement(

@@ -102,11 +102,9 @@ def _one(args: tuple[str, int]) -> np.ndarray:
 
 def _one_voice(args: tuple[str, int]) -> np.ndarray:
     variant, i = args
-    from device.models.voice_statistics import voice_statistics
-    from device.models.whisper_encoder import SAMPLE_RATE, WINDOW_S, window_starts
+    from device.models.voice_statistics import window_statistics
 
-    wave, win = _variant_wave(variant, i), int(WINDOW_S * SAMPLE_RATE)
-    return np.stack([voice_statistics(wave[s : s + win]) for s in window_starts(len(wave))])
+    return window_statistics(_variant_wave(variant, i))
 
 
 def clip_indices(variant: str, clips: list[ravdess.Clip]) -> list[int]:
@@ -124,36 +122,32 @@ def voice_cache_path(variant: str) -> Path:
     return cache_dir() / f"voice_statistics_v{VERSION}_{variant}.npz"
 
 
-def extract(variants: list[str], padded: bool, processes: int = 2, pad_s: float | None = None) -> None:
-    """Fill the cache for every variant not cached yet (`pad_s`: each window followed by silence to that length)."""
-    todo = [v for v in variants if not cache_path(v, padded, pad_s).exists()]
+def _fill(paths: dict[str, Path], worker, initargs: tuple, processes: int, what: str) -> None:
+    """Compute `worker`'s rows for every clip of each variant whose cache file (`paths`) is missing, and save them."""
+    todo = {v: p for v, p in paths.items() if not p.exists()}
     if not todo:
         return
     clips = ravdess.clips()
-    with mp.get_context("fork").Pool(processes, initializer=_init, initargs=(1, padded, pad_s)) as pool:
-        for v in todo:
+    with mp.get_context("fork").Pool(processes, initializer=_init, initargs=initargs) as pool:
+        for v, path in todo.items():
             t = time.perf_counter()
             idx = clip_indices(v, clips)
-            feats = pool.map(_one, [(v, i) for i in idx], chunksize=8)
+            feats = pool.map(worker, [(v, i) for i in idx], chunksize=8)
             x = np.concatenate(feats)
-            clip = np.repeat(idx, [len(f) for f in feats])
-            np.savez(cache_path(v, padded, pad_s), x=x, clip=clip)
-            print(f"{v}: {len(idx)} clips, {len(x)} windows, {time.perf_counter() - t:.0f} s", flush=True)
+            np.savez(path, x=x, clip=np.repeat(idx, [len(f) for f in feats]))
+            print(f"{v}: {what} of {len(idx)} clips, {len(x)} windows, {time.perf_counter() - t:.0f} s", flush=True)
+
+
+def extract(variants: list[str], padded: bool, processes: int = 2, pad_s: float | None = None) -> None:
+    """Fill the cache for every variant not cached yet (`pad_s`: each window followed by silence to that length)."""
+    _fill({v: cache_path(v, padded, pad_s) for v in variants}, _one, (1, padded, pad_s), processes,
+          "encoder features")
 
 
 def extract_voice(variants: list[str], processes: int = 2) -> None:
     """Fill the voice-statistics cache (unpadded 2 s windows, as the encoder's) for every variant not cached yet."""
-    todo = [v for v in variants if not voice_cache_path(v).exists()]
-    if not todo:
-        return
-    clips = ravdess.clips()
-    with mp.get_context("fork").Pool(processes, initializer=_init, initargs=(1, False, None, False)) as pool:
-        for v in todo:
-            t = time.perf_counter()
-            idx = clip_indices(v, clips)
-            feats = pool.map(_one_voice, [(v, i) for i in idx], chunksize=8)
-            np.savez(voice_cache_path(v), x=np.concatenate(feats), clip=np.repeat(idx, [len(f) for f in feats]))
-            print(f"{v}: voice statistics of {len(idx)} clips, {time.perf_counter() - t:.0f} s", flush=True)
+    _fill({v: voice_cache_path(v) for v in variants}, _one_voice, (1, False, None, False), processes,
+          "voice statistics")
 
 
 STATS = {"mean": slice(0, 384), "mean+std": slice(0, 768)}

@@ -23,7 +23,7 @@ from device.errors import ModelError
 from device.model_store import ModelEntry, model_entry
 from device.models.classifier import EmotionClassifier
 from device.models.face_emotion import softmax
-from device.models.voice_statistics import N_FEATURES, voice_statistics
+from device.models.voice_statistics import N_FEATURES, window_statistics
 from device.models.whisper_encoder import POOLING, SAMPLE_RATE, WINDOW_S, WhisperEncoder, window_starts
 from device.runtime import InferenceBackend
 
@@ -63,8 +63,7 @@ class WhisperHeadSpeechModel(EmotionClassifier):
         wave = wave.astype(np.float32)
         x = self.encoder.features(wave, self.pooling)
         if self.voice:
-            win = int(WINDOW_S * SAMPLE_RATE)
-            x = np.hstack([x, np.stack([voice_statistics(wave[s : s + win]) for s in window_starts(len(wave))])])
+            x = np.hstack([x, window_statistics(wave)])
         if self._mean is not None:
             x = (x - self._mean) / self._scale
         (raw,) = self.backend.run(self._in.quantize(x))

@@ -22,6 +22,7 @@ import numpy as np
 
 from device.audio.loudness import normalise_loudness
 from device.models.log_mel import log_mel
+from device.models.whisper_encoder import windows
 
 SAMPLE_RATE = 16000
 N_FEATURES = 200
@@ -64,3 +65,8 @@ def voice_statistics(samples: np.ndarray) -> np.ndarray:
     level = [contour.std(), np.abs(np.diff(contour)).mean() if len(contour) > 1 else 0.0,
              (contour > contour.max() - 10).mean()]
     return np.concatenate([mel.mean(axis=0), mel.std(axis=0), change.mean(axis=0), pitch, level]).astype(np.float32)
+
+
+def window_statistics(samples: np.ndarray) -> np.ndarray:
+    """(n_windows, 200): the statistics of each 2 s window (1 s apart) of a segment, the windows of the encoder."""
+    return np.stack([voice_statistics(w) for w in windows(samples)])

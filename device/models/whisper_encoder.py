@@ -50,6 +50,10 @@ def window_starts(n_samples: int, window_s: float = WINDOW_S, hop_s: float = HOP
     return starts
 
 
+def windows(samples: np.ndarray) -> list[np.ndarray]:
+    """The 2 s windows (1 s apart) that cover a segment, as the head classifies them."""
+    win = int(WINDOW_S * SAMPLE_RATE)
+    return [samples[s : s + win] for s in window_starts(len(samples))]
 
 
 # CTranslate2 Whisper models already in memory, by folder: the words path's recogniser registers the one it
@@ -119,10 +123,10 @@ class WhisperEncoder:
         samples = np.asarray(samples, dtype=np.float32)
         if len(samples) < MIN_S * SAMPLE_RATE:
             raise ValueError(f"speech must be at least {MIN_S} s long, got {len(samples) / SAMPLE_RATE:.2f} s")
+        if not padded:
+            return [self.frames(w, pad_to_s) for w in windows(samples)]
         win = int(WINDOW_S * SAMPLE_RATE)
         starts = window_starts(len(samples))
-        if not padded:
-            return [self.frames(samples[s : s + win], pad_to_s) for s in starts]
         chunk = CHUNK_S * SAMPLE_RATE
         frames = np.concatenate([self.padded_frames(samples[c : c + chunk]) for c in range(0, len(samples), chunk)])
         per = SAMPLE_RATE // FRAMES_PER_S
