@@ -174,8 +174,9 @@ def _speech(args) -> int:
 
         head = args.model if args.command == "export-speech" and args.model else export_speech_head.default_head_path()
         if args.command == "train-speech":
-            whisper_features.extract(["clean", *train_speech_head.AUGMENTED])
-            whisper_features.extract_voice(["clean", *train_speech_head.AUGMENTED])
+            variants = ["clean", *train_speech_head.AUGMENTED, *train_speech_head.REVERBERANT, train_speech_head.ROOM]
+            whisper_features.extract(variants)
+            whisper_features.extract_voice(variants)
             train_speech_head.main(["--out", str(head)])
         export_speech_head.export(head)
         return 0

@@ -16,7 +16,7 @@ import numpy as np
 from converter import ravdess
 from converter.datasets import REPO_ROOT, cache_dir
 from converter.metrics import summarize
-from converter.speech_augment import coloured_noise, mix_at_snr, voiced_range
+from converter.speech_augment import coloured_noise, mix_at_snr, reverberate, voiced_range
 from converter.speech_net import FRAMES, WIDTHS, multiply_adds
 from converter.tflite_export import convert, onnx_export, saved_model
 from device.contract.labels import LABELS
@@ -29,6 +29,7 @@ FILES = {"speech_emotion_int8": "speech_emotion_int8.tflite", "speech_emotion_fl
          "speech_emotion_onnx": "speech_emotion.onnx"}
 GAINS_DB = (-12, -6, 0, 6, 12)
 SNRS_DB = (20, 10, 5)
+RT60S_MS = (300, 600, 900)  # synthetic rooms, direct and reverberant sound equally loud (DRR 0 dB)
 CALIBRATION_WINDOWS = 500
 
 
@@ -61,7 +62,8 @@ def _babble(waves: list[np.ndarray], actors: np.ndarray, actor: int, n: int, rng
 
 
 def evaluate(model, waves: list[np.ndarray], labels: np.ndarray, actors: np.ndarray, robustness: bool = True) -> dict:
-    """Clip-level scores of a SpeechEmotionModel on the given clips; with `robustness`, under gain and noise."""
+    """Clip-level scores of a SpeechEmotionModel on the given clips; with `robustness`, under gain, noise and
+    reverberation as well."""
     clean = [voiced_part(w) for w in waves]
     probs = np.stack([model.predict(w) for w in clean])
     result = {"clean": summarize(labels, probs, LABELS), "probs": probs}
@@ -80,8 +82,18 @@ def evaluate(model, waves: list[np.ndarray], labels: np.ndarray, actors: np.ndar
                 n = _babble(waves, actors, a, len(w), rng) if kind == "babble" else coloured_noise(len(w), "fan", rng)
                 p.append(model.predict(np.clip(mix_at_snr(w, n, snr, rng), -1, 1)))
             noise[f"{kind}_{snr}db"] = _short(summarize(labels, np.stack(p), LABELS))
-    result.update(gain=gains, noise=noise)
+    reverb = {}
+    for rt60 in RT60S_MS:
+        rooms = np.random.default_rng(rt60)
+        p = [model.predict(np.clip(reverberate(w, rt60 / 1000, 0.0, rooms), -1, 1)) for w in clean]
+        reverb[f"rt60_{rt60}ms"] = _short(summarize(labels, np.stack(p), LABELS))
+    result.update(gain=gains, noise=noise, reverb=reverb)
     return result
+
+
+def robustness_figures(result: dict) -> dict:
+    """The gain, noise and reverberation figures of an `evaluate` result, where it measured them."""
+    return {k: result[k] for k in ("gain", "noise", "reverb") if k in result}
 
 
 def _short(summary: dict) -> dict:
@@ -173,7 +185,7 @@ def _report(results: dict, labels, actors, report_path: Path | None, version: st
             name: {
                 "accuracy": round(r["clean"]["accuracy"], 4),
                 "macro_f1": round(r["clean"]["macro_f1"], 4),
-                **({"gain": r["gain"], "noise": r["noise"]} if "gain" in r else {}),
+                **robustness_figures(r),
             }
             for name, r in results.items()
         },
@@ -209,6 +221,6 @@ def evaluate_committed() -> dict:
     for name in FILES:
         r = evaluate(SpeechEmotionModel.load(name), waves, labels, actors, robustness=name == "speech_emotion_int8")
         out[name] = {"accuracy": round(r["clean"]["accuracy"], 4), "macro_f1": round(r["clean"]["macro_f1"], 4),
-                     **({"gain": r["gain"], "noise": r["noise"]} if "gain" in r else {})}
+                     **robustness_figures(r)}
         print(name, json.dumps(out[name]))
     return out

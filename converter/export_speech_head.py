@@ -15,7 +15,7 @@ import numpy as np
 from converter import ravdess
 from converter import whisper_features as wf
 from converter.datasets import REPO_ROOT, cache_dir
-from converter.export_speech import _short, _test_set, by_sex, evaluate
+from converter.export_speech import _short, _test_set, by_sex, evaluate, robustness_figures
 from converter.metrics import summarize
 from converter.tflite_export import convert, onnx_export, saved_model
 from device.contract.labels import LABELS
@@ -139,7 +139,7 @@ def held_out_sex(training: dict) -> dict:
 
     cfg = HeadConfig(**training["chosen"])
     clips = ravdess.clips()
-    rows = training_rows(cfg.stats, cfg.copies, voice=cfg.voice)
+    rows = training_rows(cfg.stats, cfg.copies, voice=cfg.voice, rooms=cfg.rooms)
     x, ci = wf.load("clean", cfg.stats, voice=cfg.voice)
     test = np.array([clips[i].actor in ravdess.TEST_ACTORS for i in ci])
     out = {}
@@ -164,7 +164,7 @@ def export(head_path: Path) -> dict:
     temperature = float(training["calibration_temperature"])
     stats, voice = training["chosen"]["stats"], bool(training["chosen"].get("voice", False))
     head = np.load(head_path)
-    rows = training_rows(stats, len(AUGMENTED), voice=voice)["x"]
+    rows = training_rows(stats, len(AUGMENTED), voice=voice, rooms=int(training["chosen"].get("rooms", 0)))["x"]
     standardise = standardisation(rows)
     (MODELS / STANDARDISE).write_text(json.dumps({"version": VERSION, "mean": standardise[0].tolist(),
                                                   "scale": standardise[1].tolist()}) + "\n")
@@ -201,11 +201,12 @@ def _report(results: dict, labels, actors, training: dict) -> dict:
     report = {
         "version": VERSION,
         "training": {k: training[k] for k in ("grid", "chosen", "cv_accuracy", "cv_accuracy_std", "cv_macro_f1",
-                                              "cv_folds", "calibration_temperature", "int8_on_training_actors")},
+                                              "cv_room_accuracy", "cv_folds", "calibration_temperature",
+                                              "int8_on_training_actors") if k in training},
         "test_clips": len(labels),
         "models": {
             name: {"accuracy": round(r["clean"]["accuracy"], 4), "macro_f1": round(r["clean"]["macro_f1"], 4),
-                   **({"gain": r["gain"], "noise": r["noise"]} if "gain" in r else {})}
+                   **robustness_figures(r)}
             for name, r in results.items()
         },
         "int8_minus_float_points": round(100 * (int8["clean"]["accuracy"] - flt["clean"]["accuracy"]), 2),
@@ -230,7 +231,7 @@ def evaluate_committed() -> dict:
     for name in FILES:
         r = evaluate(SpeechEmotionModel.load(name), waves, labels, actors, robustness=name == DEFAULT)
         out[name] = {"accuracy": round(r["clean"]["accuracy"], 4), "macro_f1": round(r["clean"]["macro_f1"], 4),
-                     **({"gain": r["gain"], "noise": r["noise"]} if "gain" in r else {})}
+                     **robustness_figures(r)}
         print(name, json.dumps(out[name]))
     return out
 

@@ -1,7 +1,7 @@
 """Waveform and spectrogram augmentation for speech-emotion training, in numpy.
 
-Gain, speed (tempo and pitch together), additive noise (white, pink and a fan-like hum) and babble mixed from
-*training* actors' clips only, then a random 2 s crop of the voiced part and SpecAugment masks.
+Gain, speed (tempo and pitch together), room reverberation, additive noise (white, pink and a fan-like hum) and
+babble mixed from *training* actors' clips only, then a random 2 s crop of the voiced part and SpecAugment masks.
 """
 
 from __future__ import annotations
@@ -59,6 +59,30 @@ def babble(pool: list[np.ndarray], n: int, voices: int, rng: np.random.Generator
         tiled = np.roll(np.tile(clip, int(np.ceil(n / len(clip))) + 1), -shift)[:n]
         out += tiled
     return out
+
+
+def room_response(rt60_s: float, drr_db: float, rng: np.random.Generator, sample_rate: int = 16000) -> np.ndarray:
+    """A synthetic room impulse response: the direct sound, then after 3 ms a diffuse tail of noise decaying by
+    60 dB in `rt60_s` seconds, scaled so that direct over reverberant energy is `drr_db` (a classroom: RT60 about
+    0.4-0.9 s; a microphone across the room hears about as much reverberation as direct sound, DRR near 0 dB)."""
+    n = round(min(1.5 * rt60_s, 1.5) * sample_rate)
+    delay = round(0.003 * sample_rate)
+    t = np.arange(n - delay) / sample_rate
+    tail = rng.standard_normal(n - delay) * np.exp(-6.908 * t / rt60_s)  # 60 dB of amplitude decay at rt60
+    tail *= np.sqrt(10 ** (-drr_db / 10) / (np.sum(tail**2) + 1e-12))
+    response = np.zeros(n)
+    response[0] = 1.0
+    response[delay:] = tail
+    return response
+
+
+def reverberate(wave: np.ndarray, rt60_s: float, drr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """`wave` heard in a room (`room_response`), cut to its own length and brought back to its own RMS level."""
+    from scipy.signal import fftconvolve
+
+    wet = fftconvolve(wave.astype(np.float64), room_response(rt60_s, drr_db, rng))[: len(wave)]
+    wet *= np.sqrt((np.mean(wave.astype(np.float64) ** 2) + 1e-12) / (np.mean(wet**2) + 1e-12))
+    return wet.astype(np.float32)
 
 
 def change_speed(wave: np.ndarray, factor: float) -> np.ndarray:

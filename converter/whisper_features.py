@@ -10,8 +10,9 @@ of clips:
 - `aug<N>`: training actors only (1-18), each clip changed at random: speed (tempo and pitch) 0.9-1.1, a shift
   of up to 0.3 s, and either babble of 2-4 other *training* actors (5-20 dB SNR), white, pink or fan noise
   (5-25 dB SNR), or nothing;
-- `gain<G>`, `babble<S>`, `fan<S>`: test actors only (19-24), at G dB of gain (clipped to [-1, 1]) or S dB
-  SNR of babble from three other test actors or of fan noise, as converter/export_speech.py measures the CNN.
+- `gain<G>`, `babble<S>`, `fan<S>`, `reverb<MS>`: test actors only (19-24), at G dB of gain (clipped to
+  [-1, 1]), S dB SNR of babble from three other test actors or of fan noise (as converter/export_speech.py
+  measures the CNN), or in a room of RT60 MS milliseconds (DRR 0 dB).
 
 Beside the encoder's features, the cache keeps each window's voice statistics (device/models/voice_statistics.py:
 spectrum, pitch and loudness contour, 200 columns), from the same windows of the same variant waves; `load(...,
@@ -32,7 +33,7 @@ import numpy as np
 
 from converter import ravdess
 from converter.datasets import REPO_ROOT, cache_dir
-from converter.speech_augment import babble, change_speed, coloured_noise, mix_at_snr
+from converter.speech_augment import babble, change_speed, coloured_noise, mix_at_snr, reverberate
 
 ENCODER = REPO_ROOT / "models_tflite" / "whisper-tiny.en"
 VERSION = 1  # bump when the features change, so stale caches are not reused
@@ -74,12 +75,16 @@ def _variant_wave(variant: str, i: int) -> np.ndarray:
         else:
             noise = coloured_noise(len(w), "fan", rng)
         return np.clip(mix_at_snr(w, noise, snr, rng), -1, 1)
-    if variant.startswith("aug"):
+    if variant.startswith("reverb") or variant.startswith("room"):
+        return np.clip(reverberate(w, float(variant.lstrip("revbom")) / 1000, 0.0, rng), -1, 1)
+    if variant.startswith("aug") or variant.startswith("rev"):
         x = w
         if rng.random() < 0.5:
             x = change_speed(x, rng.uniform(0.9, 1.1))
         shift = int(rng.uniform(-0.3, 0.3) * 16000)
         x = x[shift:] if shift > 0 else np.concatenate([np.zeros(-shift, np.float32), x])
+        if variant.startswith("rev") and rng.random() < 0.7:
+            x = reverberate(x, rng.uniform(0.2, 1.0), rng.uniform(-3, 6), rng)
         r = rng.random()
         if r < 0.35:
             pool = [waves[j] for j, c in enumerate(clips)
@@ -107,8 +112,13 @@ def _one_voice(args: tuple[str, int]) -> np.ndarray:
     return window_statistics(_variant_wave(variant, i))
 
 
+def training_variant(variant: str) -> bool:
+    """Whether `variant` covers the training actors (1-18) only."""
+    return variant.startswith(("aug", "room")) or (variant.startswith("rev") and not variant.startswith("reverb"))
+
+
 def clip_indices(variant: str, clips: list[ravdess.Clip]) -> list[int]:
-    actors = ravdess.TRAIN_ACTORS if variant.startswith("aug") else (
+    actors = ravdess.TRAIN_ACTORS if training_variant(variant) else (
         ravdess.TEST_ACTORS if variant != "clean" else ravdess.TRAIN_ACTORS | ravdess.TEST_ACTORS)
     return [i for i, c in enumerate(clips) if c.actor in actors]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from converter import ravdess
-from converter.speech_augment import Augmenter, mix_at_snr, voiced_range
+from converter.speech_augment import Augmenter, mix_at_snr, reverberate, room_response, voiced_range
 from device.contract.labels import LABELS
 from device.models.log_mel import normalised_crop
 
@@ -62,3 +62,32 @@ def test_the_augmenter_makes_finite_2_s_crops_of_the_voiced_part():
 
     start, end = voiced_range(log_mel(wave, normalise=False))
     assert 95 <= start <= 105 and 245 <= end <= 255  # the tone from 1 s to 2.5 s
+
+
+def test_a_synthetic_room_decays_60_db_in_its_rt60_at_the_asked_direct_to_reverberant_ratio():
+    rng = np.random.default_rng(2)
+    h = room_response(0.6, 3.0, rng)
+    assert h[0] == 1.0 and len(h) == int(0.9 * 16000)
+    assert 10 * np.log10(1.0 / np.sum(h[1:] ** 2)) == pytest.approx(3.0, abs=1e-6)
+    blocks = (h[48:] ** 2)[: 80 * 100].reshape(80, 100).sum(1)  # 80 blocks of 6.25 ms from the tail's start
+    slope_db_per_s = np.polyfit(np.arange(80) * 100 / 16000, 10 * np.log10(blocks), 1)[0]
+    assert slope_db_per_s == pytest.approx(-60 / 0.6, rel=0.1)
+
+
+def test_reverberation_keeps_the_length_and_the_level_of_the_speech():
+    rng = np.random.default_rng(4)
+    wave = (0.1 * np.sin(2 * np.pi * 200 * np.arange(24000) / 16000)).astype(np.float32)
+    wet = reverberate(wave, 0.9, 0.0, rng)
+    assert wet.dtype == np.float32 and wet.shape == wave.shape
+    assert np.sqrt(np.mean(wet**2)) == pytest.approx(np.sqrt(np.mean(wave**2)), rel=1e-3)
+    assert not np.allclose(wet, wave)
+
+
+def test_reverberant_training_copies_cover_training_actors_and_test_rooms_test_actors():
+    from converter import whisper_features as wf
+
+    clips = ravdess.clips()
+    for variant, actors in (("rev3", ravdess.TRAIN_ACTORS), ("room600", ravdess.TRAIN_ACTORS),
+                            ("aug12", ravdess.TRAIN_ACTORS), ("reverb600", ravdess.TEST_ACTORS),
+                            ("fan10", ravdess.TEST_ACTORS)):
+        assert {clips[i].actor for i in wf.clip_indices(variant, clips)} == actors, variant
