@@ -39,23 +39,33 @@ class FleetMonitor:
         self.samples = samples
         self._lock = threading.Lock()
         self._trends: dict[tuple[str, str], deque] = {}
+        self._sent: dict[tuple[str, str], deque] = {}  # the trend rows' health messages, by their own ts_ms
         self._since: dict[tuple[str, str], tuple[str, int]] = {}  # shown state and since when
         self._published: dict[str, str] = {}  # site -> the retained alerts payload last published
 
-    def note_trend(self, site: str, device_id: str, figures: dict[str, float | None], ts_ms: int) -> None:
-        """Append one health message's trend figures (server/health_trend.py: trend_figures)."""
+    def note_trend(self, site: str, device_id: str, figures: dict[str, float | None], ts_ms: int,
+                   sent_ms: int | None = None) -> None:
+        """Append one health message's trend figures (server/health_trend.py: trend_figures), received at `ts_ms`;
+        a message whose own ts_ms (`sent_ms`) is already in the trend was delivered twice and adds nothing."""
         row = trend_row(ts_ms, figures)
+        key = (site, device_id)
         with self._lock:
-            trend = self._trends.get((site, device_id))
+            trend = self._trends.get(key)
             if trend is None:
-                trend = self._trends[(site, device_id)] = deque(maxlen=self.samples)
+                trend = self._trends[key] = deque(maxlen=self.samples)
+            sent = self._sent.setdefault(key, deque(maxlen=self.samples))
+            if sent_ms is not None and sent_ms in sent:
+                return
             trend.append(row)
+            sent.append(sent_ms)
 
-    def restore(self, trends: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
-        """Take the stored trends (each device's rows oldest first), as at start, before health arrives."""
+    def restore(self, trends: dict[tuple[str, str], list[tuple[dict[str, Any], int | None]]]) -> None:
+        """Take the stored trends (each device's rows oldest first, with their health messages' own ts_ms), as at
+        start, before health arrives."""
         with self._lock:
             for key, rows in trends.items():
-                self._trends[key] = deque(rows, maxlen=self.samples)
+                self._trends[key] = deque((row for row, _ in rows), maxlen=self.samples)
+                self._sent[key] = deque((sent for _, sent in rows), maxlen=self.samples)
 
     def trend(self, site: str, device_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -65,6 +75,7 @@ class FleetMonitor:
         with self._lock:
             for key in [k for k in self._trends if k not in keep]:
                 del self._trends[key]
+                self._sent.pop(key, None)
             for key in [k for k in self._since if k not in keep]:
                 del self._since[key]
 

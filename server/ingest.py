@@ -295,10 +295,12 @@ class Ingestor:
             return self._unknown_device(incoming, token)
         h = incoming.health
         figures = None if h is None else trend_figures({"vision": h.vision, "host": h.host, "mqtt": h.mqtt})
+        sent_ms = None if h is None else h.ts_ms
         if self.fleet is not None and figures is not None:
-            self.fleet.note_trend(incoming.site, incoming.device_id, figures, now)
+            self.fleet.note_trend(incoming.site, incoming.device_id, figures, now, sent_ms)
         if self.writer is not None:
             self.stats.add("health_messages")
-            item = WriteItem("health", touch=touched[0], payload=incoming.payload, ack=token, trend=figures)
+            item = WriteItem("health", touch=touched[0], payload=incoming.payload, ack=token, trend=figures,
+                             sent_ms=sent_ms)
             self._submit(item, _topic_of(incoming))
         return "health"

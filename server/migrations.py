@@ -122,4 +122,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX device_health_trend_device ON device_health_trend (site, device_id, ts_ms, id)",
         ),
     ),
+    Migration(
+        9,
+        "one health trend row per health message",
+        (
+            # sent_ms is the message's own ts_ms: a message the broker delivers again (QoS 1 after a lost
+            # acknowledgement) has the same one and adds no second row. Rows written before have NULL, which a
+            # unique index lets repeat.
+            "ALTER TABLE device_health_trend ADD COLUMN sent_ms {bigint}",
+            "CREATE UNIQUE INDEX device_health_trend_sent ON device_health_trend (site, device_id, sent_ms)",
+        ),
+    ),
 )

@@ -39,6 +39,7 @@ class WriteItem:
     status: StatusMessage | None = None
     payload: bytes = b""
     trend: dict[str, float | None] | None = None  # a health message's trend figures (server/health_trend.py)
+    sent_ms: int | None = None  # a health message's own ts_ms: a second delivery adds no second trend row
     ack: AckToken | None = None
     quarantined: QuarantinedMessage | None = None
     device: tuple[str, str] | None = None
@@ -182,7 +183,7 @@ class BatchWriter:
             if i.kind == "status" and i.touch is not None and i.status is not None
         ]
         healths = [
-            (i.touch.site, i.touch.device_id, i.payload, i.touch.seen_ms, i.trend)  # seen_ms: when it was received
+            (i.touch.site, i.touch.device_id, i.payload, i.touch.seen_ms, i.trend, i.sent_ms)  # seen_ms: received
             for i in batch
             if i.kind == "health" and i.touch
         ]
