@@ -36,7 +36,8 @@ from converter.datasets import REPO_ROOT, cache_dir
 from converter.speech_augment import babble, change_speed, coloured_noise, mix_at_snr, reverberate
 
 ENCODER = REPO_ROOT / "models_tflite" / "whisper-tiny.en"
-VERSION = 1  # bump when the features change, so stale caches are not reused
+VERSION = 1  # bump when the variant waves or the encoder features change, so stale caches are not reused
+VOICE_VERSION = 1  # bump when device/models/voice_statistics.py changes: its caches record the version they hold
 
 _state: dict = {}
 
@@ -132,9 +133,21 @@ def voice_cache_path(variant: str) -> Path:
     return cache_dir() / f"voice_statistics_v{VERSION}_{variant}.npz"
 
 
-def _fill(paths: dict[str, Path], worker, initargs: tuple, processes: int, what: str) -> None:
-    """Compute `worker`'s rows for every clip of each variant whose cache file (`paths`) is missing, and save them."""
-    todo = {v: p for v, p in paths.items() if not p.exists()}
+def _current(path: Path, version: int | None) -> bool:
+    """Whether a cache file exists and holds rows of `version` (files without one hold version 1)."""
+    if not path.exists():
+        return False
+    if version is None:
+        return True
+    with np.load(path) as data:
+        return int(data["version"]) == version if "version" in data.files else version == 1
+
+
+def _fill(paths: dict[str, Path], worker, initargs: tuple, processes: int, what: str,
+          version: int | None = None) -> None:
+    """Compute `worker`'s rows for every clip of each variant whose cache file (`paths`) is missing or holds
+    another `version`, and save them."""
+    todo = {v: p for v, p in paths.items() if not _current(p, version)}
     if not todo:
         return
     clips = ravdess.clips()
@@ -144,7 +157,8 @@ def _fill(paths: dict[str, Path], worker, initargs: tuple, processes: int, what:
             idx = clip_indices(v, clips)
             feats = pool.map(worker, [(v, i) for i in idx], chunksize=8)
             x = np.concatenate(feats)
-            np.savez(path, x=x, clip=np.repeat(idx, [len(f) for f in feats]))
+            extra = {} if version is None else {"version": np.int64(version)}
+            np.savez(path, x=x, clip=np.repeat(idx, [len(f) for f in feats]), **extra)
             print(f"{v}: {what} of {len(idx)} clips, {len(x)} windows, {time.perf_counter() - t:.0f} s", flush=True)
 
 
@@ -157,7 +171,7 @@ def extract(variants: list[str], padded: bool, processes: int = 2, pad_s: float 
 def extract_voice(variants: list[str], processes: int = 2) -> None:
     """Fill the voice-statistics cache (unpadded 2 s windows, as the encoder's) for every variant not cached yet."""
     _fill({v: voice_cache_path(v) for v in variants}, _one_voice, (1, False, None, False), processes,
-          "voice statistics")
+          "voice statistics", VOICE_VERSION)
 
 
 STATS = {"mean": slice(0, 384), "mean+std": slice(0, 768)}

@@ -91,3 +91,14 @@ def test_reverberant_training_copies_cover_training_actors_and_test_rooms_test_a
                             ("aug12", ravdess.TRAIN_ACTORS), ("reverb600", ravdess.TEST_ACTORS),
                             ("fan10", ravdess.TEST_ACTORS)):
         assert {clips[i].actor for i in wf.clip_indices(variant, clips)} == actors, variant
+
+
+def test_a_voice_statistics_cache_of_another_version_is_computed_again(tmp_path):
+    from converter import whisper_features as wf
+
+    old, new = tmp_path / "old.npz", tmp_path / "new.npz"
+    np.savez(old, x=np.zeros((1, 2)), clip=np.zeros(1))  # written before caches recorded a version: version 1
+    np.savez(new, x=np.zeros((1, 2)), clip=np.zeros(1), version=np.int64(2))
+    assert wf._current(old, 1) and not wf._current(old, 2)
+    assert wf._current(new, 2) and not wf._current(new, 1)
+    assert not wf._current(tmp_path / "missing.npz", None) and wf._current(old, None)
