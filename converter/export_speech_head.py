@@ -77,7 +77,7 @@ def keras_head(w: np.ndarray, b: np.ndarray):
 
     inp = keras.Input((w.shape[0],), name="features")
     dense = keras.layers.Dense(w.shape[1], name="logits")
-    net = keras.Model(inp, dense(inp))
+    net = keras.Model(inp, dense(inp), name="speech_head")  # a fixed name: the ONNX node names come from it
     dense.set_weights([w.astype(np.float32), b.astype(np.float32)])
     return net
 

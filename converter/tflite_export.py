@@ -38,9 +38,16 @@ def convert(saved: Path, calibration: Iterable[np.ndarray] | None) -> bytes:
 
 
 def onnx_export(saved: Path, out: Path) -> None:
+    """The SavedModel as ONNX (opset 17). tf2onnx writes the SavedModel's (temporary) path into the graph's
+    doc string; a fixed one takes its place, so that the same model gives the same file (and sha256)."""
+    import onnx
+
     cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved), "--output", str(out),
            "--opset", "17"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
+    model = onnx.load(str(out))
+    model.graph.doc_string = "converted from a TensorFlow SavedModel by tf2onnx"
+    onnx.save(model, str(out))
 
 
 def convert_dynamic_range(saved: Path) -> bytes:
