@@ -55,19 +55,26 @@ class WhisperHeadSpeechModel(EmotionClassifier):
         self.encoder = WhisperEncoder(encoder.path.parent, threads=threads)
         self.encoder_version = encoder.meta.get("version", name)
 
-    def logits(self, wave: np.ndarray) -> np.ndarray:
-        """(n_windows, 7) float32 logits of the 2 s windows (1 s apart) of `wave`."""
+    def features(self, wave: np.ndarray) -> np.ndarray:
+        """(n_windows, inputs) float32: each 2 s window's (1 s apart) pooled encoder frames, and its voice
+        statistics where the head takes them; heads with the same front end take the same features."""
         wave = np.asarray(wave)
         if wave.ndim != 1 or wave.dtype.kind != "f":
             raise ValueError(f"speech must be 1-D float samples in [-1, 1], got {wave.dtype} {wave.shape}")
         wave = wave.astype(np.float32)
         x = self.encoder.features(wave, self.pooling)
-        if self.voice:
-            x = np.hstack([x, window_statistics(wave)])
+        return np.hstack([x, window_statistics(wave)]) if self.voice else x
+
+    def head_logits(self, x: np.ndarray) -> np.ndarray:
+        """(n_windows, 7) float32 logits of `features` rows: standardised, then the head."""
         if self._mean is not None:
             x = (x - self._mean) / self._scale
         (raw,) = self.backend.run(self._in.quantize(x))
         return np.array(self._out.dequantize(raw), dtype=np.float32)
+
+    def logits(self, wave: np.ndarray) -> np.ndarray:
+        """(n_windows, 7) float32 logits of the 2 s windows (1 s apart) of `wave`."""
+        return self.head_logits(self.features(wave))
 
     @staticmethod
     def _standardisation(name: str | None, width: int, path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -94,5 +101,9 @@ class WhisperHeadSpeechModel(EmotionClassifier):
 
     def predict(self, wave: np.ndarray) -> np.ndarray:
         """The 7 calibrated probabilities of a stretch of speech (mean over its 2 s windows)."""
-        return softmax(self.logits(wave), self.temperature).mean(axis=0)
+        return self.predict_features(self.features(wave))
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        """`predict` from the stretch's `features` rows."""
+        return softmax(self.head_logits(x), self.temperature).mean(axis=0)
 
