@@ -62,7 +62,10 @@ class AppContext:
             # needs to see a new device that is degraded. `status` says whether it is assigned.
             view = self.device_view({**d, "status": "assigned"}, now)
             silent = view["state"] == "offline" and d["state"] != "offline"
-            hint = d["last_seen_ms"] + stale_ms if silent else None
+            # Since when: for a silent device, from when it went quiet; for a reported state, from the status
+            # that first reported it (stored, so it outlives a restart of the server).
+            hint = d["last_seen_ms"] + stale_ms if silent else (
+                d["state_since_ms"] if view["state"] == d["state"] else None)
             health = d["health"] or {}
             room = rooms.get(d["room_id"])
             view.update({

@@ -133,4 +133,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE UNIQUE INDEX device_health_trend_sent ON device_health_trend (site, device_id, sent_ms)",
         ),
     ),
+    Migration(
+        10,
+        "when each device entered its reported state",
+        (
+            # Set by the batch that stores a status with another state than the stored one (server/storage/
+            # ingest.py), so that the fleet page's "since" and its alerts outlive a server restart. NULL for
+            # devices whose state changed before this migration: the server then counts from its own start.
+            "ALTER TABLE devices ADD COLUMN state_since_ms {bigint}",
+        ),
+    ),
 )

@@ -178,7 +178,7 @@ class BatchWriter:
         touches = [i.touch for i in batch if i.touch is not None]
         events = [i.event for i in batch if i.kind == "event" and i.event is not None]
         statuses = [
-            (i.touch.site, i.touch.device_id, i.status, i.payload)
+            (i.touch.site, i.touch.device_id, i.status, i.payload, i.touch.seen_ms)  # seen_ms: when it was received
             for i in batch
             if i.kind == "status" and i.touch is not None and i.status is not None
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -120,10 +121,15 @@ def test_the_fleet_view_alerts_on_mqtt_and_metrics(harness, mosquitto):
         assert admin.get("/api/fleet").json()["alerts"] == []
         assert harness.client().get("/api/fleet").status_code == 401
 
-        # The trends are in the database: a restarted server shows them before any new health arrives.
+        # The trends and when the device entered its state are in the database: a restarted server shows them
+        # before any new message arrives, and an alert's clock does not start again.
+        since = admin.get("/api/fleet").json()["devices"][0]["since_ms"]
+        time.sleep(0.05)
         harness.restart()
         admin, _ = harness.login("admin", ADMIN_PW)
-        assert [t["frames_per_s"] for t in admin.get("/api/fleet").json()["devices"][0]["trend"]] == [4.8, 5.0, 5.1]
+        d = admin.get("/api/fleet").json()["devices"][0]
+        assert [t["frames_per_s"] for t in d["trend"]] == [4.8, 5.0, 5.1]
+        assert (d["state"], d["since_ms"]) == ("online", since)
     finally:
         device.close()
         watcher.loop_stop()

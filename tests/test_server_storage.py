@@ -356,3 +356,20 @@ def test_health_trends_outlive_a_restart_and_stay_bounded(storage):
         assert stored.recent(samples) == {}
     finally:
         db.close()
+
+
+def test_a_device_keeps_the_time_it_entered_its_reported_state_until_the_state_changes(storage):
+    from device.contract import DeviceState, StatusMessage
+
+    touch = DeviceTouch("school1", "pi-1", "room101", 1_000)
+    storage.ingest.write_batch([touch], [], [], [])
+
+    def status(state: DeviceState, received_ms: int) -> int | None:
+        message = StatusMessage(device_id="pi-1", state=state, ts_ms=received_ms, reason=None)
+        storage.ingest.write_batch([], [], [("school1", "pi-1", message, message.to_payload(), received_ms)], [])
+        return storage.devices.get("school1", "pi-1")["state_since_ms"]
+
+    assert storage.devices.get("school1", "pi-1")["state_since_ms"] is None  # no status yet
+    assert status(DeviceState.DEGRADED, 2_000) == 2_000
+    assert status(DeviceState.DEGRADED, 3_000) == 2_000  # the same state again: still since its first report
+    assert status(DeviceState.ONLINE, 4_000) == 4_000

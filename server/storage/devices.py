@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 _DEVICE_COLUMNS = (
     "site, device_id, reported_room, room_id, status, first_seen_ms, last_seen_ms, state, state_reason, "
-    "paused, last_health"
+    "paused, last_health, state_since_ms"
 )
 
 
@@ -33,6 +33,7 @@ def _device(row: tuple) -> dict[str, Any]:
         "reason": row[8],
         "paused": bool(row[9]),
         "health": json.loads(row[10]) if row[10] else None,
+        "state_since_ms": None if row[11] is None else int(row[11]),  # when a status first reported `state`
     }
 
 

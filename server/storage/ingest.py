@@ -67,7 +67,7 @@ class IngestRepository(Repository):
         self,
         devices: list[DeviceTouch],
         events: list[IncomingEvent],
-        statuses: list[tuple[str, str, StatusMessage, bytes]],
+        statuses: list[tuple[str, str, StatusMessage, bytes, int]],
         healths: list[HealthRow],
         quarantine: list[QuarantinedMessage] | None = None,
         unassigned_max: int | None = None,
@@ -76,8 +76,10 @@ class IngestRepository(Repository):
     ) -> BatchResult:
         """Store one batch in one transaction; an event_id already stored is counted as a duplicate.
 
-        `healths` are (site, device_id, payload, received_ms, trend figures): each sets the device's last_health
-        and adds a row to its health trend, of which the newest `trend_samples` (fleet.trend_samples) are kept.
+        `statuses` are (site, device_id, message, payload, received_ms); a state other than the stored one sets
+        the device's state_since_ms. `healths` are (site, device_id, payload, received_ms, trend figures, the
+        message's own ts_ms): each sets the device's last_health and adds a row to its health trend, of which
+        the newest `trend_samples` (fleet.trend_samples) are kept.
         `unassigned_max` bounds the stored events of devices without a room, `quarantine_max` the quarantine;
         what is over a bound is left out and counted in the result.
         """
@@ -124,10 +126,13 @@ class IngestRepository(Repository):
                 if room_id is not None and e.event_id in result.inserted:
                     stored.append((room_id, e))
             add_aggregates(c, accumulate(stored))
+            # state_since_ms: when a status first reported this state (the right-hand sides read the old row).
             c.executemany(
-                "UPDATE devices SET state = ?, state_reason = ?, paused = ?, last_status = ? "
+                "UPDATE devices SET state_since_ms = CASE WHEN state = ? AND state_since_ms IS NOT NULL "
+                "THEN state_since_ms ELSE ? END, state = ?, state_reason = ?, paused = ?, last_status = ? "
                 "WHERE site = ? AND device_id = ?",
-                [(s.state.value, s.reason, int(s.paused), p.decode(), site, dev) for site, dev, s, p in statuses],
+                [(s.state.value, received_ms, s.state.value, s.reason, int(s.paused), p.decode(), site, dev)
+                 for site, dev, s, p, received_ms in statuses],
             )
             c.executemany(
                 "UPDATE devices SET last_health = ? WHERE site = ? AND device_id = ?",
