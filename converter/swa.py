@@ -44,17 +44,23 @@ def _recompute_batch_norm(net, x_train: np.ndarray, batch_size: int = 256, max_i
         bn.momentum = m
 
 
+def mean_weights(net, files: list[Path], load) -> list[np.ndarray]:
+    """The element-wise mean of `net`'s weights after `load(file)` of each of `files` (a uniform weight average;
+    `load` is the load_weights of `net` or of a model that wraps it)."""
+    total = None
+    for path in files:
+        load(str(path))
+        weights = net.get_weights()
+        total = weights if total is None else [t + w for t, w in zip(total, weights, strict=True)]
+    return [t / len(files) for t in total]
+
+
 def averaged_net(snapshots: list[Path], x_train: np.ndarray, arch: str):
     """Return the face network with the mean of the snapshots' weights and recomputed BN statistics."""
     from converter.train_face import build_training_model
 
     net, wrapper = build_training_model(arch)
-    total = None
-    for path in snapshots:
-        wrapper.load_weights(str(path))
-        weights = net.get_weights()
-        total = weights if total is None else [t + w for t, w in zip(total, weights, strict=True)]
-    net.set_weights([t / len(snapshots) for t in total])
+    net.set_weights(mean_weights(net, snapshots, wrapper.load_weights))
     _recompute_batch_norm(net, x_train)
     logger.info("averaged %d snapshots: %s", len(snapshots), ", ".join(p.name for p in snapshots))
     return net

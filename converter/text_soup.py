@@ -52,6 +52,7 @@ def soup(items: list[Path], work_dir: Path) -> dict:
     """Average the weights of `items`, score the soup on dev, and save it as a run in `work_dir`."""
     import keras
 
+    from converter.swa import mean_weights
     from converter.text_net import build_text_model
     from converter.train_text import predict_logits
     from device.models.text_tokens import load_tokenizer
@@ -59,12 +60,7 @@ def soup(items: list[Path], work_dir: Path) -> dict:
     files = [weight_file(i) for i in items]
     keras.mixed_precision.set_global_policy("float32")
     net = build_text_model()
-    total = None
-    for f in files:
-        net.load_weights(f)
-        weights = net.get_weights()
-        total = weights if total is None else [t + w for t, w in zip(total, weights, strict=True)]
-    net.set_weights([t / len(files) for t in total])
+    net.set_weights(mean_weights(net, files, net.load_weights))
     dev = goemotions.load("dev")
     logits = predict_logits(net, load_tokenizer(model_folder(MINILM) / "tokenizer.json"), dev.texts)[dev.single]
     y = dev.labels()[dev.single]
