@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import re
 import time
 from pathlib import Path
 
@@ -58,17 +59,30 @@ def _init(threads: int, padded: bool, pad_s: float | None = None, encoder: bool 
     _state["waves"] = [_voiced(ravdess.read_wave(c.path)) for c in _state["clips"]]
 
 
+TRAINING_KINDS = ("aug", "rev", "room")  # variants of the training actors' clips only
+
+
+def variant_kind(variant: str) -> tuple[str, float | None]:
+    """A variant's kind and its number: "reverb600" -> ("reverb", 600.0), "gain-6" -> ("gain", -6.0),
+    "clean" -> ("clean", None)."""
+    m = re.fullmatch(r"([a-z]+)(-?\d+(?:\.\d+)?)?", variant)
+    if m is None:
+        raise ValueError(f"unknown variant {variant!r}")
+    return m.group(1), None if m.group(2) is None else float(m.group(2))
+
+
 def _variant_wave(variant: str, i: int) -> np.ndarray:
     clips, waves = _state["clips"], _state["waves"]
     w = waves[i]
     rng = np.random.default_rng([VERSION, i, sum(map(ord, variant))])
-    if variant == "clean":
+    name, number = variant_kind(variant)
+    if name == "clean":
         return w
-    if variant.startswith("gain"):
-        return np.clip(w * np.float32(10 ** (float(variant[4:]) / 20)), -1, 1).astype(np.float32)
-    if variant.startswith("babble") or variant.startswith("fan"):
-        snr = float(variant.lstrip("abfnle"))
-        if variant.startswith("babble"):
+    if name == "gain":
+        return np.clip(w * np.float32(10 ** (number / 20)), -1, 1).astype(np.float32)
+    if name in ("babble", "fan"):
+        snr = number
+        if name == "babble":
             others = [j for j, c in enumerate(clips) if c.actor in ravdess.TEST_ACTORS and c.actor != clips[i].actor]
             noise = np.zeros(len(w), np.float32)
             for j in rng.choice(others, size=3, replace=False):
@@ -76,15 +90,15 @@ def _variant_wave(variant: str, i: int) -> np.ndarray:
         else:
             noise = coloured_noise(len(w), "fan", rng)
         return np.clip(mix_at_snr(w, noise, snr, rng), -1, 1)
-    if variant.startswith("reverb") or variant.startswith("room"):
-        return np.clip(reverberate(w, float(variant.lstrip("revbom")) / 1000, 0.0, rng), -1, 1)
-    if variant.startswith("aug") or variant.startswith("rev"):
+    if name in ("reverb", "room"):
+        return np.clip(reverberate(w, number / 1000, 0.0, rng), -1, 1)
+    if name in ("aug", "rev"):
         x = w
         if rng.random() < 0.5:
             x = change_speed(x, rng.uniform(0.9, 1.1))
         shift = int(rng.uniform(-0.3, 0.3) * 16000)
         x = x[shift:] if shift > 0 else np.concatenate([np.zeros(-shift, np.float32), x])
-        if variant.startswith("rev") and rng.random() < 0.7:
+        if name == "rev" and rng.random() < 0.7:
             x = reverberate(x, rng.uniform(0.2, 1.0), rng.uniform(-3, 6), rng)
         r = rng.random()
         if r < 0.35:
@@ -113,13 +127,8 @@ def _one_voice(args: tuple[str, int]) -> np.ndarray:
     return window_statistics(_variant_wave(variant, i))
 
 
-def training_variant(variant: str) -> bool:
-    """Whether `variant` covers the training actors (1-18) only."""
-    return variant.startswith(("aug", "room")) or (variant.startswith("rev") and not variant.startswith("reverb"))
-
-
 def clip_indices(variant: str, clips: list[ravdess.Clip]) -> list[int]:
-    actors = ravdess.TRAIN_ACTORS if training_variant(variant) else (
+    actors = ravdess.TRAIN_ACTORS if variant_kind(variant)[0] in TRAINING_KINDS else (
         ravdess.TEST_ACTORS if variant != "clean" else ravdess.TRAIN_ACTORS | ravdess.TEST_ACTORS)
     return [i for i, c in enumerate(clips) if c.actor in actors]
 
