@@ -82,13 +82,13 @@ def keras_head(w: np.ndarray, b: np.ndarray):
     return net
 
 
-def validation_agreement(net_float: Path, net_int8: Path, stats: str, voice: bool, mean: np.ndarray,
+def validation_agreement(net_float: Path, net_int8: Path, clean: np.ndarray, mean: np.ndarray,
                          scale: np.ndarray) -> dict:
-    """int8 against float top-1 agreement on the training actors' clean features (no test actor is read)."""
-    from converter.train_speech_head import training_rows
+    """int8 against float top-1 agreement on the training actors' clean feature rows `clean` (no test actor is
+    read)."""
     from device.runtime import open_backend
 
-    x = ((training_rows(stats, 0, voice=voice)["x"] - mean) / scale).astype(np.float32)
+    x = ((clean - mean) / scale).astype(np.float32)
     outs = []
     for path in (net_float, net_int8):
         backend = open_backend(path, "litert")
@@ -164,7 +164,8 @@ def export(head_path: Path) -> dict:
     temperature = float(training["calibration_temperature"])
     stats, voice = training["chosen"]["stats"], bool(training["chosen"].get("voice", False))
     head = np.load(head_path)
-    rows = training_rows(stats, len(AUGMENTED), voice=voice, rooms=int(training["chosen"].get("rooms", 0)))["x"]
+    training_set = training_rows(stats, len(AUGMENTED), voice=voice, rooms=int(training["chosen"].get("rooms", 0)))
+    rows = training_set["x"]
     standardise = standardisation(rows)
     (MODELS / STANDARDISE).write_text(json.dumps({"version": VERSION, "mean": standardise[0].tolist(),
                                                   "scale": standardise[1].tolist()}) + "\n")
@@ -177,8 +178,8 @@ def export(head_path: Path) -> dict:
         (MODELS / FILES["speech_emotion_whisper_int8"]).write_bytes(convert(saved, calibration))
         onnx_export(saved, MODELS / FILES["speech_emotion_whisper_onnx"])
     training["int8_on_training_actors"] = validation_agreement(
-        MODELS / FILES["speech_emotion_whisper_float"], MODELS / FILES["speech_emotion_whisper_int8"], stats, voice,
-        *standardise)
+        MODELS / FILES["speech_emotion_whisper_float"], MODELS / FILES["speech_emotion_whisper_int8"],
+        rows[training_set["clean"]], *standardise)
     print("int8 against float on actors 1-18:", json.dumps(training["int8_on_training_actors"]), flush=True)
     waves, labels, actors = _test_set()
     results = {}
