@@ -38,8 +38,7 @@ class FleetMonitor:
         self.alert_after_ms = int(alert_after_s * 1000)
         self.samples = samples
         self._lock = threading.Lock()
-        self._trends: dict[tuple[str, str], deque] = {}
-        self._sent: dict[tuple[str, str], deque] = {}  # the trend rows' health messages, by their own ts_ms
+        self._trends: dict[tuple[str, str], deque] = {}  # (trend row, its health message's own ts_ms) per device
         self._since: dict[tuple[str, str], tuple[str, int]] = {}  # shown state and since when
         self._published: dict[str, str] = {}  # site -> the retained alerts payload last published
 
@@ -48,34 +47,29 @@ class FleetMonitor:
         """Append one health message's trend figures (server/health_trend.py: trend_figures), received at `ts_ms`;
         a message whose own ts_ms (`sent_ms`) is already in the trend was delivered twice and adds nothing."""
         row = trend_row(ts_ms, figures)
-        key = (site, device_id)
         with self._lock:
-            trend = self._trends.get(key)
+            trend = self._trends.get((site, device_id))
             if trend is None:
-                trend = self._trends[key] = deque(maxlen=self.samples)
-            sent = self._sent.setdefault(key, deque(maxlen=self.samples))
-            if sent_ms is not None and sent_ms in sent:
+                trend = self._trends[(site, device_id)] = deque(maxlen=self.samples)
+            if sent_ms is not None and any(sent == sent_ms for _, sent in trend):
                 return
-            trend.append(row)
-            sent.append(sent_ms)
+            trend.append((row, sent_ms))
 
     def restore(self, trends: dict[tuple[str, str], list[tuple[dict[str, Any], int | None]]]) -> None:
         """Take the stored trends (each device's rows oldest first, with their health messages' own ts_ms), as at
         start, before health arrives."""
         with self._lock:
             for key, rows in trends.items():
-                self._trends[key] = deque((row for row, _ in rows), maxlen=self.samples)
-                self._sent[key] = deque((sent for _, sent in rows), maxlen=self.samples)
+                self._trends[key] = deque(rows, maxlen=self.samples)
 
     def trend(self, site: str, device_id: str) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self._trends.get((site, device_id), ()))
+            return [row for row, _ in self._trends.get((site, device_id), ())]
 
     def forget(self, keep: set[tuple[str, str]]) -> None:
         with self._lock:
             for key in [k for k in self._trends if k not in keep]:
                 del self._trends[key]
-                self._sent.pop(key, None)
             for key in [k for k in self._since if k not in keep]:
                 del self._since[key]
 
