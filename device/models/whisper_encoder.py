@@ -68,12 +68,30 @@ def share_loaded(folder: str | Path, model) -> None:
 
 
 class WhisperEncoder:
-    """Loads the CTranslate2 Whisper model once; `frames` encodes one window, `features` pools its windows."""
+    """Loads the CTranslate2 Whisper model once; `frames` encodes one window, `features` pools its windows.
 
-    def __init__(self, folder: str | Path, threads: int = 1, compute_type: str = "int8"):
+    With `layers` (1..4, device/models/whisper_layers.py), the encoder runs in numpy from the same file instead,
+    and a window's frames are those of each of these layers side by side ((n, 384 x len(layers))), so that their
+    pooled statistics are each layer's, in the order given.
+    """
+
+    def __init__(self, folder: str | Path, threads: int = 1, compute_type: str = "int8",
+                 layers: tuple[int, ...] | None = None):
+        try:
+            from faster_whisper.feature_extractor import FeatureExtractor
+        except ImportError as exc:
+            raise ModelError(f"the speech model needs faster-whisper (pip install faster-whisper): {exc}") from exc
+        self.layers = tuple(layers) if layers else None
+        if self.layers:
+            from device.models.whisper_layers import WhisperLayers
+
+            if min(self.layers) < 1:
+                raise ModelError(f"{folder}: encoder layers are numbered from 1, asked for {self.layers}")
+            self._numpy = WhisperLayers(folder, up_to=max(self.layers))  # later blocks are neither kept nor run
+            self._mel = FeatureExtractor(feature_size=self._numpy.n_mels)
+            return
         try:
             import ctranslate2
-            from faster_whisper.feature_extractor import FeatureExtractor
         except ImportError as exc:
             raise ModelError(f"the speech model needs faster-whisper (pip install faster-whisper): {exc}") from exc
         self._model = _LOADED.get(str(Path(folder).resolve()))
@@ -102,7 +120,9 @@ class WhisperEncoder:
         return self._encode(mel[:, : (mel.shape[1] // 2) * 2])  # the encoder halves the frame rate
 
     def _encode(self, mel: np.ndarray) -> np.ndarray:
-        """(frames / 2, 384) float32 encoder output of one (80, frames) log-mel."""
+        """(frames / 2, 384) float32 encoder output of one (80, frames) log-mel (x layers, with `layers`)."""
+        if self.layers:
+            return np.hstack(self._numpy.frames(mel, self.layers))
         with self._lock:
             out = self._model.encode(self._storage.from_array(np.ascontiguousarray(mel[None], np.float32)),
                                      to_cpu=True)
