@@ -176,6 +176,7 @@ def _speech(args) -> int:
         if args.command == "train-speech":
             variants = ["clean", *train_speech_head.AUGMENTED, *train_speech_head.REVERBERANT, train_speech_head.ROOM]
             whisper_features.extract(variants)
+            whisper_features.extract_layers(variants)
             whisper_features.extract_voice(variants)
             train_speech_head.main(["--out", str(head)])
         export_speech_head.export(head)

@@ -99,7 +99,7 @@ def validation_agreement(net_float: Path, net_int8: Path, clean: np.ndarray, mea
 
 
 def _entry(name: str, quantized: bool, file: str, temperature: float, stats: str, voice: bool,
-           metrics: dict) -> dict:
+           metrics: dict, layers: tuple[int, ...] = ()) -> dict:
     from device.models.manifest_tools import file_meta
     from device.models.voice_statistics import N_FEATURES
     from device.models.whisper_encoder import HOP_S, POOLING, WINDOW_S
@@ -111,7 +111,7 @@ def _entry(name: str, quantized: bool, file: str, temperature: float, stats: str
         "version": VERSION,
         "labels": list(LABELS),
         "card": "cards/speech_emotion_whisper.md",
-        "input": {"shape": [1, POOLING[stats] + (N_FEATURES if voice else 0)],
+        "input": {"shape": [1, POOLING[stats] * max(1, len(layers)) + (N_FEATURES if voice else 0)],
                   "dtype": "int8" if quantized else "float32"},
         "front_end": {"kind": "whisper_encoder", "encoder": "whisper_tiny_en", "window_s": WINDOW_S, "hop_s": HOP_S,
                       "loudness": "active level normalised to -20 dBFS", "pooling": stats,
@@ -127,6 +127,8 @@ def _entry(name: str, quantized: bool, file: str, temperature: float, stats: str
         "metrics": metrics,
         "out_of_fold": OUT_OF_FOLD,
     })
+    if layers:
+        meta["front_end"]["layers"] = list(layers)
     if quantized:
         meta["quantization"] = (f"full-integer int8 (weights and activations), calibrated on {CALIBRATION_ROWS} "
                                 "feature rows of training-actor speech, clean and augmented")
@@ -139,8 +141,8 @@ def held_out_sex(training: dict) -> dict:
 
     cfg = HeadConfig(**training["chosen"])
     clips = ravdess.clips()
-    rows = training_rows(cfg.stats, cfg.copies, voice=cfg.voice, rooms=cfg.rooms)
-    x, ci = wf.load("clean", cfg.stats, voice=cfg.voice)
+    rows = training_rows(cfg.stats, cfg.copies, voice=cfg.voice, rooms=cfg.rooms, layers=cfg.layers)
+    x, ci = wf.load("clean", cfg.stats, voice=cfg.voice, layers=cfg.layers)
     test = np.array([clips[i].actor in ravdess.TEST_ACTORS for i in ci])
     out = {}
     for trained_on, female in (("male", False), ("female", True)):
@@ -163,8 +165,10 @@ def export(head_path: Path) -> dict:
     training = json.loads(head_path.with_suffix(".json").read_text())
     temperature = float(training["calibration_temperature"])
     stats, voice = training["chosen"]["stats"], bool(training["chosen"].get("voice", False))
+    layers = tuple(training["chosen"].get("layers", ()))
     head = np.load(head_path)
-    training_set = training_rows(stats, len(AUGMENTED), voice=voice, rooms=int(training["chosen"].get("rooms", 0)))
+    training_set = training_rows(stats, len(AUGMENTED), voice=voice, rooms=int(training["chosen"].get("rooms", 0)),
+                                 layers=layers)
     rows = training_set["x"]
     standardise = standardisation(rows)
     (MODELS / STANDARDISE).write_text(json.dumps({"version": VERSION, "mean": standardise[0].tolist(),
@@ -184,14 +188,14 @@ def export(head_path: Path) -> dict:
     waves, labels, actors = _test_set()
     results = {}
     for name, file in FILES.items():
-        update_manifest_entry(name, _entry(name, name.endswith("int8"), file, temperature, stats, voice, {}))
+        update_manifest_entry(name, _entry(name, name.endswith("int8"), file, temperature, stats, voice, {}, layers))
         results[name] = evaluate(SpeechEmotionModel.load(name), waves, labels, actors,
                                  robustness=name == DEFAULT)
     report = _report(results, labels, actors, training)
     write_out_of_fold(training)
     for name, file in FILES.items():
         update_manifest_entry(name, _entry(name, name.endswith("int8"), file, temperature, stats, voice,
-                                           report["models"][name]))
+                                           report["models"][name], layers))
     return report
 
 

@@ -14,13 +14,52 @@ def _cnn_figures(folder: Path) -> dict | None:
     return json.loads(path.read_text())["models"]["speech_emotion_int8"] if path.exists() else None
 
 
+def _layers(c: dict) -> str:
+    layers = c.get("layers") or ()
+    if not layers:
+        return "the encoder's output (CTranslate2, int8)"
+    return f"layer{'s' if len(layers) > 1 else ''} {' + '.join(map(str, layers))} of 4 (numpy, float32)"
+
+
 def _config(c: dict) -> str:
     pooled = "mean" if c["stats"] == "mean" else "mean and standard deviation"
     voice = " + voice statistics" if c.get("voice") else ""
     copies = f"clean + {c['copies']} augmented copies" if c["copies"] else "clean clips only"
     if c.get("rooms"):
         copies += f" + {c['rooms']} reverberant ones"
-    return f"{pooled} of the frames{voice}; {copies}; C = {c['c']}"
+    return f"{_layers(c)}; {pooled} of the frames{voice}; {copies}; C = {c['c']}"
+
+
+def _encoder(chosen: dict) -> str:
+    if not chosen.get("layers"):
+        return ("- **Encoder**: Whisper tiny.en (CTranslate2, int8, the same model file as the words path, "
+                "`models_tflite/whisper-tiny.en`). It runs on each 2 s window itself, *not* on Whisper's 30 s of "
+                "padding: CTranslate2 takes a shorter log-mel input, and a window then costs about a thirtieth of a "
+                "padded pass (22 ms against about 660 ms on the AMD EPYC of `docs/benchmarks.md`). ")
+    names = [str(k) for k in chosen["layers"]]
+    layers = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return ("- **Encoder**: Whisper tiny.en, the same model file as the words path (`models_tflite/whisper-tiny.en`),"
+            " run in numpy (`device/models/whisper_layers.py`, float32 from the file's float16 weights) so that the "
+            f"head can take the frames of layers {layers} of its 4, not only its output: the middle of the encoder "
+            "carries more of the voice's tone, its end more of the words (the grid below). Only the blocks up to the "
+            "highest layer used are kept and run. It runs on each 2 s window itself, *not* on Whisper's 30 s of "
+            "padding, which would cost thirty times as much. ")
+
+
+def _cost(chosen: dict) -> str:
+    if not chosen.get("layers"):
+        return ("One encoder pass per 2 s window of speech (no 30 s padding), the voice statistics (about 8 ms) and "
+                "the head: 23 ms per window on one thread of a 2-core AMD EPYC (AVX2, no int8 dot products), the "
+                "speech path with Silero VAD at 0.021x real time (`python bench/speech.py`; every CPU measured: "
+                "`docs/benchmarks.md`). Memory: the CTranslate2 Whisper model, shared with the words path when that "
+                "runs (one copy in memory).")
+    return ("One pass of the encoder's blocks up to the highest layer used per 2 s window of speech (no 30 s "
+            "padding), in numpy float32, the voice statistics (about 8 ms) and the head: 38 ms per window on one "
+            "thread of a 2-core AMD EPYC (AVX2, no int8 dot products; CTranslate2's int8 encoder output took 23 ms "
+            "with the same statistics and head), the speech path with Silero VAD at 0.024x real time (`python "
+            "bench/speech.py`; every CPU measured: `docs/benchmarks.md`). Memory: the blocks used, 31 MiB of float32 "
+            "weights for all four, read from the words path's model file; the words path keeps its own CTranslate2 "
+            "copy when it runs.")
 
 
 def write_card(report: dict, out: Path) -> None:
@@ -52,10 +91,7 @@ def write_card(report: dict, out: Path) -> None:
         "never the class, and never one pupil.",
         "",
         "## How it works",
-        "- **Encoder**: Whisper tiny.en (CTranslate2, int8, the same model file as the words path, "
-        "`models_tflite/whisper-tiny.en`). It runs on each 2 s window itself, *not* on Whisper's 30 s of padding: "
-        "CTranslate2 takes a shorter log-mel input, and a window then costs about a thirtieth of a padded pass "
-        "(22 ms against about 660 ms on the AMD EPYC of `docs/benchmarks.md`). "
+        _encoder(tr["chosen"]) +
         "Before the encoder each window's loudness is normalised (active level to -20 dBFS, "
         "`device/audio/loudness.py`), so the head never sees absolute level.",
         "- **Pooling and head**: the window's encoder frames (50 per second, 384 wide) are pooled "
@@ -80,9 +116,14 @@ def write_card(report: dict, out: Path) -> None:
         "the noise. Gain needs no augmentation: loudness is normalised.",
         "- The recipe was chosen by 5-fold cross-validation grouped by actor over actors 1-18, on the validation "
         "actors' clips: the mean of the accuracy on their clean clips and on the same clips in a room of RT60 "
-        "0.6 s (DRR 0 dB; a classroom's reverberation), since the device listens in a room:",
+        "0.6 s (DRR 0 dB; a classroom's reverberation), since the device listens in a room.",
         "",
-        "| pooling; training data; regularisation | CV accuracy (sd) | CV macro-F1 | CV accuracy, RT60 0.6 s |",
+        "The pooling (mean), the voice statistics and the copies (12 augmented and 12 reverberant) were chosen "
+        "before, on the encoder's output, in a grid of 48 settings by the same rule (`docs/speech_routes.md`); "
+        "this grid compares the encoder's layers with that recipe.",
+        "",
+        "| features; pooling; training data; regularisation | CV accuracy (sd) | CV macro-F1 | "
+        "CV accuracy, RT60 0.6 s |",
         "|---|---|---|---|",
     ]
     for g in tr["grid"]:
@@ -161,11 +202,7 @@ def write_card(report: dict, out: Path) -> None:
         "line as a coarse trend, and weigh it by the reliability the fusion was given (`docs/fusion.md`).",
         "",
         "## Cost on the device",
-        "One encoder pass per 2 s window of speech (no 30 s padding), the voice statistics (about 8 ms) and the "
-        "head: 23 ms per window on one thread of a 2-core AMD EPYC (AVX2, no int8 dot products), the speech "
-        "path with Silero VAD at 0.021x real time (`python bench/speech.py`; every CPU measured: "
-        "`docs/benchmarks.md`). Memory: the "
-        "CTranslate2 Whisper model, shared with the words path when that runs (one copy in memory).",
+        _cost(tr["chosen"]),
         "",
         "## Licence",
         "Head weights: trained by Aula on RAVDESS (CC BY-NC-SA 4.0: non-commercial research and teaching). "

@@ -43,20 +43,29 @@ class HeadConfig:
     c: float = 0.03  # inverse L2 regularisation of the logistic regression
     voice: bool = False  # the window's voice statistics (200 numbers) beside the pooled encoder frames
     rooms: int = 0  # further augmented copies, seven in ten of them also reverberant (REVERBERANT)
+    # the encoder layers (1-4) whose frames' means are pooled, from the numpy encoder (device/models/
+    # whisper_layers.py); empty: CTranslate2's int8 encoder output, the features of the heads before layers
+    layers: tuple[int, ...] = ()
+
+    def __post_init__(self):  # a report's JSON gives a list; keep it hashable
+        object.__setattr__(self, "layers", tuple(self.layers))
 
 
-GRID = tuple(HeadConfig(stats, copies, c, voice, rooms) for voice in (False, True) for stats in ("mean", "mean+std")
-             for copies, rooms in ((0, 0), (12, 0), (12, 12)) for c in (0.01, 0.03, 0.1, 0.3))
+# The encoder's output against its layers, with the recipe of the head before layers (mean pooling, voice
+# statistics, 12 augmented and 12 reverberant copies). Pooling, voice statistics and copies were chosen on the
+# output's features by the grid of 48 settings in docs/speech_routes.md.
+LAYER_SETS = ((), (2,), (2, 3), (2, 3, 4), (1, 2, 3, 4))
+GRID = tuple(HeadConfig("mean", 12, c, True, 12, layers) for layers in LAYER_SETS for c in (0.003, 0.01, 0.03))
 
 
 def training_rows(stats: str, copies: int, padded: bool = False, pad_s: float | None = None,
-                  voice: bool = False, rooms: int = 0) -> dict[str, np.ndarray]:
+                  voice: bool = False, rooms: int = 0, layers: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
     """Feature rows of training-actor clips: x, label, actor, clip index, and whether the row is clean."""
     clips = ravdess.clips()
     parts = [("clean", True)] + [(v, False) for v in AUGMENTED[:copies] + REVERBERANT[:rooms]]
     xs, cs, clean = [], [], []
     for variant, is_clean in parts:
-        x, ci = wf.load(variant, stats, padded, pad_s, voice)
+        x, ci = wf.load(variant, stats, padded, pad_s, voice, layers)
         keep = np.array([clips[i].actor in ravdess.TRAIN_ACTORS for i in ci])
         xs.append(x[keep])
         cs.append(ci[keep])
@@ -85,9 +94,9 @@ def clip_log_probs(head: tuple[np.ndarray, np.ndarray], x: np.ndarray, clip: np.
     return ids, np.log(np.stack([p[clip == i].mean(0) for i in ids]) + 1e-12)
 
 
-def room_rows(stats: str, voice: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def room_rows(stats: str, voice: bool, layers: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The training actors' clips in a room (ROOM): features, clip index and actor of each window."""
-    x, clip = wf.load(ROOM, stats, voice=voice)
+    x, clip = wf.load(ROOM, stats, voice=voice, layers=layers)
     clips = ravdess.clips()
     return x, clip, np.array([clips[i].actor for i in clip])
 
@@ -129,11 +138,11 @@ def train(out: Path, grid=GRID) -> dict:
     clips = ravdess.clips()
     results, best, cache = [], None, {}
     for cfg in grid:
-        key = (cfg.stats, cfg.copies, cfg.voice, cfg.rooms)
-        rows = cache.get(key) or training_rows(cfg.stats, cfg.copies, voice=cfg.voice, rooms=cfg.rooms)
-        cache[key] = rows
-        room = cache.get((cfg.stats, cfg.voice)) or room_rows(cfg.stats, cfg.voice)
-        cache[(cfg.stats, cfg.voice)] = room
+        key = (cfg.stats, cfg.copies, cfg.voice, cfg.rooms, cfg.layers)
+        if key not in cache:  # one set of rows in memory at a time: the layers' rows are large
+            cache = {key: training_rows(cfg.stats, cfg.copies, voice=cfg.voice, rooms=cfg.rooms, layers=cfg.layers),
+                     (cfg.stats, cfg.voice, cfg.layers): room_rows(cfg.stats, cfg.voice, cfg.layers)}
+        rows, room = cache[key], cache[(cfg.stats, cfg.voice, cfg.layers)]
         r = cross_validate(cfg, rows, room)
         results.append({"config": asdict(cfg), "cv_accuracy": round(r["accuracy"], 4),
                         "cv_accuracy_std": round(r["accuracy_std"], 4), "cv_macro_f1": round(r["macro_f1"], 4),
@@ -176,13 +185,33 @@ def compare_padding(pad_lengths: list[float]) -> list[dict]:
     return out
 
 
+def compare_layers() -> list[dict]:
+    """Cross-validation on clean training clips only (no copies), the voice statistics beside, for each set of
+    the encoder's layers in LAYER_SETS and each layer alone; best C of three per row, the test actors not read."""
+    out = []
+    for layers in dict.fromkeys([(1,), (2,), (3,), (4,), *LAYER_SETS]):
+        rows = training_rows("mean", 0, voice=True, layers=layers)
+        scores = [(c, cross_validate(HeadConfig("mean", 0, c, True, 0, layers), rows)) for c in (0.003, 0.01, 0.03)]
+        c, r = max(scores, key=lambda cr: cr[1]["accuracy"])
+        out.append({"layers": list(layers) or "output (CTranslate2 int8)", "c": c,
+                    "cv_accuracy": round(r["accuracy"], 4), "cv_accuracy_std": round(r["accuracy_std"], 4),
+                    "cv_macro_f1": round(r["macro_f1"], 4)})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m converter.train_speech_head", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=cache_dir() / "speech_head" / "head.npz")
     parser.add_argument("--compare-padding", type=float, nargs="+", metavar="SECONDS",
                         help="only compare padded and unpadded encoder features in cross-validation (clean clips)")
+    parser.add_argument("--compare-layers", action="store_true",
+                        help="only compare the encoder's layers in cross-validation (clean clips, voice statistics)")
     args = parser.parse_args(argv)
+    if args.compare_layers:
+        compare_layers()
+        return 0
     if args.compare_padding:
         compare_padding(args.compare_padding)
         return 0

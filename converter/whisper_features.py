@@ -49,12 +49,13 @@ def _voiced(wave: np.ndarray) -> np.ndarray:
     return voiced_part(wave)
 
 
-def _init(threads: int, padded: bool, pad_s: float | None = None, encoder: bool = True) -> None:
+def _init(threads: int, padded: bool, pad_s: float | None = None, encoder: bool = True,
+          layers: tuple[int, ...] | None = None) -> None:
     from device.models.whisper_encoder import WhisperEncoder
 
     if encoder:
-        _state["encoder"] = WhisperEncoder(ENCODER, threads=threads)
-    _state["padded"], _state["pad_s"] = padded, pad_s
+        _state["encoder"] = WhisperEncoder(ENCODER, threads=threads, layers=layers)
+    _state["padded"], _state["pad_s"], _state["layers"] = padded, pad_s, layers
     _state["clips"] = ravdess.clips()
     _state["waves"] = [_voiced(ravdess.read_wave(c.path)) for c in _state["clips"]]
 
@@ -117,7 +118,7 @@ def _one(args: tuple[str, int]) -> np.ndarray:
     from device.models.whisper_encoder import pool
 
     frames = _state["encoder"].window_frames(_variant_wave(variant, i), _state["padded"], _state["pad_s"])
-    return np.stack([pool(f, "mean+std") for f in frames])
+    return np.stack([pool(f, "mean" if _state["layers"] else "mean+std") for f in frames])
 
 
 def _one_voice(args: tuple[str, int]) -> np.ndarray:
@@ -136,6 +137,10 @@ def clip_indices(variant: str, clips: list[ravdess.Clip]) -> list[int]:
 def cache_path(variant: str, padded: bool, pad_s: float | None = None) -> Path:
     mode = "padded_" if padded else f"pad{pad_s:g}_" if pad_s else ""
     return cache_dir() / f"whisper_head_v{VERSION}_{mode}{variant}.npz"
+
+
+def layers_cache_path(variant: str) -> Path:
+    return cache_dir() / f"whisper_layers_v{VERSION}_{variant}.npz"
 
 
 def voice_cache_path(variant: str) -> Path:
@@ -177,6 +182,13 @@ def extract(variants: list[str], padded: bool, processes: int = 2, pad_s: float 
           "encoder features")
 
 
+def extract_layers(variants: list[str], processes: int = 2) -> None:
+    """Fill the per-layer cache (the mean of each of the encoder's four layers' frames, 4 x 384 columns, from
+    device/models/whisper_layers.py) for every variant not cached yet."""
+    _fill({v: layers_cache_path(v) for v in variants}, _one, (1, False, None, True, LAYERS), processes,
+          "encoder layers")
+
+
 def extract_voice(variants: list[str], processes: int = 2) -> None:
     """Fill the voice-statistics cache (unpadded 2 s windows, as the encoder's) for every variant not cached yet."""
     _fill({v: voice_cache_path(v) for v in variants}, _one_voice, (1, False, None, False), processes,
@@ -184,14 +196,26 @@ def extract_voice(variants: list[str], processes: int = 2) -> None:
 
 
 STATS = {"mean": slice(0, 384), "mean+std": slice(0, 768)}
+LAYERS = (1, 2, 3, 4)  # the layers the per-layer cache holds, in its column order
 
 
 def load(variant: str, stats: str = "mean", padded: bool = False, pad_s: float | None = None,
-         voice: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(windows, 384 or 768, plus 200 with `voice`) features and each window's clip index (into ravdess.clips())."""
-    extract([variant], padded, pad_s=pad_s)
-    data = np.load(cache_path(variant, padded, pad_s))
-    x, clip = data["x"][:, STATS[stats]], data["clip"]
+         voice: bool = False, layers: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """(windows, 384 or 768, plus 200 with `voice`) features and each window's clip index (into ravdess.clips()).
+
+    With `layers`, the mean of each of those encoder layers' frames (device/models/whisper_layers.py) instead of
+    CTranslate2's encoder output: 384 columns per layer, mean pooling only, unpadded only."""
+    if layers:
+        if stats != "mean" or padded or pad_s:
+            raise ValueError("the per-layer features are the mean of unpadded windows only")
+        extract_layers([variant])
+        data = np.load(layers_cache_path(variant))
+        cols = np.concatenate([np.arange(384 * LAYERS.index(k), 384 * (LAYERS.index(k) + 1)) for k in layers])
+        x, clip = data["x"][:, cols], data["clip"]
+    else:
+        extract([variant], padded, pad_s=pad_s)
+        data = np.load(cache_path(variant, padded, pad_s))
+        x, clip = data["x"][:, STATS[stats]], data["clip"]
     if not voice:
         return x, clip
     if padded:
@@ -211,8 +235,13 @@ def main(argv=None) -> int:
     parser.add_argument("--padded", action="store_true", help="one padded 30 s pass per clip, cut into windows")
     parser.add_argument("--pad-s", type=float, help="each window followed by silence to this many seconds")
     parser.add_argument("--voice", action="store_true", help="the voice statistics as well")
+    parser.add_argument("--layers", action="store_true",
+                        help="the mean of each encoder layer's frames (numpy encoder) instead of CTranslate2's output")
     args = parser.parse_args(argv)
-    extract(args.variants, args.padded, args.processes, args.pad_s)
+    if args.layers:
+        extract_layers(args.variants, args.processes)
+    else:
+        extract(args.variants, args.padded, args.processes, args.pad_s)
     if args.voice:
         extract_voice(args.variants, args.processes)
     return 0

@@ -105,8 +105,9 @@ class DeviceService:
                 "full" if v.detector == "full" else "short")
             # The loaded model's own temperature: it follows the mirror gate in force (config may turn it off).
             temps[Modality.FACE] = self._stage.classifier.temperature
-        # The words path first: its Whisper model is then the one the speech-emotion head's encoder uses too
-        # (device/models/whisper_encoder.py), rather than a second copy in memory.
+        # The words path first: a speech-emotion head on the encoder's output then uses its CTranslate2 Whisper
+        # model (device/models/whisper_encoder.py) rather than a second copy in memory. The default head takes the
+        # encoder's layers, and keeps only their blocks, in numpy (device/models/whisper_layers.py, about 33 MB).
         self._load_text_path()
         self._speech_model = None
         s = self.config.speech

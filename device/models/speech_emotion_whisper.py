@@ -5,7 +5,9 @@ unpadded on each 2 s window (device/models/whisper_encoder.py). Its manifest ent
 (`front_end.encoder`, the same Whisper model the words path loads), and both files are checked against their
 sha256 before anything runs.
 
-Where the entry says `front_end.voice_statistics`, the window's voice statistics (device/models/
+Where the entry names `front_end.layers`, the pooled frames are the means of those layers of the encoder, run in
+numpy (device/models/whisper_layers.py), rather than CTranslate2's encoder output. Where the entry says
+`front_end.voice_statistics`, the window's voice statistics (device/models/
 voice_statistics.py: spectrum, pitch, loudness contour) follow the pooled frames in the head's input. Where it
 names `front_end.standardise` (a companion file, checked against its sha256 with the head, of each feature's
 training mean and standard deviation), the features are standardised before the head: an int8 input has one
@@ -42,7 +44,11 @@ class WhisperHeadSpeechModel(EmotionClassifier):
         if self.pooling not in POOLING:
             raise ModelError(f"{backend.path}: unknown pooling {self.pooling!r} in the manifest (front_end.pooling)")
         self.voice = bool(front.get("voice_statistics", False))
-        width = POOLING[self.pooling] + (N_FEATURES if self.voice else 0)
+        self.layers = tuple(front.get("layers") or ())
+        if self.layers and (self.pooling != "mean" or not all(isinstance(k, int) and 1 <= k <= 4 for k in self.layers)):
+            raise ModelError(f"{backend.path}: front_end.layers must be encoder layers 1-4 with mean pooling, got "
+                             f"{list(self.layers)} with {self.pooling!r}")
+        width = POOLING[self.pooling] * max(1, len(self.layers)) + (N_FEATURES if self.voice else 0)
         if tuple(self._in.shape[-1:]) != (width,) or self._out.shape[-1] != len(self.labels):
             raise ModelError(f"{backend.path}: expected input (n, {width}) and 7 outputs, got "
                              f"{self._in.shape}, {self._out.shape}")
@@ -52,7 +58,7 @@ class WhisperHeadSpeechModel(EmotionClassifier):
             raise ModelError(f"{backend.path}: the manifest entry does not name its encoder (front_end.encoder)")
         encoder = model_entry(name, entry.path.parent if entry else None)
         encoder.verify()
-        self.encoder = WhisperEncoder(encoder.path.parent, threads=threads)
+        self.encoder = WhisperEncoder(encoder.path.parent, threads=threads, layers=self.layers or None)
         self.encoder_version = encoder.meta.get("version", name)
 
     def features(self, wave: np.ndarray) -> np.ndarray:

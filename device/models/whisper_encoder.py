@@ -94,7 +94,8 @@ class WhisperEncoder:
             import ctranslate2
         except ImportError as exc:
             raise ModelError(f"the speech model needs faster-whisper (pip install faster-whisper): {exc}") from exc
-        self._model = _LOADED.get(str(Path(folder).resolve()))
+        # the recogniser loads int8: another compute type gets a copy of its own
+        self._model = _LOADED.get(str(Path(folder).resolve())) if compute_type == "int8" else None
         if self._model is None:
             try:
                 self._model = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type=compute_type,
