@@ -24,6 +24,7 @@ def _voice(seconds: float) -> np.ndarray:
 
 
 ROUTES = ("speech_emotion_whisper_int8", "speech_emotion_int8")
+WIDTH = model_entry(ROUTES[0]).meta["input"]["shape"][1]  # the head's inputs: pooled layers + voice statistics
 
 
 @pytest.fixture(scope="module", params=ROUTES)
@@ -87,9 +88,9 @@ def test_a_corrupt_head_or_encoder_is_a_clear_error(tmp_path, monkeypatch, broke
 
 
 @pytest.mark.parametrize(("content", "message", "listed"), [
-    ({"mean": [0.0] * 3, "scale": [1.0] * 3}, "needs 584 means and 584 positive scales", True),
-    ({"mean": [0.0] * 584}, "a JSON object with 'mean' and 'scale'", True),
-    ({"mean": [0.0] * 584, "scale": [1.0] * 584}, "corrupt or replaced", False),
+    ({"mean": [0.0] * 3, "scale": [1.0] * 3}, f"needs {WIDTH} means and {WIDTH} positive scales", True),
+    ({"mean": [0.0] * WIDTH}, "a JSON object with 'mean' and 'scale'", True),
+    ({"mean": [0.0] * WIDTH, "scale": [1.0] * WIDTH}, "corrupt or replaced", False),
 ])
 def test_a_bad_standardisation_file_is_a_clear_error(tmp_path, monkeypatch, content, message, listed):
     """The head's companion file of feature means and scales: replaced without the manifest (sha256 mismatch), or
@@ -144,13 +145,38 @@ def test_the_card_figures_reproduce_on_the_test_actors():
         assert got["macro_f1"] == pytest.approx(expected["macro_f1"], abs=0.01)
 
 
-def test_the_head_uses_the_recognisers_whisper_model_when_one_is_loaded():
+def test_an_encoder_of_the_output_only_uses_the_recognisers_whisper_model_when_one_is_loaded():
+    from device.models.whisper_encoder import WhisperEncoder
     from device.speech_to_text.whisper import WhisperTranscriber
 
     transcriber = WhisperTranscriber()
+    encoder = WhisperEncoder(models_dir() / "whisper-tiny.en")
+    assert encoder._model is transcriber._model.model  # one copy in memory, not two
+    assert encoder.features(_voice(2.0)).shape == (1, 384)
+
+
+def test_the_default_head_runs_only_the_encoder_blocks_it_uses_in_numpy():
     model = SpeechEmotionModel.load()
-    assert model.encoder._model is transcriber._model.model  # one copy in memory, not two
-    assert model.predict(_voice(2.0)).shape == (7,)
+    assert model.layers and model.encoder.layers == model.layers
+    assert model.encoder._numpy.up_to == max(model.layers)
+    assert not hasattr(model.encoder, "_model")  # no CTranslate2 model of its own
+
+
+@pytest.mark.parametrize(("layers", "pooling"), [([0, 2], "mean"), ([2, "3"], "mean"), ([2, 3], "mean+std")])
+def test_bad_encoder_layers_in_the_manifest_are_a_clear_error(tmp_path, monkeypatch, layers, pooling):
+    import json
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for item in models_dir().iterdir():
+        if item.name != "manifest.json":
+            (folder / item.name).symlink_to(item, target_is_directory=item.is_dir())
+    manifest = json.loads((models_dir() / "manifest.json").read_text())
+    manifest["models"][ROUTES[0]]["front_end"].update(layers=layers, pooling=pooling)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("AULA_MODELS_DIR", str(folder))
+    with pytest.raises(ModelError, match=r"front_end\.layers must be encoder layers 1-4 with mean pooling"):
+        SpeechEmotionModel.load()
 
 
 def test_a_window_followed_by_silence_keeps_only_its_own_frames():
