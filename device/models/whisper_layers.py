@@ -14,6 +14,8 @@ blocks up to the highest layer asked for are computed.
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from pathlib import Path
 
@@ -31,9 +33,17 @@ def read_encoder_weights(path: str | Path) -> dict[str, np.ndarray]:
     the weights of the bundled model; bfloat16 widened to float32)."""
     path = Path(path)
     try:
-        data = memoryview(path.read_bytes())
+        with open(path, "rb") as file:
+            if os.fstat(file.fileno()).st_size == 0:
+                raise ModelError(f"{path}: not a readable CTranslate2 model file: it is empty")
+            # mapped, not read: only the encoder's pages (a fifth of the file) are ever loaded
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return _encoder_variables(data, path)
     except OSError as exc:
         raise ModelError(f"cannot read the Whisper model {path}: {exc}") from exc
+
+
+def _encoder_variables(data: mmap.mmap, path: Path) -> dict[str, np.ndarray]:
     offset = 0
 
     def take(fmt: str):
@@ -45,7 +55,7 @@ def read_encoder_weights(path: str | Path) -> dict[str, np.ndarray]:
     def text() -> str:
         nonlocal offset
         n = take("<H")
-        value = bytes(data[offset : offset + n - 1]).decode("utf-8")
+        value = data[offset : offset + n - 1].decode("utf-8")
         offset += n
         return value
 
@@ -63,12 +73,14 @@ def read_encoder_weights(path: str | Path) -> dict[str, np.ndarray]:
             shape = tuple(take("<I") for _ in range(take("<B")))
             dtype_id, size = take("<B"), take("<I")
             if name.startswith(PREFIX):
-                raw = data[offset : offset + size]
+                raw = data[offset : offset + size]  # bytes copied out of the map
+                if len(raw) != size:
+                    raise ValueError(f"{name} is cut short")
                 if dtype_id == BFLOAT16:
                     value = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
                 else:
                     value = np.frombuffer(raw, DTYPES[dtype_id])
-                weights[name[len(PREFIX):]] = value.reshape(shape).copy()
+                weights[name[len(PREFIX):]] = value.reshape(shape)
             offset += size
     except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: not a readable CTranslate2 model file: {exc}") from exc
@@ -115,13 +127,18 @@ class WhisperLayers:
             raise ModelError(f"{folder}: the encoder has layers 1..{self.blocks}, asked for up to {up_to}")
         unused = tuple(f"layer_{i}/" for i in range(self.up_to, self.blocks)) + (
             ("layer_norm/",) if self.up_to < self.blocks else ())
-        w = {k: v.astype(np.float32) for k, v in stored.items() if not k.startswith(unused)}
+        # float32, and (in, out) matrices transposed once here rather than on every call; one variable at a time,
+        # so that the stored copy and the float32 one are never both whole in memory
+        w = {}
+        for k in list(stored):
+            v = stored.pop(k)
+            if not k.startswith(unused):
+                w[k] = np.array(v.T if k.endswith("weight") and v.ndim == 2 else v, dtype=np.float32, order="C")
         try:
             self.heads = int(w.pop("num_heads"))
             self.n_mels = w["conv1/weight"].shape[1]
             self.width = w["conv1/weight"].shape[0]
-            # (in, out) matrices, transposed once here rather than on every call
-            self._w = {k: (v.T.copy() if k.endswith("weight") and v.ndim == 2 else v) for k, v in w.items()}
+            self._w = w
             self._positions = w["position_encodings/encodings"]
         except KeyError as exc:
             raise ModelError(f"{folder}: the Whisper encoder lacks {exc}") from exc
