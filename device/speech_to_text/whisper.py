@@ -46,9 +46,10 @@ class WhisperTranscriber(Transcriber):
             raise TranscriberError(f"faster-whisper cannot load {entry.path.parent}: {exc}") from exc
         from device.models.whisper_encoder import share_loaded
 
-        # The speech-emotion head's encoder uses this model too, from the audio thread. Two CTranslate2 workers
-        # share the weights (no more memory) and let its 2 s windows run while a segment is being decoded; with
-        # one, each window waited for the decoding in progress (about 470 ms per window instead of 40).
+        # A speech-emotion head on the encoder's output uses this model too, from the audio thread. Two CTranslate2
+        # workers share the weights (no more memory) and let its 2 s windows run while a segment is being decoded;
+        # with one, each window waited for the decoding in progress (about 470 ms per window instead of 40). The
+        # default head takes the encoder's layers from its own numpy copy (device/models/whisper_layers.py).
         share_loaded(entry.path.parent, self._model.model)
         self.model_name = model
         self.beam_size = beam_size
