@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import banner, describe  # noqa: E402
 from device.config import SAMPLE_AUDIO  # noqa: E402
+from device.systemd_unit import unit_environment  # noqa: E402
 from tests.classroom import make_classroom_frame  # noqa: E402
 
 SECONDS = 60
@@ -52,16 +53,6 @@ def make_video(path: Path) -> None:
         y = int((big[1] - SIZE[1]) * (0.5 + 0.5 * np.cos(phase)))
         writer.write(np.ascontiguousarray(scene[y:y + SIZE[1], x:x + SIZE[0]]))
     writer.release()
-
-
-def unit_environment(unit: Path = ROOT / "systemd" / "aula-device.service") -> dict[str, str]:
-    """The Environment= settings of the device's systemd unit: the bench runs the device as the unit does."""
-    env = {}
-    for line in unit.read_text().splitlines():
-        if line.startswith("Environment="):
-            key, _, value = line.removeprefix("Environment=").partition("=")
-            env[key] = value
-    return env
 
 
 def run_measured(cmd: list[str], stop_after_s: float | None = None) -> tuple[float, float, float, str]:

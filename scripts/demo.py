@@ -21,6 +21,10 @@ from http.cookiejar import CookieJar
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from device.systemd_unit import unit_environment  # noqa: E402
+
 SITE, ROOM, DEVICE = "demo-school", "room-1", "demo-pi"
 
 
@@ -114,7 +118,8 @@ def main() -> int:
         device_cfg.write_text(f'mqtt:\n  protocol: "{protocol}"\n  health_interval_s: 5\n')
         device = subprocess.Popen([sys.executable, "-m", "device", "run", "--config", str(device_cfg), "--loop",
                                    "--broker", broker_url, "--site", SITE, "--room", ROOM, "--device-id", DEVICE,
-                                   "--state-dir", str(state / "device")], cwd=ROOT)
+                                   "--state-dir", str(state / "device")], cwd=ROOT,
+                                  env={**os.environ, **unit_environment()})  # as the systemd unit runs it
         procs.append(("device", device))
         print(f"\nAula demo is running ({'Mosquitto' if protocol == '5' else 'embedded amqtt'} broker on "
               f"{broker_url}, SQLite in {state}).\n"
