@@ -102,6 +102,7 @@ class DeviceSimulator:
             protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
         )
         self.client.max_inflight_messages_set(1000)
+        self._health_ts: dict[str, int] = {}  # each device's last health ts_ms
         self._connected = threading.Event()
         self.client.on_connect = lambda c, u, f, r, p: self._connected.set()
         self.client.connect("127.0.0.1", port, keepalive=30)
@@ -124,8 +125,14 @@ class DeviceSimulator:
         return self.publish(topic(site, room, device_id, "status"), json.dumps(payload).encode(), retain=True)
 
     def health(self, site: str, room: str, device_id: str, **fields: Any):
-        """A health message; `fields` are HealthMessage fields (e.g. `vision={"detect_ms_p50": 4.1}`)."""
-        message = HealthMessage(device_id=device_id, ts_ms=int(time.time() * 1000), state=DeviceState.ONLINE, **fields)
+        """A health message; `fields` are HealthMessage fields (e.g. `vision={"detect_ms_p50": 4.1}`).
+
+        Each of a device's messages gets a later ts_ms than its last one, as a device's do (one every
+        `health_interval_s`): the server takes a ts_ms it already holds for a redelivery and keeps the first.
+        Messages sent in one loop would otherwise share a millisecond."""
+        ts_ms = max(int(time.time() * 1000), self._health_ts.get(device_id, 0) + 1)
+        self._health_ts[device_id] = ts_ms
+        message = HealthMessage(device_id=device_id, ts_ms=ts_ms, state=DeviceState.ONLINE, **fields)
         return self.publish(topic(site, room, device_id, "health"), message.to_payload())
 
     def close(self) -> None:
