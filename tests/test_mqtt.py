@@ -704,6 +704,14 @@ def test_health_is_periodic_with_caller_fields_and_counters(mosquitto, tmp_path,
     collector.close()
 
 
+def test_health_messages_in_one_millisecond_get_distinct_increasing_timestamps(tmp_path, publishers):
+    """A health message's ts_ms identifies it: the server drops a ts_ms it already holds as a redelivery."""
+    cfg = build_config("mqtt://127.0.0.1:1", tmp_path / "q.sqlite3")
+    reporter = publishers(cfg).health
+    stamps = [reporter.message({}).ts_ms for _ in range(50)]
+    assert stamps == sorted(set(stamps)) and len(stamps) == 50
+
+
 def test_password_auth_from_credential_refusal_and_redaction(broker_factory, tmp_path, publishers, caplog):
     passwd = shutil.which("mosquitto_passwd", path=os.environ.get("PATH", "") + ":/usr/bin:/usr/sbin")
     require_system_dep(passwd, "mosquitto_passwd is not installed (apt-get install mosquitto)")

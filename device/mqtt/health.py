@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,16 @@ class HealthReporter:
         self.qos = qos
         self.errors = 0
         self._next = time.monotonic() + interval_s
+        self._last_ts_ms = 0
+        self._ts_lock = threading.Lock()  # the sender thread's periodic messages and publish() from any thread
+
+    def _ts_ms(self) -> int:
+        """Now, but later than the last message's: a message's ts_ms identifies it, and the server takes a ts_ms
+        it already holds for a redelivery (server/fleet.py). Two messages in one millisecond (the periodic one and
+        a publish() beside it) would otherwise share one, and the second would be dropped from the trend."""
+        with self._ts_lock:
+            self._last_ts_ms = max(now_ms(), self._last_ts_ms + 1)
+            return self._last_ts_ms
 
     def message(self, data: dict[str, Any] | None = None) -> HealthMessage:
         """The message for `data` (the provider's fields); raises SchemaError when a field does not fit the schema."""
@@ -42,7 +53,7 @@ class HealthReporter:
             type=HealthMessage.type_tag,
             schema=SCHEMA_VERSION,
             device_id=conn.config.device_id,
-            ts_ms=now_ms(),
+            ts_ms=self._ts_ms(),
             state=conn.state.value,
             paused=conn.paused,
             mqtt=self.mqtt_stats(),
