@@ -102,7 +102,7 @@ def _entry(name: str, quantized: bool, file: str, temperature: float, stats: str
            metrics: dict, layers: tuple[int, ...] = ()) -> dict:
     from device.models.manifest_tools import file_meta
     from device.models.voice_statistics import N_FEATURES
-    from device.models.whisper_encoder import HOP_S, POOLING, WINDOW_S
+    from device.models.whisper_encoder import HOP_S, WINDOW_S, pooled_width
 
     meta = file_meta(MODELS / file)
     meta.update({
@@ -111,7 +111,7 @@ def _entry(name: str, quantized: bool, file: str, temperature: float, stats: str
         "version": VERSION,
         "labels": list(LABELS),
         "card": "cards/speech_emotion_whisper.md",
-        "input": {"shape": [1, POOLING[stats] * max(1, len(layers)) + (N_FEATURES if voice else 0)],
+        "input": {"shape": [1, pooled_width(stats, layers) + (N_FEATURES if voice else 0)],
                   "dtype": "int8" if quantized else "float32"},
         "front_end": {"kind": "whisper_encoder", "encoder": "whisper_tiny_en", "window_s": WINDOW_S, "hop_s": HOP_S,
                       "loudness": "active level normalised to -20 dBFS", "pooling": stats,

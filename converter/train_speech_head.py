@@ -136,13 +136,12 @@ def train(out: Path, grid=GRID) -> dict:
     """Cross-validate the grid, keep the best, and save its fold-mean head (W, b) and the report beside it."""
     t0 = time.perf_counter()
     clips = ravdess.clips()
-    results, best, cache = [], None, {}
+    results, best, loaded = [], None, None
     for cfg in grid:
         key = (cfg.stats, cfg.copies, cfg.voice, cfg.rooms, cfg.layers)
-        if key not in cache:  # one set of rows in memory at a time: the layers' rows are large
-            cache = {key: training_rows(cfg.stats, cfg.copies, voice=cfg.voice, rooms=cfg.rooms, layers=cfg.layers),
-                     (cfg.stats, cfg.voice, cfg.layers): room_rows(cfg.stats, cfg.voice, cfg.layers)}
-        rows, room = cache[key], cache[(cfg.stats, cfg.voice, cfg.layers)]
+        if key != loaded:  # the grid's settings come in runs of one key: one set of rows in memory at a time
+            rows = training_rows(cfg.stats, cfg.copies, voice=cfg.voice, rooms=cfg.rooms, layers=cfg.layers)
+            room, loaded = room_rows(cfg.stats, cfg.voice, cfg.layers), key
         r = cross_validate(cfg, rows, room)
         results.append({"config": asdict(cfg), "cv_accuracy": round(r["accuracy"], 4),
                         "cv_accuracy_std": round(r["accuracy_std"], 4), "cv_macro_f1": round(r["macro_f1"], 4),

@@ -26,7 +26,7 @@ from device.model_store import ModelEntry, model_entry
 from device.models.classifier import EmotionClassifier
 from device.models.face_emotion import softmax
 from device.models.voice_statistics import N_FEATURES, window_statistics
-from device.models.whisper_encoder import POOLING, SAMPLE_RATE, WINDOW_S, WhisperEncoder, window_starts
+from device.models.whisper_encoder import POOLING, SAMPLE_RATE, WINDOW_S, WhisperEncoder, pooled_width, window_starts
 from device.runtime import InferenceBackend
 
 
@@ -48,7 +48,7 @@ class WhisperHeadSpeechModel(EmotionClassifier):
         if self.layers and (self.pooling != "mean" or not all(isinstance(k, int) and 1 <= k <= 4 for k in self.layers)):
             raise ModelError(f"{backend.path}: front_end.layers must be encoder layers 1-4 with mean pooling, got "
                              f"{list(self.layers)} with {self.pooling!r}")
-        width = POOLING[self.pooling] * max(1, len(self.layers)) + (N_FEATURES if self.voice else 0)
+        width = pooled_width(self.pooling, self.layers) + (N_FEATURES if self.voice else 0)
         if tuple(self._in.shape[-1:]) != (width,) or self._out.shape[-1] != len(self.labels):
             raise ModelError(f"{backend.path}: expected input (n, {width}) and 7 outputs, got "
                              f"{self._in.shape}, {self._out.shape}")

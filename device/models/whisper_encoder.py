@@ -31,6 +31,11 @@ WIDTH = 384
 POOLING = {"mean": WIDTH, "mean+std": 2 * WIDTH}  # pooled statistics -> features per window
 
 
+def pooled_width(stats: str, layers: tuple[int, ...] = ()) -> int:
+    """Features per window of `pool` over `layers` side by side (CTranslate2's output alone without layers)."""
+    return POOLING[stats] * max(1, len(layers))
+
+
 def pool(frames: np.ndarray, stats: str = "mean") -> np.ndarray:
     """(n, 384) encoder frames -> their mean, or their mean and standard deviation, as float32."""
     if stats not in POOLING:
