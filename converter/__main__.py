@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--seed", type=int, help="shuffling and dropout seed (default: the recipe's)")
     tt.add_argument("--fine-aux", type=float, help="weight of an auxiliary head on the 28 original labels "
                                                    "(default: the recipe's)")
+    tt.add_argument("--emoevent", action="store_true", default=None,
+                    help="add EmoEvent's English training tweets with one of the six emotions (CC BY-NC-SA)")
+    tt.add_argument("--teacher", help="a teach-text file: distil from its ensemble (with --distill)")
+    tt.add_argument("--distill", type=float, help="weight of the teacher's term in the loss, 0-1 (default: 0)")
+    th = sub.add_parser("teach-text", help="average fine-tuned text runs' log-probabilities on GoEmotions train "
+                                           "into a teacher file for train-text --teacher (converter/text_teacher.py)")
+    th.add_argument("items", type=Path, nargs="+", help="training run folders (their best epoch) or .weights.h5 files")
+    th.add_argument("--out", type=Path, required=True, help="the teacher file (.npz)")
     et = sub.add_parser("export-text", help="quantise, evaluate and register the fine-tuned text model")
     et.add_argument("--work-dir", type=Path, help="the training run (default: ~/.cache/aula/train_text)")
     sub.add_parser("evaluate-text", help="evaluate the committed text models on the GoEmotions test split")
@@ -145,13 +153,19 @@ def _text(args) -> int:
     from converter import train_text
 
     work_dir = getattr(args, "work_dir", None) or train_text.default_work_dir()
+    if args.command == "teach-text":
+        from converter.text_teacher import teach
+
+        print(json.dumps(teach(args.items, args.out)))
+        return 0
     if args.command == "soup-text":
         from converter.text_soup import soup
 
         print(json.dumps(soup(args.items, args.work_dir)))
         return 0
     if args.command == "train-text":
-        changes = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "fine_aux") if getattr(args, k) is not None}
+        changes = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "fine_aux", "emoevent", "teacher", "distill")
+                   if getattr(args, k) is not None}
         recipe = dict(train_text.RECIPE, **changes)
         train_text.train(work_dir, recipe, threads=args.threads, limit=args.limit, bf16=not args.float32,
                          init_from=args.init_from)

@@ -40,6 +40,7 @@ def folder_of(name: str) -> Path:
     return MODELS if name in COMMITTED else TWINS
 # RAVDESS's two sentences: their words carry no emotion, whatever the voice does.
 NEUTRAL_SENTENCES = ("Kids are talking by the door", "Dogs are sitting by the door")
+BAGS = 32  # bootstrap resamples of dev for the class offsets
 
 
 def fit_offsets(y: np.ndarray, logits: np.ndarray, rounds: int = 3) -> np.ndarray:
@@ -57,6 +58,19 @@ def fit_offsets(y: np.ndarray, logits: np.ndarray, rounds: int = 3) -> np.ndarra
                     best = (f1, g)
             offsets[c] = best[1]
     return offsets
+
+
+def bagged_offsets(y: np.ndarray, logits: np.ndarray, bags: int = BAGS, seed: int = 0) -> np.ndarray:
+    """The mean of `fit_offsets` over `bags` bootstrap resamples of the rows.
+
+    One search on a few hundred rows of a rare class (dev has 61 single-label disgust rows) lands on whichever
+    grid point those rows happen to favour; averaging over resamples keeps the direction and drops most of that
+    noise. On dev, scored on halves the offsets were not fitted on, it beats the single search (docs/training.md).
+    """
+    rng = np.random.default_rng(seed)
+    fits = [fit_offsets(y[rows], logits[rows], rounds=2) for rows in (rng.integers(0, len(y), len(y))
+                                                                      for _ in range(bags))]
+    return np.mean(fits, axis=0).astype(np.float32)
 
 
 def _entry(name: str, file: str, version: str, temperature: float, metrics: dict) -> dict:
@@ -153,7 +167,7 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
     dev = goemotions.load("dev")
     dev_logits = predict_logits(net, tokenizer, dev.texts)
     y_dev = dev.labels()[dev.single]
-    offsets = fit_offsets(y_dev, dev_logits[dev.single])
+    offsets = bagged_offsets(y_dev, dev_logits[dev.single])
     classifier = net.get_layer("classifier")
     kernel, bias = classifier.get_weights()
     classifier.set_weights([kernel, bias + offsets])

@@ -7,8 +7,9 @@ the dev split's single-label rows, and writes OUT as a training run (`epoch1.wei
 `python -m converter export-text --work-dir OUT` exports as it would any run. The test split is not read.
 
 Besides the plain dev macro-F1 it reports a *cross-calibrated* one: export-text fits per-class logit offsets on
-dev, which flatters dev; here offsets are fitted on one random half of dev and scored on the other, both ways,
-over three halvings, so that soups and single runs compare as export would calibrate them.
+dev (`export_text.bagged_offsets`), which flatters dev; here offsets are fitted the same way on one random half
+of dev and scored on the other, both ways, over three halvings, so that soups and single runs compare as export
+would calibrate them.
 """
 
 from __future__ import annotations
@@ -35,15 +36,19 @@ def weight_file(item: Path) -> Path:
     return item
 
 
-def cross_calibrated_f1(y: np.ndarray, logits: np.ndarray, halvings: int = 3) -> tuple[float, float]:
-    """Mean and standard deviation of macro-F1 with offsets fitted on one half of the rows, scored on the other."""
-    from converter.export_text import fit_offsets
+def cross_calibrated_f1(y: np.ndarray, logits: np.ndarray, halvings: int = 3,
+                        bags: int | None = None) -> tuple[float, float]:
+    """Mean and standard deviation of macro-F1 with offsets fitted on one half of the rows, scored on the other.
+
+    The offsets are fitted as export-text fits them (`bagged_offsets`); `bags` overrides its number of resamples.
+    """
+    from converter.export_text import BAGS, bagged_offsets
 
     scores = []
     for seed in range(halvings):
         half = np.random.default_rng(seed).random(len(y)) < 0.5
         for fit_rows, eval_rows in ((half, ~half), (~half, half)):
-            offsets = fit_offsets(y[fit_rows], logits[fit_rows])
+            offsets = bagged_offsets(y[fit_rows], logits[fit_rows], bags or BAGS)
             scores.append(accuracy_and_macro_f1(y[eval_rows], (logits[eval_rows] + offsets).argmax(1))[1])
     return float(np.mean(scores)), float(np.std(scores))
 

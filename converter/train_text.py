@@ -27,9 +27,15 @@ from device.models.text_tokens import encode, load_tokenizer
 logger = logging.getLogger(__name__)
 
 RECIPE = {"epochs": 1, "lr": 5e-5, "batch_size": 32, "warmup": 0.06, "weight_decay": 0.01,
-          "class_weight_power": 0.5, "dropout": 0.1, "seed": 0, "checkpoint_every": 200, "fine_aux": 0.0}
+          "class_weight_power": 0.5, "dropout": 0.1, "seed": 0, "checkpoint_every": 200, "fine_aux": 0.0,
+          "emoevent": False, "teacher": None, "distill": 0.0, "distill_temperature": 2.0}
 # fine_aux > 0: a second head, on the same pooled sentence vector, learns GoEmotions' 28 original labels, and its
 # cross-entropy (times fine_aux) is added to the loss. Only the 7-way model is saved and exported.
+# emoevent: EmoEvent's English training tweets that carry one of the six emotions (converter/emoevent.py) are added
+# to the training rows. Dev and test stay GoEmotions'.
+# teacher, distill: a teach-text file (converter/text_teacher.py) and the weight W of its term: the loss is
+# (1 - W) x the labels' cross-entropy + W x T^2 x the cross-entropy against softmax(teacher / T), T the
+# distill_temperature, both weighted by the row's class weight. Rows the teacher has not seen use their labels.
 
 
 def default_work_dir() -> Path:
@@ -90,6 +96,8 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
     `init_from` starts from an earlier run's weights (an `epochN.weights.h5`) instead of the published MiniLM: a
     second stage with a fresh warm-up and decay. The earlier run's history is carried into this one's.
     """
+    if recipe.get("distill") and not recipe.get("teacher"):
+        raise ValueError("distill > 0 needs a teacher file (train-text --teacher FILE, made by teach-text)")
     import keras
     import tensorflow as tf
 
@@ -97,8 +105,11 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
 
     work_dir = Path(work_dir or default_work_dir())
     work_dir.mkdir(parents=True, exist_ok=True)
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started in this process (a second run, a test): keep its threads
+        logger.info("TensorFlow's thread pools are already set; --threads %d is not applied", threads)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
     keras.utils.set_random_seed(recipe["seed"])
 
@@ -109,10 +120,26 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
     if limit:
         texts, targets = texts[:limit], targets[:limit]
         dev = goemotions.Split(dev.texts[:limit], dev.targets[:limit], dev.single[:limit])
-    lengths = token_lengths(tokenizer, texts)
-    weights = class_weights(targets, recipe["class_weight_power"])
     fine_aux = float(recipe.get("fine_aux", 0.0))
     fine = goemotions.load_fine("train")[: len(texts)] if fine_aux else np.zeros((len(texts), 1), np.float32)
+    distill, temperature = float(recipe.get("distill", 0.0)), float(recipe.get("distill_temperature", 2.0))
+    soft = targets
+    if distill:
+        from converter.text_teacher import load_teacher
+
+        taught = load_teacher(Path(recipe["teacher"]), len(train_split.texts))[: len(texts)] / temperature
+        soft = np.exp(taught - taught.max(axis=1, keepdims=True))
+        soft = (soft / soft.sum(axis=1, keepdims=True)).astype(np.float32)
+    if recipe.get("emoevent"):
+        from converter import emoevent
+
+        extra = emoevent.load("train")
+        extra_texts, extra_targets = extra.texts[:limit] if limit else extra.texts, extra.targets[: limit or None]
+        texts, targets = texts + extra_texts, np.concatenate([targets, extra_targets])
+        soft = np.concatenate([soft, extra_targets])
+        fine = np.concatenate([fine, np.zeros((len(extra_texts), fine.shape[1]), np.float32)])
+    lengths = token_lengths(tokenizer, texts)
+    weights = class_weights(targets, recipe["class_weight_power"])
 
     model = build_text_model(dropout=recipe["dropout"])
     load_minilm(model, read_safetensors(source / "model.safetensors"))
@@ -137,15 +164,20 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
     optimizer.build(net.trainable_variables)
 
     signature = [tf.TensorSpec([None, None], tf.int32)] * 2 + [tf.TensorSpec([None, 7], tf.float32),
-                                                              tf.TensorSpec([None, fine.shape[1]], tf.float32)]
+                                                              tf.TensorSpec([None, fine.shape[1]], tf.float32),
+                                                              tf.TensorSpec([None, 7], tf.float32)]
 
     @tf.function(input_signature=signature, reduce_retracing=True)
-    def step(ids, mask, y, y_fine):
+    def step(ids, mask, y, y_fine, y_soft):
         with tf.GradientTape() as tape:
             out = net([ids, mask], training=True)
             logits = tf.cast(out[0] if fine_aux else out, tf.float32)
+            row_weight = tf.linalg.matvec(y, weights)
             per_row = tf.nn.softmax_cross_entropy_with_logits(y, logits)
-            loss = tf.reduce_mean(per_row * tf.linalg.matvec(y, weights))
+            if distill:
+                taught = tf.nn.softmax_cross_entropy_with_logits(y_soft, logits / temperature) * temperature ** 2
+                per_row = (1.0 - distill) * per_row + distill * taught
+            loss = tf.reduce_mean(per_row * row_weight)
             if fine_aux:
                 loss += fine_aux * tf.reduce_mean(
                     tf.nn.softmax_cross_entropy_with_logits(y_fine, tf.cast(out[1], tf.float32)))
@@ -173,7 +205,7 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
         for b in range(state["batch"], len(plan)):
             rows = plan[b]
             ids, mask = encode(tokenizer, [texts[r] for r in rows])
-            losses.append(float(step(ids, mask, targets[rows], fine[rows])))
+            losses.append(float(step(ids, mask, targets[rows], fine[rows], soft[rows])))
             if (b + 1) % 50 == 0:
                 logger.info("epoch %d batch %d/%d loss %.4f (%.1f ms/row)", state["epoch"] + 1, b + 1, len(plan),
                             np.mean(losses[-50:]), (time.time() - started) / len(losses) / len(rows) * 1000)

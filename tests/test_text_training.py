@@ -4,8 +4,8 @@ similarities, length buckets, class weights, dev-fitted offsets and a resumable 
 import numpy as np
 import pytest
 
-from converter import goemotions
-from converter.export_text import fit_offsets
+from converter import emoevent, goemotions
+from converter.export_text import bagged_offsets, fit_offsets
 from converter.train_text import batches, class_weights
 from device.contract.labels import LABELS
 
@@ -18,6 +18,23 @@ def test_goemotions_rows_map_to_canonical_labels_and_multi_label_targets_share_t
     multi = train.targets[~train.single][0]
     assert sorted(set(np.round(multi[multi > 0], 4))) in ([0.5], [0.3333], [0.25])
     assert LABELS[train.labels()[2]] == "angry"  # "WHY THE FUCK IS BAYLESS ISOING": anger
+
+
+def test_emoevent_english_rows_with_one_of_six_emotions_become_single_label_targets():
+    train = emoevent.load("train")
+    counts = dict(zip(LABELS, train.targets.sum(axis=0).astype(int).tolist(), strict=True))
+    assert counts == {"angry": 274, "disgust": 536, "fear": 106, "happy": 1427, "neutral": 0, "sad": 291,
+                      "surprise": 165}  # the 2,313 "others" rows are left out
+    assert train.single.all() and len(train.texts) == 2799
+
+
+def test_emoevent_refuses_an_unknown_emotion_and_names_the_line(tmp_path):
+    folder = tmp_path / "emoevent" / "en"
+    folder.mkdir(parents=True)
+    (folder / "train.tsv").write_text("id\tevent\ttweet\toffensive\temotion\n"
+                                      "1\tX\tso gross\tNO\tdisgust\n2\tX\tmeh\tNO\tothers\n3\tX\thm\tNO\tboredom\n")
+    with pytest.raises(ValueError, match=r"train.tsv:4: unknown emotion 'boredom'"):
+        emoevent.load("train", root=tmp_path)
 
 
 def test_length_buckets_cover_every_row_once_with_similar_lengths():
@@ -48,6 +65,22 @@ def test_offsets_fitted_on_one_split_raise_its_macro_f1():
     assert after > before + 0.05
 
 
+def test_bagged_offsets_average_searches_on_resamples_and_are_reproducible():
+    from converter.metrics import accuracy_and_macro_f1
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 7, 600)
+    logits = rng.normal(size=(600, 7)).astype(np.float32)
+    logits[np.arange(600), y] += 1.0
+    logits[:, 4] += 1.5
+    offsets = bagged_offsets(y, logits, bags=4)
+    assert np.array_equal(offsets, bagged_offsets(y, logits, bags=4))
+    assert offsets[4] == offsets.min()  # the over-predicted class is pulled down
+    assert len(set(np.round(offsets, 4))) > 3  # means of grid points, not grid points
+    before = accuracy_and_macro_f1(y, logits.argmax(1))[1]
+    assert accuracy_and_macro_f1(y, (logits + offsets).argmax(1))[1] > before + 0.05
+
+
 def test_cross_calibrated_f1_scores_offsets_on_rows_they_were_not_fitted_on():
     from converter.metrics import accuracy_and_macro_f1
     from converter.text_soup import cross_calibrated_f1
@@ -59,7 +92,7 @@ def test_cross_calibrated_f1_scores_offsets_on_rows_they_were_not_fitted_on():
     logits[:, 4] += 1.5
     before = accuracy_and_macro_f1(y, logits.argmax(1))[1]
     in_sample = accuracy_and_macro_f1(y, (logits + fit_offsets(y, logits, rounds=1)).argmax(1))[1]
-    held_out, spread = cross_calibrated_f1(y, logits, halvings=1)
+    held_out, spread = cross_calibrated_f1(y, logits, halvings=1, bags=3)
     assert before < held_out < in_sample + 0.01 and spread < 0.05
 
 
@@ -103,3 +136,34 @@ def test_keras_minilm_reproduces_the_published_sentence_similarities(minilm):
     assert sims[0, 1] == pytest.approx(0.6660, abs=2e-3)
     assert sims[0, 2] == pytest.approx(0.1046, abs=2e-3)
     assert sims[1, 2] == pytest.approx(0.1411, abs=2e-3)
+
+
+def test_a_smoke_run_with_extra_tweets_and_a_teacher_trains_saves_and_resumes_as_finished(tmp_path):
+    pytest.importorskip("tensorflow")
+    from converter.train_text import RECIPE, train
+
+    teacher = tmp_path / "teacher.npz"
+    np.savez(teacher, log_probs=np.log(np.full((43410, 7), 1 / 7, np.float32)), sources="[]")
+    recipe = dict(RECIPE, batch_size=8, checkpoint_every=1, emoevent=True, teacher=str(teacher), distill=0.5)
+    state = train(tmp_path / "run", recipe, threads=1, limit=8, bf16=False)
+    assert [r["epoch"] for r in state["history"]] == [1]
+    assert state["rows"] == 16  # 8 GoEmotions rows and 8 tweets
+    assert (tmp_path / "run" / "epoch1.weights.h5").is_file()
+    again = train(tmp_path / "run", recipe, threads=1, limit=8, bf16=False)
+    assert again["history"] == state["history"]  # finished: nothing trained twice
+
+
+def test_distilling_without_a_teacher_file_is_refused(tmp_path):
+    pytest.importorskip("tensorflow")
+    from converter.train_text import RECIPE, train
+
+    with pytest.raises(ValueError, match="needs a teacher file"):
+        train(tmp_path, dict(RECIPE, distill=0.5), limit=8, bf16=False)
+
+
+def test_a_teacher_for_another_number_of_rows_is_refused(tmp_path):
+    from converter.text_teacher import load_teacher
+
+    np.savez(tmp_path / "t.npz", log_probs=np.zeros((5, 7), np.float32), sources="[]")
+    with pytest.raises(ValueError, match="a teacher for 5 rows, the training split has 9"):
+        load_teacher(tmp_path / "t.npz", 9)

@@ -1,0 +1,61 @@
+"""A teacher for the text model: several fine-tuned runs' predictions on the training rows, averaged.
+
+An ensemble of runs scores better on dev than any one of them, but the device has room for one model (25 MB).
+`python -m converter teach-text RUN_OR_WEIGHTS... --out FILE` runs each model over GoEmotions train and saves
+the mean of their log-probabilities; `train-text --teacher FILE --distill W` then trains one model on
+(1 - W) x the labels' loss plus W x the cross-entropy against the teacher's softened probabilities
+(Hinton et al. 2015, "Distilling the knowledge in a neural network"). The dev and test splits are not read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from converter import goemotions
+from converter.pretrained import MINILM, model_folder
+
+logger = logging.getLogger(__name__)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def teach(items: list[Path], out: Path, threads: int = 2) -> dict:
+    """Save the mean log-probabilities of `items` (runs or weights files) on the training rows to `out` (.npz)."""
+    import keras
+    import tensorflow as tf
+
+    from converter.text_net import build_text_model
+    from converter.text_soup import weight_file
+    from converter.train_text import predict_logits
+    from device.models.text_tokens import load_tokenizer
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    keras.mixed_precision.set_global_policy("float32")
+    tokenizer = load_tokenizer(model_folder(MINILM) / "tokenizer.json")
+    train = goemotions.load("train")
+    net = build_text_model()
+    files = [weight_file(i) for i in items]
+    total = np.zeros((len(train.texts), len(train.targets[0])), np.float64)
+    for file in files:
+        net.load_weights(file)
+        total += log_softmax(predict_logits(net, tokenizer, train.texts))
+        logger.info("teacher: %s done", file)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, log_probs=(total / len(files)).astype(np.float32), sources=json.dumps([str(f) for f in files]))
+    return {"rows": len(train.texts), "sources": [str(f) for f in files], "out": str(out)}
+
+
+def load_teacher(path: Path, rows: int) -> np.ndarray:
+    """The teacher's log-probabilities, [rows, 7]; ValueError when the file holds another number of rows."""
+    log_probs = np.load(path)["log_probs"]
+    if log_probs.shape[0] != rows:
+        raise ValueError(f"{path}: a teacher for {log_probs.shape[0]} rows, the training split has {rows}")
+    return log_probs
