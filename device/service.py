@@ -130,6 +130,21 @@ class DeviceService:
         # Weights and neutral discounts the config leaves unset come from the manifest (chosen on validation data).
         self.fusion = LateFusion(with_manifest_settings(self.config.fusion), temps)
 
+    def _speech_head_shares_whisper(self) -> bool:
+        """Whether the configured speech model runs Whisper's encoder through CTranslate2 (a head on its output,
+        no `front_end.layers`), and so calls the recogniser's model from the audio thread."""
+        from device.errors import ModelError
+        from device.model_store import model_entry
+
+        s = self.config.speech
+        if not (s.enabled and s.emotion_model):
+            return False
+        try:
+            front = model_entry(s.emotion_model).meta.get("front_end") or {}
+        except ModelError:  # the speech model's own load reports it
+            return False
+        return bool(front.get("encoder")) and not front.get("layers")
+
     def _load_text_path(self) -> None:
         """The recogniser and text model, or None with the reason reported once (the other paths run on)."""
         from device.errors import AulaError
@@ -144,7 +159,7 @@ class DeviceService:
         from device.speech_to_text import open_transcriber
         from device.text_path import TextPath
 
-        opened = open_transcriber(t.recogniser)
+        opened = open_transcriber(t.recogniser, shared=self._speech_head_shares_whisper())
         transcriber = opened.transcriber
         if transcriber is None:
             self._text_fault = "no speech recogniser could be loaded (" + "; ".join(

@@ -194,3 +194,32 @@ def test_register_whisper_copies_and_registers_once(tmp_path):
     assert (tmp_path / "manifest.json").read_text() == manifest
     with pytest.raises(FileNotFoundError, match="not a faster-whisper model folder"):
         register(tmp_path / "other", tmp_path / "nowhere")
+
+
+def test_whisper_makes_a_second_worker_only_for_a_head_that_shares_its_model():
+    from device.speech_to_text.whisper import WhisperTranscriber
+
+    assert WhisperTranscriber()._model.model.num_workers == 1
+    assert WhisperTranscriber(workers=2)._model.model.num_workers == 2
+    with pytest.raises(TranscriberError, match="workers must be 1 or 2, got 3"):
+        WhisperTranscriber(workers=3)
+
+
+def test_the_service_asks_for_a_shared_recogniser_only_for_a_head_on_ctranslate2s_encoder(tmp_path, monkeypatch):
+    import json
+
+    from device.config import DeviceConfig
+    from device.model_store import models_dir
+    from device.service import DeviceService
+
+    def shares(**speech) -> bool:
+        return DeviceService(DeviceConfig(speech=speech))._speech_head_shares_whisper()
+
+    assert not shares()  # the default head runs the encoder's layers in numpy
+    assert not shares(emotion_model="speech_emotion_int8")  # the log-mel CNN
+    assert not shares(emotion_model="no_such_model")  # its own load reports it
+    manifest = json.loads((models_dir() / "manifest.json").read_text())
+    del manifest["models"]["speech_emotion_whisper_int8"]["front_end"]["layers"]  # a head on the encoder's output
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("AULA_MODELS_DIR", str(tmp_path))
+    assert shares()

@@ -28,12 +28,16 @@ logger = logging.getLogger(__name__)
 _reported: set[tuple[str, str]] = set()
 
 
-def build_transcriber(name: str, settings: TranscriberSettings) -> Transcriber:
-    """Build one recogniser by name; TranscriberError when its library or model is missing."""
+def build_transcriber(name: str, settings: TranscriberSettings, shared: bool = False) -> Transcriber:
+    """Build one recogniser by name; TranscriberError when its library or model is missing.
+
+    `shared`: a speech-emotion head will run Whisper's encoder through the recogniser's model too (whisper only).
+    """
     if name == "whisper":
         from device.speech_to_text.whisper import WhisperTranscriber
 
-        return WhisperTranscriber(settings.whisper_model, settings.whisper_beam_size, settings.threads)
+        return WhisperTranscriber(settings.whisper_model, settings.whisper_beam_size, settings.threads,
+                                  workers=2 if shared else 1)
     if name == "vosk":
         from device.speech_to_text.vosk import VoskTranscriber
 
@@ -53,13 +57,15 @@ class Opened:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def open_transcriber(settings: TranscriberSettings | None = None) -> Opened:
-    """Try `settings.transcribers` in order; return the first that loads and the reasons of those skipped."""
+def open_transcriber(settings: TranscriberSettings | None = None, shared: bool = False) -> Opened:
+    """Try `settings.transcribers` in order; return the first that loads and the reasons of those skipped.
+
+    `shared` as for `build_transcriber`."""
     settings = settings or TranscriberSettings()
     skipped: dict[str, str] = {}
     for name in settings.transcribers:
         try:
-            transcriber = build_transcriber(name, settings)
+            transcriber = build_transcriber(name, settings, shared)
         except TranscriberError as exc:
             skipped[name] = str(exc)
             if (name, str(exc)) not in _reported:  # once per process, however often the device retries

@@ -25,7 +25,7 @@ class WhisperTranscriber(Transcriber):
     name = "whisper"
 
     def __init__(self, model: str = "whisper_tiny_en", beam_size: int = 1, threads: int = 1,
-                 language: str = "en", folder=None):
+                 language: str = "en", folder=None, workers: int = 1):
         try:
             from faster_whisper import WhisperModel
         except ImportError as exc:
@@ -34,6 +34,8 @@ class WhisperTranscriber(Transcriber):
 
         if beam_size < 1:
             raise TranscriberError(f"beam size must be 1 or more, got {beam_size}")
+        if workers not in (1, 2):
+            raise TranscriberError(f"workers must be 1 or 2, got {workers}")
         try:
             entry = model_entry(model, folder)
             entry.verify()
@@ -41,15 +43,17 @@ class WhisperTranscriber(Transcriber):
             raise TranscriberError(str(exc)) from exc
         try:
             self._model = WhisperModel(str(entry.path.parent), device="cpu", compute_type="int8",
-                                       cpu_threads=threads, num_workers=2, local_files_only=True)
+                                       cpu_threads=threads, num_workers=workers, local_files_only=True)
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for a folder it cannot read
             raise TranscriberError(f"faster-whisper cannot load {entry.path.parent}: {exc}") from exc
         from device.models.whisper_encoder import share_loaded
 
-        # A speech-emotion head on the encoder's output uses this model too, from the audio thread. Two CTranslate2
-        # workers share the weights (no more memory) and let its 2 s windows run while a segment is being decoded;
-        # with one, each window waited for the decoding in progress (about 470 ms per window instead of 40). The
-        # default head takes the encoder's layers from its own numpy copy (device/models/whisper_layers.py).
+        # A speech-emotion head on the encoder's output uses this model too, from the audio thread (`workers=2`,
+        # which the service asks for then). Two CTranslate2 workers share the weights and let its 2 s windows run
+        # while a segment is being decoded; with one, each window waited for the decoding in progress (about 470 ms
+        # per window instead of 40). A second worker's buffers cost about 35 MiB of RSS, so it is made only for
+        # such a head: the default head takes the encoder's layers from its own numpy copy
+        # (device/models/whisper_layers.py) and never calls this model.
         share_loaded(entry.path.parent, self._model.model)
         self.model_name = model
         self.beam_size = beam_size
