@@ -52,14 +52,20 @@ def test_class_weights_favour_rare_classes_and_average_one():
     assert w[1] > w[0] and np.isclose((targets @ w).mean(), 1.0)
 
 
+def neutral_heavy(seed: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and the logits of a noisy model that over-predicts neutral."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 7, rows)
+    logits = rng.normal(size=(rows, 7)).astype(np.float32)
+    logits[np.arange(rows), y] += 1.0
+    logits[:, 4] += 1.5
+    return y, logits
+
+
 def test_offsets_fitted_on_one_split_raise_its_macro_f1():
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 7, 2000)
-    logits = rng.normal(size=(2000, 7)).astype(np.float32)
-    logits[np.arange(2000), y] += 1.0
-    logits[:, 4] += 1.5  # a model that over-predicts neutral
     from converter.metrics import accuracy_and_macro_f1
 
+    y, logits = neutral_heavy(1, 2000)
     before = accuracy_and_macro_f1(y, logits.argmax(1))[1]
     after = accuracy_and_macro_f1(y, (logits + fit_offsets(y, logits, rounds=1)).argmax(1))[1]
     assert after > before + 0.05
@@ -68,11 +74,7 @@ def test_offsets_fitted_on_one_split_raise_its_macro_f1():
 def test_bagged_offsets_average_searches_on_resamples_and_are_reproducible():
     from converter.metrics import accuracy_and_macro_f1
 
-    rng = np.random.default_rng(2)
-    y = rng.integers(0, 7, 600)
-    logits = rng.normal(size=(600, 7)).astype(np.float32)
-    logits[np.arange(600), y] += 1.0
-    logits[:, 4] += 1.5
+    y, logits = neutral_heavy(2, 600)
     offsets = bagged_offsets(y, logits, bags=4)
     assert np.array_equal(offsets, bagged_offsets(y, logits, bags=4))
     assert offsets[4] == offsets.min()  # the over-predicted class is pulled down
@@ -85,11 +87,7 @@ def test_cross_calibrated_f1_scores_offsets_on_rows_they_were_not_fitted_on():
     from converter.metrics import accuracy_and_macro_f1
     from converter.text_soup import cross_calibrated_f1
 
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 7, 1200)
-    logits = rng.normal(size=(1200, 7)).astype(np.float32)
-    logits[np.arange(1200), y] += 1.0
-    logits[:, 4] += 1.5
+    y, logits = neutral_heavy(3, 1200)
     before = accuracy_and_macro_f1(y, logits.argmax(1))[1]
     in_sample = accuracy_and_macro_f1(y, (logits + fit_offsets(y, logits, rounds=1)).argmax(1))[1]
     held_out, spread = cross_calibrated_f1(y, logits, halvings=1, bags=3)
