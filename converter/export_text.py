@@ -193,9 +193,10 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
     report = {
         "version": version,
         "epoch": best,
-        "training": {k: history.get(k) for k in ("recipe", "history", "rows", "precision", "recipe_changes")},
+        "training": {k: history.get(k) for k in ("recipe", "history", "rows", "precision", "recipe_changes")}
+        | {"init_from": {"weights": (history.get("init_from") or {}).get("weights")}},
         "dev": {"accuracy": round(dev_acc, 4), "macro_f1": round(dev_f1, 4),
-                "offsets": [round(float(o), 3) for o in offsets], "temperature": round(temperature, 4)},
+                "offsets": [round(float(o), 3) for o in offsets], "bags": BAGS, "temperature": round(temperature, 4)},
         "test_rows": int(test.single.sum()),
         "models": {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
                           if k in ("accuracy", "macro_f1", "ms_per_sentence", "neutral_sentences_neutral")}

@@ -18,6 +18,33 @@ def _cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _history_note(training: dict) -> str:
+    """What the run was made from, where it was not MiniLM and the recipe alone: a soup, a second stage, a teacher,
+    extra rows."""
+    recipe, notes = training.get("recipe") or {}, []
+    if recipe.get("soup"):
+        parts = ", ".join(f"`{Path(f).parent.name}/{Path(f).name}`" for f in recipe["soup"])
+        notes.append(f"The weights are the uniform average (a soup, `converter/text_soup.py`) of {len(recipe['soup'])} "
+                     f"runs fine-tuned from the same MiniLM: {parts}.")
+    if (training.get("init_from") or {}).get("weights"):
+        notes.append(f"A second stage: the run started from `{training['init_from']['weights']}`, with a fresh "
+                     "warm-up and decay.")
+    if recipe.get("distill"):
+        notes.append(f"Distilled (`converter/text_teacher.py`): the loss is {1 - recipe['distill']:.2f} x the labels' "
+                     f"cross-entropy plus {recipe['distill']:.2f} x T^2 x the cross-entropy against the teacher's "
+                     f"probabilities at T = {recipe.get('distill_temperature', 2.0)}; the teacher is "
+                     f"`{Path(recipe['teacher']).name}`, the mean log-probabilities of earlier runs on the training "
+                     "rows.")
+    if recipe.get("emoevent"):
+        notes.append("EmoEvent's English training tweets with one of the six emotions (2,799 rows, "
+                     "`converter/emoevent.py`) are added to the training rows.")
+    return "".join(f"\n- {n}" for n in notes)
+
+
 def write_text_card(report: dict, path: Path) -> None:
     m = report["models"]
     i8, base = m["text_emotion_int8"], report["tfidf_baseline"]
@@ -27,8 +54,9 @@ def write_text_card(report: dict, path: Path) -> None:
     per_class = "\n".join(
         f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for c, v in report["per_class_int8"].items())
-    epochs = "\n".join(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['dev_accuracy']:.4f} | {h['dev_macro_f1']:.4f} |"
-                       f" {h['seconds']:.0f} |" for h in report["training"]["history"])
+    epochs = "\n".join(f"| {h['epoch']} | {_number(h.get('train_loss'), '.4f')} | {h['dev_accuracy']:.4f} | "
+                       f"{h['dev_macro_f1']:.4f} | {_number(h.get('seconds'), '.0f')} |"
+                       for h in report["training"]["history"])
     confusion = "\n".join(f"| {LABELS[i]} | " + " | ".join(str(v) for v in row) + " |"
                           for i, row in enumerate(report["confusion_int8"]))
     precision = report["training"].get("precision") or "bfloat16"
@@ -36,11 +64,16 @@ def write_text_card(report: dict, path: Path) -> None:
         f"\n- This run was resumed at epoch {c['epoch'] + 1}, batch {c['batch']} with the recipe above; before that it "
         f"followed {c['before']} (the learning-rate schedule is set by the number of epochs)."
         for c in report["training"].get("recipe_changes") or ())
-    fine_aux = (report["training"].get("recipe") or {}).get("fine_aux") or 0
+    recipe = report["training"].get("recipe") or {}
+    fine_aux = recipe.get("fine_aux") or 0
     fine = ("" if not fine_aux else
             f"\n- A second head on the same pooled vector learns the 28 original GoEmotions labels (27 emotions and "
             f"neutral, `original/`, the same rows), its cross-entropy added to the loss times {fine_aux}; it tells "
             "apart what the grouping merges (annoyance and anger, say). Only the 7-way head is exported.")
+    fine += _history_note(report["training"])
+    licence = ("weights Apache-2.0 (all-MiniLM-L6-v2 and GoEmotions are both Apache-2.0)" if not recipe.get("emoevent")
+               else "all-MiniLM-L6-v2 and GoEmotions are Apache-2.0, but EmoEvent is CC BY-NC-SA 4.0 (assumed, "
+                    "DATASETS.md): these weights are for research and teaching only")
     text = f"""# Text-emotion model card: `{report['version']}`
 
 all-MiniLM-L6-v2 (6 layers, 384 wide, 22.7 M parameters) with a mean-pooled 7-way head, every weight fine-tuned
@@ -71,8 +104,9 @@ on GoEmotions' Ekman grouping for Aula's labels ({', '.join(LABELS)}). It runs o
   target shared equally among them; the loss weights class c by (largest class count / count of c) ^ 0.5.{fine}
 - Recipe: {report['training']['recipe']}; AdamW with linear warm-up and decay, {precision} on the CPU, rows
   bucketed by length. The epoch with the best dev macro-F1 is kept (epoch {report['epoch']}).{changes}
-- Calibration on dev only (the test split chose nothing): per-class logit offsets that maximise dev macro-F1
-  {report['dev']['offsets']}, folded into the classifier's bias, and a softmax temperature
+- Calibration on dev only (the test split chose nothing): per-class logit offsets
+  {report['dev']['offsets']}, the mean over {report['dev'].get('bags', 1)} bootstrap resamples of dev of the offsets
+  that maximise macro-F1 (`export_text.bagged_offsets`), folded into the classifier's bias, and a softmax temperature
   {report['dev']['temperature']} that minimises dev NLL. Dev after both: accuracy {report['dev']['accuracy']:.4f},
   macro-F1 {report['dev']['macro_f1']:.4f}.
 
@@ -95,6 +129,6 @@ Confusion (rows true, columns predicted, order {', '.join(LABELS)}):
 - Reddit comments are not classroom speech: transcripts are shorter, spoken, and mostly the teacher's. The words'
   mood is shown as its own line and says whose words they mostly are.
 - English only. Labels are single annotators' readings of short texts; GoEmotions' raters often disagree.
-- Licence: weights Apache-2.0 (all-MiniLM-L6-v2 and GoEmotions are both Apache-2.0).
+- Licence: {licence}.
 """
     path.write_text(text)

@@ -165,3 +165,28 @@ def test_a_teacher_for_another_number_of_rows_is_refused(tmp_path):
     np.savez(tmp_path / "t.npz", log_probs=np.zeros((5, 7), np.float32), sources="[]")
     with pytest.raises(ValueError, match="a teacher for 5 rows, the training split has 9"):
         load_teacher(tmp_path / "t.npz", 9)
+
+
+def test_the_card_describes_a_soup_a_second_stage_and_a_teacher(tmp_path):
+    import json
+
+    from converter.text_card import write_text_card
+    from device.model_store import models_dir
+
+    report = json.loads((models_dir() / "cards" / "text_emotion_metrics.json").read_text())
+    report["training"]["history"] = [{"epoch": 1, "dev_accuracy": 0.7, "dev_macro_f1": 0.63}]  # a soup's record
+    report["training"]["recipe"] = {"soup": ["/r/run_a/epoch1.weights.h5", "/r/run_b/epoch1.weights.h5"],
+                                    "distill": 0.7, "teacher": "/r/teacher.npz"}
+    report["training"]["init_from"] = {"weights": "/r/run_a/epoch1.weights.h5"}
+    report["dev"]["bags"] = 32
+    write_text_card(report, tmp_path / "card.md")
+    card = (tmp_path / "card.md").read_text()
+    assert "| 1 | - | 0.7000 | 0.6300 | - |" in card
+    assert "soup, `converter/text_soup.py`) of 2 runs" in card and "`run_b/epoch1.weights.h5`" in card
+    assert "started from `/r/run_a/epoch1.weights.h5`" in card
+    assert "0.30 x the labels' cross-entropy plus 0.70" in card and "`teacher.npz`" in card
+    assert "the mean over 32 bootstrap resamples of dev" in card
+    assert "Apache-2.0 (all-MiniLM-L6-v2 and GoEmotions" in card
+    report["training"]["recipe"] = {"emoevent": True}
+    write_text_card(report, tmp_path / "card.md")
+    assert "research and teaching only" in (tmp_path / "card.md").read_text()
