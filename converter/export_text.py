@@ -194,7 +194,8 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
         "version": version,
         "epoch": best,
         "training": {k: history.get(k) for k in ("recipe", "history", "rows", "precision", "recipe_changes")}
-        | {"init_from": {"weights": (history.get("init_from") or {}).get("weights")}},
+        | {"init_from": {"weights": (history.get("init_from") or {}).get("weights")},
+           "teacher_sources": teacher_sources(history.get("recipe") or {})},
         "dev": {"accuracy": round(dev_acc, 4), "macro_f1": round(dev_f1, 4),
                 "offsets": [round(float(o), 3) for o in offsets], "bags": BAGS, "temperature": round(temperature, 4)},
         "test_rows": int(test.single.sum()),
@@ -218,6 +219,13 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
 
     write_text_card(report, MODELS / "cards" / "text_emotion.md")
     return report
+
+
+def teacher_sources(recipe: dict) -> list[str] | None:
+    """The runs a distilled model's teacher averaged (from the teacher file), or None."""
+    if not recipe.get("distill") or not Path(recipe.get("teacher") or "").is_file():
+        return None
+    return json.loads(str(np.load(recipe["teacher"])["sources"]))
 
 
 def _load(name: str):

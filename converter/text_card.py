@@ -22,23 +22,28 @@ def _number(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _files(paths, otherwise: str) -> str:
+    """Weight files as `run/file`, comma-separated."""
+    return ", ".join(f"`{Path(f).parent.name}/{Path(f).name}`" for f in paths or ()) or otherwise
+
+
 def _history_note(training: dict) -> str:
     """What the run was made from, where it was not MiniLM and the recipe alone: a soup, a second stage, a teacher,
     extra rows."""
     recipe, notes = training.get("recipe") or {}, []
     if recipe.get("soup"):
-        parts = ", ".join(f"`{Path(f).parent.name}/{Path(f).name}`" for f in recipe["soup"])
         notes.append(f"The weights are the uniform average (a soup, `converter/text_soup.py`) of {len(recipe['soup'])} "
-                     f"runs fine-tuned from the same MiniLM: {parts}.")
+                     f"runs fine-tuned from the same MiniLM: {_files(recipe['soup'], '')}.")
     if (training.get("init_from") or {}).get("weights"):
         notes.append(f"A second stage: the run started from `{training['init_from']['weights']}`, with a fresh "
                      "warm-up and decay.")
     if recipe.get("distill"):
         notes.append(f"Distilled (`converter/text_teacher.py`): the loss is {1 - recipe['distill']:.2f} x the labels' "
                      f"cross-entropy plus {recipe['distill']:.2f} x T^2 x the cross-entropy against the teacher's "
-                     f"probabilities at T = {recipe.get('distill_temperature', 2.0)}; the teacher is "
-                     f"`{Path(recipe['teacher']).name}`, the mean log-probabilities of earlier runs on the training "
-                     "rows.")
+                     f"probabilities at T = {recipe.get('distill_temperature', 2.0)}. The teacher "
+                     f"(`{Path(recipe['teacher']).name}`, `python -m converter teach-text`) is the mean "
+                     "log-probability on the training rows of "
+                     f"{_files(training.get('teacher_sources'), 'earlier runs')}.")
     if recipe.get("emoevent"):
         notes.append("EmoEvent's English training tweets with one of the six emotions (2,799 rows, "
                      "`converter/emoevent.py`) are added to the training rows.")
@@ -95,7 +100,8 @@ on GoEmotions' Ekman grouping for Aula's labels ({', '.join(LABELS)}). It runs o
   door") come out neutral {i8['neutral_sentences_neutral']} of 2 times (int8). The check on their transcripts,
   clip by clip, is in docs/fusion.md when the fusion measurement has run.
 - Reproduce: `python -m converter evaluate-text` (the committed int8 model, and the float twin and ONNX export
-  where export-text wrote them); `python -m converter train-text` then `export-text` (the whole recipe).
+  where export-text wrote them). Training: `python -m converter train-text` then `export-text` for one run; the
+  runs, the teacher and the student behind this model, and how dev chose it: `docs/training.md`.
 - Only the int8 model is committed (`models_tflite/`). The float twin and the ONNX export (about 90 MB each) are
   written by export-text to `artifacts/text_emotion/`, with a manifest of their own, and are not kept in git.
 
