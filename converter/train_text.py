@@ -134,7 +134,7 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
         from converter import emoevent
 
         extra = emoevent.load("train")
-        extra_texts, extra_targets = extra.texts[:limit] if limit else extra.texts, extra.targets[: limit or None]
+        extra_texts, extra_targets = extra.texts[: limit or None], extra.targets[: limit or None]
         texts, targets = texts + extra_texts, np.concatenate([targets, extra_targets])
         soft = np.concatenate([soft, extra_targets])
         fine = np.concatenate([fine, np.zeros((len(extra_texts), fine.shape[1]), np.float32)])

@@ -92,6 +92,21 @@ def wait_for(predicate, timeout: float = 10.0, step: float = 0.02) -> bool:
     return bool(predicate())
 
 
+def wait_for_broker(url: str, process, timeout: float = 60.0) -> dict | None:
+    """Poll a server's /healthz `url` until it reports the broker connected, `process` (a Popen) exits or `timeout`
+    seconds pass; return the last health read (None if none was)."""
+    health, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            health = httpx.get(url, timeout=2).json()
+            if health.get("broker_connected"):
+                break
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.3)
+    return health
+
+
 class DeviceSimulator:
     """A paho publisher that sends events, statuses and health on the device topics with QoS 1."""
 

@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import yaml
 from fleet.flash import tls_layout, unit_programs
 from fleet.release import SERVER, build_release
 from fleet.server_install import health_url
+from server.testing import wait_for_broker
 from tests.mosquitto import free_port
 from tests.ssh_lab import Sshd, run_fleet, show, start_lab, stop_lab
 from tests.test_broker_acl import Broker, listening
@@ -145,17 +145,9 @@ def test_the_installed_server_answers_healthz_connected_to_the_broker(lab, first
     proc = subprocess.Popen([str(root / "opt/aula/.venv/bin/python"), "-m", "server", "--config", str(mapped)],
                             cwd=state, env=_clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        url, health, deadline = health_url(mapped.read_text()), None, time.monotonic() + 60
+        url = health_url(mapped.read_text())
         assert url == f"http://127.0.0.1:{port}/healthz"
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    health = json.loads(response.read())
-                if health.get("broker_connected"):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.3)
+        health = wait_for_broker(url, proc)
         assert health is not None and health["broker_connected"] and health["database"] == "ok", health
         assert (state / "aula-server.sqlite3").is_file()
         print(f"/healthz: {json.dumps(health)[:300]}")

@@ -39,12 +39,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from server.testing import wait_for_broker
 from tests.mosquitto import broker_factory_fixture, free_port, mosquitto_fixture  # noqa: F401 (pytest fixtures)
 from tests.system_deps import require_system_dep
 
@@ -659,17 +659,7 @@ def test_the_server_runs_under_its_units_restrictions(mosquitto, tmp_path):
     run = _confined(plan, _unit_command(SERVER_UNIT, "ExecStart", replace), cwd, binds, env,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        health = None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and run.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                    health = json.loads(response.read())
-                if health.get("broker_connected"):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.3)
+        health = wait_for_broker(f"http://127.0.0.1:{port}/healthz", run)
         assert health is not None and health["broker_connected"] and health["database"] == "ok", health
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as response:
             assert response.status == 200 and b"<form" in response.read()
