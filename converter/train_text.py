@@ -126,10 +126,10 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
     soft = targets
     if distill:
         from converter.text_teacher import load_teacher
+        from device.models.face_emotion import softmax
 
-        taught = load_teacher(Path(recipe["teacher"]), len(train_split.texts))[: len(texts)] / temperature
-        soft = np.exp(taught - taught.max(axis=1, keepdims=True))
-        soft = (soft / soft.sum(axis=1, keepdims=True)).astype(np.float32)
+        taught = load_teacher(Path(recipe["teacher"]), len(train_split.texts))[: len(texts)]
+        soft = softmax(taught, temperature).astype(np.float32)
     if recipe.get("emoevent"):
         from converter import emoevent
 
