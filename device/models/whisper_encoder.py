@@ -82,6 +82,9 @@ class WhisperEncoder:
 
     def __init__(self, folder: str | Path, threads: int = 1, compute_type: str = "int8",
                  layers: tuple[int, ...] | None = None):
+        from device.lazy_av import defer_av
+
+        defer_av()  # PyAV decodes files; this path hands faster-whisper numpy samples only
         try:
             from faster_whisper.feature_extractor import FeatureExtractor
         except ImportError as exc:

@@ -26,6 +26,9 @@ class WhisperTranscriber(Transcriber):
 
     def __init__(self, model: str = "whisper_tiny_en", beam_size: int = 1, threads: int = 1,
                  language: str = "en", folder=None, workers: int = 1):
+        from device.lazy_av import defer_av
+
+        defer_av()
         try:
             from faster_whisper import WhisperModel
         except ImportError as exc:
