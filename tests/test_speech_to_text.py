@@ -61,6 +61,16 @@ def test_whisper_transcribes_english_espeak_sentences(espeak, whisper):
     assert all(0 < t.seconds < 30 for t in got)
 
 
+def test_whisper_gives_the_windows_buffers_back_after_each_segment(espeak, whisper, monkeypatch):
+    from device.speech_to_text import whisper as module
+
+    calls = []
+    monkeypatch.setattr(module, "trim", lambda: calls.append(1) or True)
+    for _, samples in english_set(2):
+        whisper.transcribe(samples)
+    assert len(calls) == 2
+
+
 def test_the_words_are_never_logged(espeak, whisper, caplog):
     sentence, samples = english_set(1)[0]
     with caplog.at_level(logging.DEBUG):  # every logger, debug included

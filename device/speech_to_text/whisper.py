@@ -13,6 +13,7 @@ import logging
 import numpy as np
 
 from device.errors import ModelError
+from device.heap_trim import trim
 from device.speech_to_text.base import Transcriber, TranscriberError
 
 # faster-whisper logs "Processing audio with duration ..." at INFO for every call; it never logs the words.
@@ -67,4 +68,6 @@ class WhisperTranscriber(Transcriber):
             samples, language=self.language, beam_size=self.beam_size, temperature=0.0, vad_filter=False,
             without_timestamps=True, condition_on_previous_text=False,
         )
-        return " ".join(s.text.strip() for s in segments), []
+        text = " ".join(s.text.strip() for s in segments)
+        trim()  # the 30 s window's buffers, freed by now, back to the kernel (device/heap_trim.py)
+        return text, []
