@@ -73,7 +73,26 @@ def bagged_offsets(y: np.ndarray, logits: np.ndarray, bags: int = BAGS, seed: in
     return np.mean(fits, axis=0).astype(np.float32)
 
 
-def _entry(name: str, file: str, version: str, temperature: float, metrics: dict) -> dict:
+def training_data(recipe: dict) -> str:
+    """The manifest's `training_data` for a run's recipe: the rows, and the teacher a distilled model learned from."""
+    text = "GoEmotions train, Ekman grouping (multi-label rows: target shared among their labels)"
+    if recipe.get("emoevent"):
+        text += ", and EmoEvent's English training tweets with one of the six emotions (CC BY-NC-SA 4.0, assumed)"
+    if recipe.get("distill"):
+        text += (f"; distilled: {recipe['distill']:g} of the loss against a teacher's softened predictions on the "
+                 f"same rows (T = {recipe.get('distill_temperature', 2.0):g}; docs/training.md)")
+    return text
+
+
+def _licence(recipe: dict) -> str:
+    if recipe.get("emoevent"):
+        return ("Weights: all-MiniLM-L6-v2 (Apache-2.0) fine-tuned by Aula on GoEmotions (Apache-2.0) and EmoEvent "
+                "(CC BY-NC-SA 4.0, assumed: non-commercial use only). Code: Apache-2.0.")
+    return ("Weights: all-MiniLM-L6-v2 (Apache-2.0) fine-tuned by Aula on GoEmotions (Apache-2.0). "
+            "Code: Apache-2.0.")
+
+
+def _entry(name: str, file: str, version: str, temperature: float, metrics: dict, recipe: dict) -> dict:
     from device.models.manifest_tools import file_meta
 
     meta = file_meta(folder_of(name) / file)
@@ -87,9 +106,8 @@ def _entry(name: str, file: str, version: str, temperature: float, metrics: dict
         "input": {"shape": [1, -1], "dtype": "int32", "names": ["input_ids", "attention_mask"]},
         "output": "logits (7); apply softmax(logits / calibration_temperature)",
         "calibration_temperature": temperature,
-        "licence": "Weights: all-MiniLM-L6-v2 (Apache-2.0) fine-tuned by Aula on GoEmotions (Apache-2.0). "
-                   "Code: Apache-2.0.",
-        "training_data": "GoEmotions train, Ekman grouping (multi-label rows: target shared among their labels)",
+        "licence": _licence(recipe),
+        "training_data": training_data(recipe),
         "evaluation_data": "GoEmotions test, single-label rows (offsets and temperature fitted on dev)",
         "metrics": metrics,
     })
@@ -154,6 +172,7 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
     from device.models.text_tokens import load_tokenizer
 
     history = json.loads((Path(work_dir) / "history.json").read_text())
+    recipe = history.get("recipe") or {}
     best = history["best"]["epoch"]
     keras.mixed_precision.set_global_policy("float32")
     net = build_text_model()
@@ -188,7 +207,7 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
     test = goemotions.load("test")
     results = {}
     for name, file in FILES.items():
-        update_manifest_entry(name, _entry(name, file, version, temperature, {}), folder_of(name))
+        update_manifest_entry(name, _entry(name, file, version, temperature, {}, recipe), folder_of(name))
         results[name] = evaluate(_load(name), test)
     report = {
         "version": version,
@@ -212,7 +231,8 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
         "bytes": {name: (folder_of(name) / file).stat().st_size for name, file in FILES.items()},
     }
     for name, file in FILES.items():
-        update_manifest_entry(name, _entry(name, file, version, temperature, report["models"][name]), folder_of(name))
+        update_manifest_entry(name, _entry(name, file, version, temperature, report["models"][name], recipe),
+                              folder_of(name))
     (MODELS / "cards").mkdir(exist_ok=True)
     (MODELS / "cards" / "text_emotion_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     from converter.text_card import write_text_card

@@ -1,6 +1,8 @@
 """Text training: GoEmotions as the 7 labels, the Keras MiniLM against sentence-transformers' published
 similarities, length buckets, class weights, dev-fitted offsets and a resumable smoke run."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -190,3 +192,23 @@ def test_the_card_describes_a_soup_a_second_stage_and_a_teacher(tmp_path):
     report["training"]["recipe"] = {"emoevent": True}
     write_text_card(report, tmp_path / "card.md")
     assert "research and teaching only" in (tmp_path / "card.md").read_text()
+
+
+def test_the_manifest_says_what_the_committed_text_model_learned_from():
+    from converter.export_text import _licence, training_data
+    from device.model_store import model_entry, models_dir
+
+    report = json.loads((models_dir() / "cards" / "text_emotion_metrics.json").read_text())
+    recipe = report["training"]["recipe"]
+    entry = model_entry("text_emotion_int8").meta
+    assert entry["training_data"] == training_data(recipe) and entry["licence"] == _licence(recipe)
+    assert ("distilled" in entry["training_data"]) == bool(recipe.get("distill"))
+    assert "EmoEvent" not in entry["training_data"] + entry["licence"]  # the shipped weights are Apache-2.0
+
+
+def test_training_data_names_the_extra_tweets_and_their_licence():
+    from converter.export_text import _licence, training_data
+
+    recipe = {"emoevent": True, "distill": 0.0}
+    assert "EmoEvent" in training_data(recipe) and "non-commercial" in _licence(recipe)
+    assert "distilled" not in training_data(recipe)
