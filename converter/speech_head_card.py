@@ -57,9 +57,9 @@ def _cost(chosen: dict) -> str:
             "padding), in numpy float32, the voice statistics (about 8 ms) and the head: 38 ms per window on one "
             "thread of a 2-core AMD EPYC (AVX2, no int8 dot products; CTranslate2's int8 encoder output took 23 ms "
             "with the same statistics and head), the speech path with Silero VAD at 0.024x real time (`python "
-            "bench/speech.py`; every CPU measured: `docs/benchmarks.md`). Memory: the blocks used, 31 MiB of float32 "
-            "weights for all four, read from the words path's model file; the words path keeps its own CTranslate2 "
-            "copy when it runs.")
+            "bench/speech.py`; every CPU measured: `docs/benchmarks.md`). Memory: the blocks used, 16 MiB of float16 "
+            "weights for all four (widened to float32 one matrix at a time), read from the words path's model file; "
+            "the words path keeps its own CTranslate2 copy when it runs.")
 
 
 def write_card(report: dict, out: Path) -> None:

@@ -107,7 +107,7 @@ class DeviceService:
             temps[Modality.FACE] = self._stage.classifier.temperature
         # The words path first: a speech-emotion head on the encoder's output then uses its CTranslate2 Whisper
         # model (device/models/whisper_encoder.py) rather than a second copy in memory. The default head takes the
-        # encoder's layers, and keeps only their blocks, in numpy (device/models/whisper_layers.py, 31 MiB).
+        # encoder's layers, and keeps only their blocks, in numpy (device/models/whisper_layers.py, 16 MiB of float16).
         self._load_text_path()
         self._speech_model = None
         s = self.config.speech
