@@ -157,6 +157,7 @@ def test_config_errors_name_file_line_and_key(tmp_path):
         ({"broker": "mqtts://h", "tls": {"cert_file": "/c.pem"}}, "cert_file and key_file go together"),
         ({"reconnect_min_s": 5, "reconnect_max_s": 1}, "reconnect_max_s"),
         ({"queue": {"max_bytes": 10}}, "max_bytes"),
+        ({"health_interval_s": 0.3}, "health_interval_s"),  # a floor of 1 s: health is no stream
     ],
 )
 def test_config_cross_field_errors(extra, message):
@@ -690,7 +691,7 @@ def test_health_is_periodic_with_caller_fields_and_counters(mosquitto, tmp_path,
             raise RuntimeError("camera thread died")
         return {"vision": {"frames_analysed_per_s": 4.5}, "type": "ignored"}
 
-    cfg = build_config(mosquitto.url, tmp_path / "q.sqlite3", health_interval_s=0.3)
+    cfg = build_config(mosquitto.url, tmp_path / "q.sqlite3", health_interval_s=1)
     pub = publishers(cfg, health_provider=provider)
     pub.start()
     pub.publish_event(_event())

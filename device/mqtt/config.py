@@ -58,7 +58,7 @@ class MqttConfig(BrokerConnection):
         description="An event the broker refused (an ACL or quota not yet fixed) stays queued and is sent again after "
         "this long, doubling up to ten times as long while it keeps being refused.",
     )
-    health_interval_s: float = Field(30.0, gt=0, le=3600, description="Seconds between health messages.")
+    health_interval_s: float = Field(30.0, ge=1, le=3600, description="Seconds between health messages (1 to 3600).")
     health_qos: Literal[0, 1] = Field(0, description="QoS of health messages; they are never queued while offline.")
     stop_timeout_s: float = Field(
         2.0, ge=0, le=60, description="On a clean stop, seconds to wait for in-flight events before disconnecting."
