@@ -11,6 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from device.errors import BackendUnavailable, ModelError
+from device.mapped_pages import release
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,9 @@ class LiteRTBackend(InferenceBackend):
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{self.path}: not a loadable TFLite model ({exc})") from exc
+        # XNNPACK has packed the weights into its own buffers by now: the file's pages it read can go (11 MiB for
+        # the text model); any page still needed is read back from the page cache (device/mapped_pages.py).
+        release(self.path)
         self._in = self._interp.get_input_details()
         self._out = self._interp.get_output_details()
 
