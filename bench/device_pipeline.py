@@ -38,7 +38,8 @@ FPS = 30
 SIZE = (640, 480)
 ANALYSIS_FPS = 10
 TARGET_REALTIME = 3.0
-TARGET_RSS_MB = 400.0
+TARGET_RSS_MB = 400.0  # the 400 MB, decimal: 381.5 MiB (RSS is measured and printed in MiB)
+TARGET_RSS_MIB = TARGET_RSS_MB * 1e6 / 2**20
 
 
 def make_video(path: Path) -> None:
@@ -182,7 +183,8 @@ def main() -> int:
     print(f"CPU seconds per minute of input {result['cpu_s_per_min_input']:.2f} "
           f"(decode alone {result['baseline_decode_cpu_s_per_min_input']:.2f}, ratio "
           f"{result['cpu_s_per_min_input'] / result['baseline_decode_cpu_s_per_min_input']:.2f}x)")
-    print(f"peak RSS {result['peak_rss_mb']:.0f} MiB (target <= {TARGET_RSS_MB:.0f}; decode alone "
+    print(f"peak RSS {result['peak_rss_mb']:.0f} MiB = {result['peak_rss_mb'] * 2**20 / 1e6:.0f} MB (target <= "
+          f"{TARGET_RSS_MB:.0f} MB; decode alone "
           f"{result['baseline_decode_peak_rss_mb']:.0f} MiB); events acknowledged: {result['events_acked']}")
     fo, nt, lv = result["faces_only"], result["without_text"], result["live"]
     print(f"speech windows classified {result['speech_windows']} "
@@ -196,7 +198,7 @@ def main() -> int:
     print(f"at the input's own pace (as live): {lv['cpu_s_per_min_input']:.2f} CPU s per minute, speech segments "
           f"transcribed {lv['segments_transcribed']}, skipped {lv['segments_not_transcribed']} "
           f"(share {lv['transcribed_share']})")
-    ok = result["realtime_factor"] >= TARGET_REALTIME and result["peak_rss_mb"] <= TARGET_RSS_MB
+    ok = result["realtime_factor"] >= TARGET_REALTIME and result["peak_rss_mb"] <= TARGET_RSS_MIB
     print(f"{'PASS' if ok else 'MISS'}  device pipeline targets")
     out = ROOT / "artifacts"
     out.mkdir(exist_ok=True)
