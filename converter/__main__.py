@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--distill", type=float, help="weight of the teacher's term in the loss, 0-1 (default: 0)")
     th = sub.add_parser("teach-text", help="average fine-tuned text runs' log-probabilities on GoEmotions train "
                                            "into a teacher file for train-text --teacher (converter/text_teacher.py)")
-    th.add_argument("items", type=Path, nargs="+", help="training run folders (their best epoch) or .weights.h5 files")
+    th.add_argument("items", type=Path, nargs="+", help="training run folders (their best epoch), .weights.h5 files, "
+                                                        "or exported .tflite models (models_tflite/text_emotion_int8"
+                                                        ".tflite: its dev offsets are taken off)")
     th.add_argument("--out", type=Path, required=True, help="the teacher file (.npz)")
     et = sub.add_parser("export-text", help="quantise, evaluate and register the fine-tuned text model")
     et.add_argument("--work-dir", type=Path, help="the training run (default: ~/.cache/aula/train_text)")

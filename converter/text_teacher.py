@@ -27,30 +27,57 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def teach(items: list[Path], out: Path, threads: int = 2) -> dict:
-    """Save the mean log-probabilities of `items` (runs or weights files) on the training rows to `out` (.npz)."""
-    import keras
-    import tensorflow as tf
-
-    from converter.text_net import build_text_model
-    from converter.text_soup import weight_file
-    from converter.train_text import predict_logits
-    from device.models.text_tokens import load_tokenizer
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    keras.mixed_precision.set_global_policy("float32")
-    tokenizer = load_tokenizer(model_folder(MINILM) / "tokenizer.json")
+    """Save the mean log-probabilities of `items` on the training rows to `out` (.npz). An item is a run or a
+    weights file, or an exported `.tflite` model (the committed one, say) with its metrics file beside it in
+    `cards/`: its dev offsets are taken off its logits, so that it teaches the run's own probabilities."""
     train = goemotions.load("train")
-    net = build_text_model()
-    files = [weight_file(i) for i in items]
+    files = [Path(i) if Path(i).suffix == ".tflite" else None for i in items]
     total = np.zeros((len(train.texts), len(train.targets[0])), np.float64)
+    if any(f is None for f in files):
+        import keras
+        import tensorflow as tf
+
+        from converter.text_net import build_text_model
+        from converter.text_soup import weight_file
+        from converter.train_text import predict_logits
+        from device.models.text_tokens import load_tokenizer
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        keras.mixed_precision.set_global_policy("float32")
+        tokenizer = load_tokenizer(model_folder(MINILM) / "tokenizer.json")
+        net = build_text_model()
+        files = [f or weight_file(i) for f, i in zip(files, items, strict=True)]
     for file in files:
-        net.load_weights(file)
-        total += log_softmax(predict_logits(net, tokenizer, train.texts))
+        if file.suffix == ".tflite":
+            logits = exported_logits(file, train.texts, threads)
+        else:
+            net.load_weights(file)
+            logits = predict_logits(net, tokenizer, train.texts)
+        total += log_softmax(logits)
         logger.info("teacher: %s done", file)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, log_probs=(total / len(files)).astype(np.float32), sources=json.dumps([str(f) for f in files]))
     return {"rows": len(train.texts), "sources": [str(f) for f in files], "out": str(out)}
+
+
+def exported_logits(model: Path, texts: list[str], threads: int = 2, batch: int = 64) -> np.ndarray:
+    """An exported text model's logits without the dev offsets export-text added to its bias (read from
+    `cards/text_emotion_metrics.json` beside the model)."""
+    from device.models.text_emotion import TextEmotionModel
+
+    metrics = Path(model).parent / "cards" / "text_emotion_metrics.json"
+    try:
+        offsets = np.asarray(json.loads(metrics.read_text())["dev"]["offsets"], np.float32)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{model}: its dev offsets are not readable from {metrics} ({exc})") from exc
+    net = TextEmotionModel.load(path=model, threads=threads)
+    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
+    logits = np.zeros((len(texts), len(offsets)), np.float32)
+    for start in range(0, len(order), batch):
+        rows = order[start : start + batch]
+        logits[rows] = net.logits_batch([texts[r] for r in rows])
+    return logits - offsets
 
 
 def load_teacher(path: Path, rows: int) -> np.ndarray:

@@ -212,3 +212,28 @@ def test_training_data_names_the_extra_tweets_and_their_licence():
     recipe = {"emoevent": True, "distill": 0.0}
     assert "EmoEvent" in training_data(recipe) and "non-commercial" in _licence(recipe)
     assert "distilled" not in training_data(recipe)
+
+
+def test_an_exported_model_teaches_its_logits_without_the_dev_offsets(tmp_path, monkeypatch):
+    from converter import text_teacher
+    from device.model_store import model_entry, models_dir
+    from device.models.text_emotion import TextEmotionModel
+
+    texts = ["I am so happy for you", "that is disgusting", "Kids are talking by the door", "why?", "oh no"]
+    split = goemotions.Split(texts, np.eye(7, dtype=np.float32)[[3, 1, 4, 6, 2]], np.ones(5, bool))
+    monkeypatch.setattr(text_teacher.goemotions, "load", lambda name: split)
+    model = model_entry("text_emotion_int8").path
+    report = text_teacher.teach([model], tmp_path / "t.npz", threads=1)
+    offsets = json.loads((models_dir() / "cards" / "text_emotion_metrics.json").read_text())["dev"]["offsets"]
+    raw = TextEmotionModel.load().logits_batch(texts) - np.asarray(offsets, np.float32)
+    taught = text_teacher.load_teacher(tmp_path / "t.npz", 5)
+    assert report["sources"] == [str(model)]
+    np.testing.assert_allclose(taught, text_teacher.log_softmax(raw), atol=1e-4)  # batches pad differently
+
+
+def test_an_exported_model_without_its_metrics_is_refused(tmp_path):
+    from converter.text_teacher import exported_logits
+
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    with pytest.raises(ValueError, match="dev offsets are not readable"):
+        exported_logits(tmp_path / "m.tflite", ["hi"])
