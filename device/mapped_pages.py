@@ -2,7 +2,7 @@
 
 LiteRT maps a .tflite file into memory, and when the interpreter is built XNNPACK packs the weights of the
 matrix products into buffers of its own. The mapped pages it read for that stay resident, and count in the
-process's RSS, though nothing reads them again: about 11 MiB for the text model. `release(path)` calls
+process's RSS, though nothing reads them again: about 12 MiB for the text model. `release(path)` calls
 `madvise(MADV_DONTNEED)` on each read-only mapping of the file. The kernel drops those pages from the process;
 a page that is read again (an embedding row that the Gather op looks up) comes back from the page cache with
 the same bytes, since the mapping is read-only. Outside Linux it does nothing.

@@ -110,7 +110,7 @@ class LiteRTBackend(InferenceBackend):
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{self.path}: not a loadable TFLite model ({exc})") from exc
-        # XNNPACK has packed the weights into its own buffers by now: the file's pages it read can go (11 MiB for
+        # XNNPACK has packed the weights into its own buffers by now: the file's pages it read can go (12 MiB for
         # the text model); any page still needed is read back from the page cache (device/mapped_pages.py).
         release(self.path)
         self._in = self._interp.get_input_details()

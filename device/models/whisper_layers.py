@@ -4,8 +4,8 @@ CTranslate2 (device/models/whisper_encoder.py) returns the encoder's output only
 hears tone better in the middle of the encoder than at its end: the last blocks were trained towards words
 (models_tflite/cards/speech_emotion_whisper.md has the cross-validation by layer). This module runs the same
 encoder from the same file, the CTranslate2 `model.bin` the words path loads, reading only its encoder
-weights (float16 on disk and in memory, about 15 MB for the four blocks; each matrix is widened to float32 as it is
-used, so the frames are what float32 weights give, bit for bit): two convolutions, sinusoidal positions, pre-norm
+weights (float16 on disk and in memory, about 17 MiB for the four blocks; each matrix is widened to float32 as it
+is used, so the frames are what float32 weights give, bit for bit): two convolutions, sinusoidal positions, pre-norm
 transformer blocks, and the final layer norm.
 
 Layers are numbered 1 to 4 by block; layer 4 is the encoder's output after its final layer norm, what
@@ -141,9 +141,9 @@ class WhisperLayers:
         unused = tuple(f"layer_{i}/" for i in range(self.up_to, self.blocks)) + (
             ("layer_norm/",) if self.up_to < self.blocks else ())
         # (in, out) matrices transposed once here rather than on every call. The weight matrices stay float16, as
-        # stored (half the resident memory: 15 MiB less for the four blocks of tiny.en); `_matrix` widens one at a
+        # stored (half the resident memory: 16 MiB less for the four blocks of tiny.en); `_matrix` widens one at a
         # time as it is used (exact, so the frames are bit-identical to float32 weights'), by table look-up: about
-        # 3 ms more per 2 s window (numpy's astype took 20 ms). Biases, norms and positions are float32.
+        # 8 ms more per 2 s window (numpy's astype took 13-20 ms). Biases, norms and positions are float32.
         w = {}
         for k in list(stored):
             v = stored.pop(k)
