@@ -214,7 +214,7 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
         "epoch": best,
         "training": {k: history.get(k) for k in ("recipe", "history", "rows", "precision", "recipe_changes")}
         | {"init_from": {"weights": (history.get("init_from") or {}).get("weights")},
-           "teacher_sources": teacher_sources(history.get("recipe") or {})},
+           "teacher_sources": teacher_sources(recipe)},
         "dev": {"accuracy": round(dev_acc, 4), "macro_f1": round(dev_f1, 4),
                 "offsets": [round(float(o), 3) for o in offsets], "bags": BAGS, "temperature": round(temperature, 4)},
         "test_rows": int(test.single.sum()),

@@ -71,13 +71,10 @@ def exported_logits(model: Path, texts: list[str], threads: int = 2, batch: int 
         offsets = np.asarray(json.loads(metrics.read_text())["dev"]["offsets"], np.float32)
     except (OSError, KeyError, ValueError) as exc:
         raise ValueError(f"{model}: its dev offsets are not readable from {metrics} ({exc})") from exc
+    from converter.train_text import logits_by_length
+
     net = TextEmotionModel.load(path=model, threads=threads)
-    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
-    logits = np.zeros((len(texts), len(offsets)), np.float32)
-    for start in range(0, len(order), batch):
-        rows = order[start : start + batch]
-        logits[rows] = net.logits_batch([texts[r] for r in rows])
-    return logits - offsets
+    return logits_by_length(net.logits_batch, net.tokenizer, texts, batch) - offsets
 
 
 def load_teacher(path: Path, rows: int) -> np.ndarray:

@@ -61,16 +61,20 @@ def token_lengths(tokenizer, texts: list[str]) -> np.ndarray:
     return np.array([len(e.ids) for e in tokenizer.encode_batch(texts)])
 
 
-def predict_logits(model, tokenizer, texts: list[str], batch_size: int = 128) -> np.ndarray:
-    """Logits for `texts`, batched by length."""
-    lengths = token_lengths(tokenizer, texts)
-    order = np.argsort(lengths, kind="stable")
+def logits_by_length(logits_of, tokenizer, texts: list[str], batch_size: int = 128) -> np.ndarray:
+    """`logits_of(batch of texts)` for all `texts`, in batches of similar token length (less padding)."""
+    order = np.argsort(token_lengths(tokenizer, texts), kind="stable")
     out = np.zeros((len(texts), len(LABELS)), np.float32)
     for i in range(0, len(order), batch_size):
         rows = order[i : i + batch_size]
-        ids, mask = encode(tokenizer, [texts[r] for r in rows])
-        out[rows] = np.asarray(model([ids, mask], training=False), np.float32)
+        out[rows] = logits_of([texts[r] for r in rows])
     return out
+
+
+def predict_logits(model, tokenizer, texts: list[str], batch_size: int = 128) -> np.ndarray:
+    """A Keras text model's logits for `texts`, batched by length."""
+    return logits_by_length(lambda batch: np.asarray(model(list(encode(tokenizer, batch)), training=False),
+                                                     np.float32), tokenizer, texts, batch_size)
 
 
 def _save(path: Path, model, optimizer, state: dict) -> None:
