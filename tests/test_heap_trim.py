@@ -1,16 +1,12 @@
 """device/heap_trim.py: glibc's malloc_trim gives freed heap memory back, and a C library without it is no error."""
 
 import ctypes
-import os
 import sys
 
 import pytest
 
 from device import heap_trim
-
-
-def _rss_mib() -> float:
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+from device.system_metrics import rss_mb
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
@@ -25,9 +21,9 @@ def test_trim_returns_freed_heap_pages():
         ctypes.memset(b, 1, 16384)
     for b in blocks[:-1]:
         libc.free(b)
-    before = _rss_mib()
+    before = rss_mb()
     assert heap_trim.trim() is True
-    assert before - _rss_mib() > 30  # of the 62 MiB freed
+    assert before - rss_mb() > 30  # of the 62 MiB freed
     libc.free(blocks[-1])
 
 
