@@ -169,13 +169,17 @@ def test_a_teacher_for_another_number_of_rows_is_refused(tmp_path):
         load_teacher(tmp_path / "t.npz", 9)
 
 
-def test_the_card_describes_a_soup_a_second_stage_and_a_teacher(tmp_path):
-    import json
-
-    from converter.text_card import write_text_card
+def committed_text_report() -> dict:
+    """The committed text model's export report (models_tflite/cards/text_emotion_metrics.json)."""
     from device.model_store import models_dir
 
-    report = json.loads((models_dir() / "cards" / "text_emotion_metrics.json").read_text())
+    return json.loads((models_dir() / "cards" / "text_emotion_metrics.json").read_text())
+
+
+def test_the_card_describes_a_soup_a_second_stage_and_a_teacher(tmp_path):
+    from converter.text_card import write_text_card
+
+    report = committed_text_report()
     report["training"]["history"] = [{"epoch": 1, "dev_accuracy": 0.7, "dev_macro_f1": 0.63}]  # a soup's record
     report["training"]["recipe"] = {"soup": ["/r/run_a/epoch1.weights.h5", "/r/run_b/epoch1.weights.h5"],
                                     "distill": 0.7, "teacher": "/r/teacher.npz"}
@@ -196,10 +200,9 @@ def test_the_card_describes_a_soup_a_second_stage_and_a_teacher(tmp_path):
 
 def test_the_manifest_says_what_the_committed_text_model_learned_from():
     from converter.export_text import _licence, training_data
-    from device.model_store import model_entry, models_dir
+    from device.model_store import model_entry
 
-    report = json.loads((models_dir() / "cards" / "text_emotion_metrics.json").read_text())
-    recipe = report["training"]["recipe"]
+    recipe = committed_text_report()["training"]["recipe"]
     entry = model_entry("text_emotion_int8").meta
     assert entry["training_data"] == training_data(recipe) and entry["licence"] == _licence(recipe)
     assert ("distilled" in entry["training_data"]) == bool(recipe.get("distill"))
@@ -216,7 +219,7 @@ def test_training_data_names_the_extra_tweets_and_their_licence():
 
 def test_an_exported_model_teaches_its_logits_without_the_dev_offsets(tmp_path, monkeypatch):
     from converter import text_teacher
-    from device.model_store import model_entry, models_dir
+    from device.model_store import model_entry
     from device.models.text_emotion import TextEmotionModel
 
     texts = ["I am so happy for you", "that is disgusting", "Kids are talking by the door", "why?", "oh no"]
@@ -224,7 +227,7 @@ def test_an_exported_model_teaches_its_logits_without_the_dev_offsets(tmp_path, 
     monkeypatch.setattr(text_teacher.goemotions, "load", lambda name: split)
     model = model_entry("text_emotion_int8").path
     report = text_teacher.teach([model], tmp_path / "t.npz", threads=1)
-    offsets = json.loads((models_dir() / "cards" / "text_emotion_metrics.json").read_text())["dev"]["offsets"]
+    offsets = committed_text_report()["dev"]["offsets"]
     raw = TextEmotionModel.load().logits_batch(texts) - np.asarray(offsets, np.float32)
     taught = text_teacher.load_teacher(tmp_path / "t.npz", 5)
     assert report["sources"] == [str(model)]
