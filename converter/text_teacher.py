@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from converter import goemotions
-from converter.pretrained import MINILM, model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -31,34 +30,40 @@ def teach(items: list[Path], out: Path, threads: int = 2) -> dict:
     weights file, or an exported `.tflite` model (the committed one, say) with its metrics file beside it in
     `cards/`: its dev offsets are taken off its logits, so that it teaches the run's own probabilities."""
     train = goemotions.load("train")
-    files = [Path(i) if Path(i).suffix == ".tflite" else None for i in items]
+    from converter.text_soup import weight_file
+
     total = np.zeros((len(train.texts), len(train.targets[0])), np.float64)
-    if any(f is None for f in files):
-        import keras
-        import tensorflow as tf
-
-        from converter.text_net import build_text_model
-        from converter.text_soup import weight_file
-        from converter.train_text import predict_logits
-        from device.models.text_tokens import load_tokenizer
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        keras.mixed_precision.set_global_policy("float32")
-        tokenizer = load_tokenizer(model_folder(MINILM) / "tokenizer.json")
-        net = build_text_model()
-        files = [f or weight_file(i) for f, i in zip(files, items, strict=True)]
-    for file in files:
-        if file.suffix == ".tflite":
-            logits = exported_logits(file, train.texts, threads)
-        else:
-            net.load_weights(file)
-            logits = predict_logits(net, tokenizer, train.texts)
+    sources = [str(Path(i) if Path(i).suffix == ".tflite" else weight_file(i)) for i in items]
+    for source in sources:
+        logits = exported_logits(Path(source), train.texts, threads) if source.endswith(".tflite") \
+            else run_logits(Path(source), train.texts, threads)
         total += log_softmax(logits)
-        logger.info("teacher: %s done", file)
+        logger.info("teacher: %s done", source)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, log_probs=(total / len(files)).astype(np.float32), sources=json.dumps([str(f) for f in files]))
-    return {"rows": len(train.texts), "sources": [str(f) for f in files], "out": str(out)}
+    np.savez(out, log_probs=(total / len(items)).astype(np.float32), sources=json.dumps(sources))
+    return {"rows": len(train.texts), "sources": sources, "out": str(out)}
+
+
+def run_logits(item: Path, texts: list[str], threads: int = 2) -> np.ndarray:
+    """A training run's (its best epoch) or a weights file's logits, built with the encoder its run recorded."""
+    import keras
+    import tensorflow as tf
+
+    from converter.text_soup import weight_file
+    from converter.train_text import build_encoder, encoder_of, predict_logits
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already started in this process: keep its threads
+        pass
+    keras.mixed_precision.set_global_policy("float32")
+    file = weight_file(item)
+    history = file.parent / "history.json"
+    recipe = json.loads(history.read_text())["recipe"] if history.exists() else {}
+    net, tokenizer = build_encoder(encoder_of(recipe))
+    net.load_weights(file)
+    return predict_logits(net, tokenizer, texts)
 
 
 def exported_logits(model: Path, texts: list[str], threads: int = 2, batch: int = 64) -> np.ndarray:

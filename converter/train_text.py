@@ -20,7 +20,7 @@ import numpy as np
 from converter import goemotions
 from converter.datasets import cache_dir
 from converter.metrics import accuracy_and_macro_f1
-from converter.pretrained import MINILM, model_folder
+from converter.pretrained import MINILM, MPNET, model_folder
 from device.contract.labels import LABELS
 from device.models.text_tokens import encode, load_tokenizer
 
@@ -36,6 +36,32 @@ RECIPE = {"epochs": 1, "lr": 5e-5, "batch_size": 32, "warmup": 0.06, "weight_dec
 # teacher, distill: a teach-text file (converter/text_teacher.py) and the weight W of its term: the loss is
 # (1 - W) x the labels' cross-entropy + W x T^2 x the cross-entropy against softmax(teacher / T), T the
 # distill_temperature, both weighted by the row's class weight. Rows the teacher has not seen use their labels.
+# encoder (absent = "minilm"): "mpnet" fine-tunes all-mpnet-base-v2 instead (converter/mpnet_net.py), a teacher
+# five times the device's budget; export-text refuses such a run.
+ENCODERS = {"minilm": MINILM, "mpnet": MPNET}
+
+
+def encoder_of(recipe: dict) -> str:
+    name = recipe.get("encoder", "minilm")
+    if name not in ENCODERS:
+        raise ValueError(f"unknown text encoder {name!r}; one of {sorted(ENCODERS)}")
+    return name
+
+
+def build_encoder(name: str, dropout: float = 0.1, pretrained: bool = False):
+    """(the Keras model, its tokenizer) for an encoder name; `pretrained` loads the published weights."""
+    from converter.text_net import build_text_model, load_minilm, read_safetensors
+
+    source = model_folder(ENCODERS[name])
+    if name == "mpnet":
+        from converter.mpnet_net import build_mpnet_model, load_mpnet
+
+        model, load = build_mpnet_model(dropout=dropout), load_mpnet
+    else:
+        model, load = build_text_model(dropout=dropout), load_minilm
+    if pretrained:
+        load(model, read_safetensors(source / "model.safetensors"))
+    return model, load_tokenizer(source / "tokenizer.json")
 
 
 def default_work_dir() -> Path:
@@ -105,8 +131,6 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
     import keras
     import tensorflow as tf
 
-    from converter.text_net import build_text_model, load_minilm, read_safetensors
-
     work_dir = Path(work_dir or default_work_dir())
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -117,8 +141,7 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
     keras.utils.set_random_seed(recipe["seed"])
 
-    source = model_folder(MINILM)
-    tokenizer = load_tokenizer(source / "tokenizer.json")
+    model, tokenizer = build_encoder(encoder_of(recipe), recipe["dropout"], pretrained=not init_from)
     train_split, dev = goemotions.load("train"), goemotions.load("dev")
     texts, targets = train_split.texts, train_split.targets
     if limit:
@@ -145,8 +168,6 @@ def train(work_dir: Path | None = None, recipe: dict = RECIPE, threads: int = 2,
     lengths = token_lengths(tokenizer, texts)
     weights = class_weights(targets, recipe["class_weight_power"])
 
-    model = build_text_model(dropout=recipe["dropout"])
-    load_minilm(model, read_safetensors(source / "model.safetensors"))
     net = model  # what the optimiser trains and the checkpoint holds: with fine_aux, the model and its 2nd head
     if fine_aux:
         pooled = keras.layers.Dropout(recipe["dropout"])(model.get_layer("mean_pool").output)
