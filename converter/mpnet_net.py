@@ -17,7 +17,15 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from converter.text_net import N_LABELS, AttentionBias, EncoderConfig, EncoderLayer, MaskedMean
+from converter.text_net import (
+    N_LABELS,
+    AttentionBias,
+    EncoderConfig,
+    EncoderLayer,
+    MaskedMean,
+    load_encoder_layers,
+    set_published,
+)
 
 PAD_POSITION = 1  # MPNet's padding id; the first token's position is PAD_POSITION + 1
 
@@ -100,26 +108,17 @@ def build_mpnet_model(config: MPNetConfig = MPNetConfig(), dropout: float = 0.1)
     return keras.Model([ids, mask], logits, name="text_emotion_mpnet")
 
 
+# Where each EncoderLayer part's weights are, under encoder.layer.N., in MPNet's published naming.
+MPNET_LAYER_NAMES = {"query": "attention.attn.q", "key": "attention.attn.k", "value": "attention.attn.v",
+                     "attn_out": "attention.attn.o", "attn_norm": "attention.LayerNorm",
+                     "inter": "intermediate.dense", "out": "output.dense", "out_norm": "output.LayerNorm"}
+
+
 def load_mpnet(model, weights: dict[str, np.ndarray], config: MPNetConfig = MPNetConfig()) -> None:
     """Copy the published weights (embeddings.*, encoder.layer.N.*, encoder.relative_attention_bias) in; the
-    classifier keeps its fresh initialisation. PyTorch's Linear stores [out, in], Keras' Dense [in, out]."""
-    def dense(layer, prefix):
-        layer.set_weights([weights[f"{prefix}.weight"].T, weights[f"{prefix}.bias"]])
-
-    def norm(layer, prefix):
-        layer.set_weights([weights[f"{prefix}.weight"], weights[f"{prefix}.bias"]])
-
+    classifier keeps its fresh initialisation."""
     model.get_layer("word_embeddings").set_weights([weights["embeddings.word_embeddings.weight"]])
     model.get_layer("position_embeddings").set_weights([weights["embeddings.position_embeddings.weight"]])
-    norm(model.get_layer("embeddings_norm"), "embeddings.LayerNorm")
+    set_published(model.get_layer("embeddings_norm"), weights, "embeddings.LayerNorm")
     model.get_layer("relative_bias").set_weights([weights["encoder.relative_attention_bias.weight"]])
-    for i in range(config.layers):
-        layer, p = model.get_layer(f"layer_{i}"), f"encoder.layer.{i}"
-        dense(layer.query, f"{p}.attention.attn.q")
-        dense(layer.key, f"{p}.attention.attn.k")
-        dense(layer.value, f"{p}.attention.attn.v")
-        dense(layer.attn_out, f"{p}.attention.attn.o")
-        norm(layer.attn_norm, f"{p}.attention.LayerNorm")
-        dense(layer.inter, f"{p}.intermediate.dense")
-        dense(layer.out, f"{p}.output.dense")
-        norm(layer.out_norm, f"{p}.output.LayerNorm")
+    load_encoder_layers(model, weights, config.layers, MPNET_LAYER_NAMES)

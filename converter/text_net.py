@@ -139,28 +139,34 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return load_file(str(path))
 
 
+# Where each EncoderLayer part's weights are, under encoder.layer.N., in BERT's published naming.
+BERT_LAYER_NAMES = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+                    "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+                    "inter": "intermediate.dense", "out": "output.dense", "out_norm": "output.LayerNorm"}
+
+
+def set_published(layer, weights: dict[str, np.ndarray], prefix: str) -> None:
+    """A Dense or LayerNormalization layer from `prefix`.weight and .bias; PyTorch's Linear stores [out, in],
+    Keras' Dense [in, out]."""
+    w = weights[f"{prefix}.weight"]
+    layer.set_weights([w.T if w.ndim == 2 else w, weights[f"{prefix}.bias"]])
+
+
+def load_encoder_layers(model, weights: dict[str, np.ndarray], count: int, names: dict[str, str]) -> None:
+    """Every `layer_N` of `model` from encoder.layer.N.*, with `names` mapping its parts to the published names."""
+    for i in range(count):
+        layer = model.get_layer(f"layer_{i}")
+        for part, name in names.items():
+            set_published(getattr(layer, part), weights, f"encoder.layer.{i}.{name}")
+
+
 def load_minilm(model, weights: dict[str, np.ndarray], config: EncoderConfig = EncoderConfig()) -> None:
     """Copy BERT-named weights (embeddings.*, encoder.layer.N.*) into `build_text_model`'s layers.
 
-    The classifier keeps its fresh initialisation. PyTorch's Linear stores [out, in]; Keras' Dense [in, out].
+    The classifier keeps its fresh initialisation.
     """
-    def dense(layer, prefix):
-        layer.set_weights([weights[f"{prefix}.weight"].T, weights[f"{prefix}.bias"]])
-
-    def norm(layer, prefix):
-        layer.set_weights([weights[f"{prefix}.weight"], weights[f"{prefix}.bias"]])
-
     model.get_layer("word_embeddings").set_weights([weights["embeddings.word_embeddings.weight"]])
     model.get_layer("position_embeddings").set_weights(
         [weights["embeddings.position_embeddings.weight"], weights["embeddings.token_type_embeddings.weight"][0]])
-    norm(model.get_layer("embeddings_norm"), "embeddings.LayerNorm")
-    for i in range(config.layers):
-        layer, p = model.get_layer(f"layer_{i}"), f"encoder.layer.{i}"
-        dense(layer.query, f"{p}.attention.self.query")
-        dense(layer.key, f"{p}.attention.self.key")
-        dense(layer.value, f"{p}.attention.self.value")
-        dense(layer.attn_out, f"{p}.attention.output.dense")
-        norm(layer.attn_norm, f"{p}.attention.output.LayerNorm")
-        dense(layer.inter, f"{p}.intermediate.dense")
-        dense(layer.out, f"{p}.output.dense")
-        norm(layer.out_norm, f"{p}.output.LayerNorm")
+    set_published(model.get_layer("embeddings_norm"), weights, "embeddings.LayerNorm")
+    load_encoder_layers(model, weights, config.layers, BERT_LAYER_NAMES)
