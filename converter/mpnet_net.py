@@ -23,6 +23,7 @@ from converter.text_net import (
     EncoderConfig,
     EncoderLayer,
     MaskedMean,
+    PositionEmbedding,
     load_encoder_layers,
     set_published,
 )
@@ -58,12 +59,9 @@ def relative_buckets(length: int, buckets: int = 32, max_distance: int = 128) ->
     return out + np.where(n < exact, n, np.minimum(large, half - 1))
 
 
-class MPNetPositions(layers.Layer):
-    """Adds the position embedding: the k-th kept token has position k + 1 (padding keeps position 1)."""
-
-    def __init__(self, max_positions: int, hidden: int, **kwargs):
-        super().__init__(**kwargs)
-        self.max_positions, self.hidden = max_positions, hidden
+class MPNetPositions(PositionEmbedding):
+    """Adds the position embedding: the k-th kept token has position k + 1 (padding keeps position 1); no
+    token-type vector."""
 
     def build(self, input_shape):
         self.positions = self.add_weight(shape=(self.max_positions, self.hidden), name="positions")
