@@ -36,6 +36,14 @@ def weight_file(item: Path) -> Path:
     return item
 
 
+def encoder_of_weights(file: Path) -> str:
+    """The encoder a weights file was trained with, from its run's history.json (MiniLM when there is none)."""
+    from converter.train_text import encoder_of
+
+    history = Path(file).parent / "history.json"
+    return encoder_of(json.loads(history.read_text()).get("recipe") or {} if history.exists() else {})
+
+
 def cross_calibrated_f1(y: np.ndarray, logits: np.ndarray, halvings: int = 3,
                         bags: int | None = None) -> tuple[float, float]:
     """Mean and standard deviation of macro-F1 with offsets fitted on one half of the rows, scored on the other.
@@ -63,6 +71,9 @@ def soup(items: list[Path], work_dir: Path) -> dict:
     from device.models.text_tokens import load_tokenizer
 
     files = [weight_file(i) for i in items]
+    for file in files:
+        if encoder_of_weights(file) != "minilm":
+            raise ValueError(f"{file}: a run of {encoder_of_weights(file)}; soup-text averages MiniLM runs only")
     keras.mixed_precision.set_global_policy("float32")
     net = build_text_model()
     net.set_weights(mean_weights(net, files, net.load_weights))

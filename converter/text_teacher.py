@@ -50,8 +50,8 @@ def run_logits(item: Path, texts: list[str], threads: int = 2) -> np.ndarray:
     import keras
     import tensorflow as tf
 
-    from converter.text_soup import weight_file
-    from converter.train_text import build_encoder, encoder_of, predict_logits
+    from converter.text_soup import encoder_of_weights, weight_file
+    from converter.train_text import build_encoder, predict_logits
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -59,9 +59,7 @@ def run_logits(item: Path, texts: list[str], threads: int = 2) -> np.ndarray:
         pass
     keras.mixed_precision.set_global_policy("float32")
     file = weight_file(item)
-    history = file.parent / "history.json"
-    recipe = json.loads(history.read_text())["recipe"] if history.exists() else {}
-    net, tokenizer = build_encoder(encoder_of(recipe))
+    net, tokenizer = build_encoder(encoder_of_weights(file))
     net.load_weights(file)
     return predict_logits(net, tokenizer, texts)
 

@@ -112,3 +112,15 @@ def test_export_refuses_an_mpnet_run(tmp_path):
     (tmp_path / "history.json").write_text(json.dumps({"recipe": {"encoder": "mpnet"}, "best": {"epoch": 1}}))
     with pytest.raises(ValueError, match="a teacher too large for the device"):
         export_text(tmp_path)
+
+
+def test_soup_refuses_an_mpnet_run_and_reads_a_runs_encoder(tmp_path):
+    pytest.importorskip("tensorflow")
+    from converter.text_soup import encoder_of_weights, soup
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "history.json").write_text(json.dumps({"recipe": {"encoder": "mpnet"}, "best": {"epoch": 1}}))
+    assert encoder_of_weights(tmp_path / "m" / "epoch1.weights.h5") == "mpnet"
+    assert encoder_of_weights(tmp_path / "loose.weights.h5") == "minilm"  # no history: MiniLM
+    with pytest.raises(ValueError, match="soup-text averages MiniLM runs only"):
+        soup([tmp_path / "m"], tmp_path / "out")
