@@ -72,8 +72,8 @@ def soup(items: list[Path], work_dir: Path) -> dict:
 
     files = [weight_file(i) for i in items]
     for file in files:
-        if encoder_of_weights(file) != "minilm":
-            raise ValueError(f"{file}: a run of {encoder_of_weights(file)}; soup-text averages MiniLM runs only")
+        if (encoder := encoder_of_weights(file)) != "minilm":
+            raise ValueError(f"{file}: a run of {encoder}; soup-text averages MiniLM runs only")
     keras.mixed_precision.set_global_policy("float32")
     net = build_text_model()
     net.set_weights(mean_weights(net, files, net.load_weights))

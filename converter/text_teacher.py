@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +30,15 @@ def teach(items: list[Path], out: Path, threads: int = 2) -> dict:
     """Save the mean log-probabilities of `items` on the training rows to `out` (.npz). An item is a run or a
     weights file, or an exported `.tflite` model (the committed one, say) with its metrics file beside it in
     `cards/`: its dev offsets are taken off its logits, so that it teaches the run's own probabilities."""
-    train = goemotions.load("train")
     from converter.text_soup import weight_file
 
+    train = goemotions.load("train")
     total = np.zeros((len(train.texts), len(train.targets[0])), np.float64)
     sources = [str(Path(i) if Path(i).suffix == ".tflite" else weight_file(i)) for i in items]
-    for source in sources:
+    for source, times in Counter(sources).items():  # an item listed n times weighs n: its logits are made once
         logits = exported_logits(Path(source), train.texts, threads) if source.endswith(".tflite") \
             else run_logits(Path(source), train.texts, threads)
-        total += log_softmax(logits)
+        total += times * log_softmax(logits)
         logger.info("teacher: %s done", source)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -243,3 +243,23 @@ def test_an_exported_model_without_its_metrics_is_refused(tmp_path):
     (tmp_path / "m.tflite").write_bytes(b"x")
     with pytest.raises(ValueError, match="dev offsets are not readable"):
         exported_logits(tmp_path / "m.tflite", ["hi"])
+
+
+def test_an_item_listed_twice_weighs_twice_and_is_run_once(tmp_path, monkeypatch):
+    from converter import text_teacher
+
+    split = goemotions.Split(["a", "b"], np.eye(7, dtype=np.float32)[[3, 1]], np.ones(2, bool))
+    monkeypatch.setattr(text_teacher.goemotions, "load", lambda name: split)
+    logits = {"f.tflite": np.zeros((2, 7), np.float32), "m.tflite": np.eye(7, dtype=np.float32)[[0, 1]] * 3}
+    calls = []
+
+    def fake(model, texts, threads):
+        calls.append(model.name)
+        return logits[model.name]
+
+    monkeypatch.setattr(text_teacher, "exported_logits", fake)
+    items = [tmp_path / "f.tflite", tmp_path / "m.tflite", tmp_path / "m.tflite"]
+    report = text_teacher.teach(items, tmp_path / "t.npz", threads=1)
+    assert sorted(calls) == ["f.tflite", "m.tflite"] and len(report["sources"]) == 3
+    expected = (text_teacher.log_softmax(logits["f.tflite"]) + 2 * text_teacher.log_softmax(logits["m.tflite"])) / 3
+    np.testing.assert_allclose(text_teacher.load_teacher(tmp_path / "t.npz", 2), expected, atol=1e-6)
